@@ -1,0 +1,107 @@
+"""Validation of configuration mappings, so that every bad value is reported as one line naming its key.
+
+Hand-written because the schema is small and the error text ("sources.inbox.port: expected an integer, got 'abc'")
+is the point; jsonschema's messages name JSON pointers and would add a dependency for forty lines.
+"""
+import os
+
+from filesync.errors import ConfigError
+
+REQUIRED = object()
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+               dict: "a mapping"}
+
+
+class Option:
+    """One configuration key: its type, default (REQUIRED if none) and an optional check returning an error text."""
+
+    def __init__(self, name, kind, default=REQUIRED, check=None, choices=None):
+        self.name = name
+        self.kind = kind
+        self.default = default
+        self.check = check
+        self.choices = choices
+
+    def parse(self, raw, key):
+        if raw is None:
+            if self.default is REQUIRED:
+                raise ConfigError(f"{key}: required but missing")
+            return self.default
+        value = _coerce(raw, self.kind, key)
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, self.choices))}")
+        if self.check is not None:
+            problem = self.check(value)
+            if problem:
+                raise ConfigError(f"{key}: {problem}")
+        return value
+
+
+def _coerce(raw, kind, key):
+    if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
+        return float(raw)
+    if kind is int and isinstance(raw, bool):
+        raise ConfigError(f"{key}: expected {_TYPE_NAMES[kind]}, got {raw!r}")
+    if not isinstance(raw, kind):
+        raise ConfigError(f"{key}: expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {raw!r}")
+    return raw
+
+
+def parse_options(options, raw, prefix, ignore=()):
+    """Check the mapping `raw` against the Option list; return a dict of values. `prefix` is the key path for messages."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix}: expected a mapping, got {raw!r}")
+    known = {option.name for option in options} | set(ignore)
+    for name in raw:
+        if name not in known:
+            raise ConfigError(f"{prefix}.{name}: unknown key (known: {', '.join(sorted(known))})")
+    return {option.name: option.parse(raw.get(option.name), f"{prefix}.{option.name}") for option in options}
+
+
+def positive(value):
+    """Check: the number is above zero."""
+    return None if value > 0 else f"must be above 0, got {value}"
+
+
+def not_negative(value):
+    """Check: the number is zero or more."""
+    return None if value >= 0 else f"must be 0 or more, got {value}"
+
+
+def port_number(value):
+    """Check: a TCP or UDP port."""
+    return None if 0 < value < 65536 else f"must be a port from 1 to 65535, got {value}"
+
+
+def expand_path(path):
+    """Expand ~ and environment variables in a configured path."""
+    return os.path.abspath(os.path.expanduser(os.path.expandvars(path)))
+
+
+def resolve_secret(values, key, name="password"):
+    """Read a secret given as `<name>`, `<name>_env` (an environment variable) or `<name>_file` (a file's first line).
+
+    Resolved when a connection is made, so the secret never sits in params, logs or the ledger longer than needed.
+    Raises ConfigError naming the key when the variable or file is missing.
+    """
+    if values.get(f"{name}_env"):
+        variable = values[f"{name}_env"]
+        if variable not in os.environ:
+            raise ConfigError(f"{key}.{name}_env: environment variable {variable} is not set")
+        return os.environ[variable]
+    if values.get(f"{name}_file"):
+        path = expand_path(values[f"{name}_file"])
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.readline().rstrip("\r\n")
+        except OSError as error:
+            raise ConfigError(f"{key}.{name}_file: cannot read {path}: {error.strerror}") from None
+    return values.get(name) or ""
+
+
+def secret_options(name="password"):
+    """The three ways to give a secret, as Options."""
+    return [Option(name, str, ""), Option(f"{name}_env", str, ""), Option(f"{name}_file", str, "")]
