@@ -1,7 +1,9 @@
 """The error kinds the transfer engine acts on.
 
-A device raises TransientError when trying again later may succeed (server gone, disk full, link lost) and PermanentError
-when it never will (the target refuses the file). Anything else is treated as transient and logged with its traceback.
+A device raises DeviceUnavailable when the device or server cannot be reached (the worker pauses and probes, counting no
+attempt), TransientError when trying again later may succeed (a full disk, a dropped transfer: retried with backoff for as
+long as it takes), FileError when one file keeps failing (parked after max_attempts), and PermanentError when retrying
+never helps (the target refuses the file: parked at once). Anything else counts as TransientError and is logged in full.
 """
 
 
@@ -19,6 +21,10 @@ class TransientError(FilesyncError):
 
 class DeviceUnavailable(TransientError):
     """The device or server cannot be reached at all (unplugged, host down); nothing about the file is wrong."""
+
+
+class FileError(TransientError):
+    """Something is wrong with this one file (a bad block, an invalid cluster): retried max_attempts times, then parked."""
 
 
 class PermanentError(FilesyncError):

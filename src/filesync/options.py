@@ -53,12 +53,13 @@ def parse_options(options, raw, prefix, ignore=()):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+    join = (lambda name: f"{prefix}.{name}") if prefix else (lambda name: name)
     known = {option.name for option in options} | set(ignore)
     for name in raw:
         if name not in known:
-            raise ConfigError(f"{prefix}.{name}: unknown key (known: {', '.join(sorted(known))})")
-    return {option.name: option.parse(raw.get(option.name), f"{prefix}.{option.name}") for option in options}
+            raise ConfigError(f"{join(name)}: unknown key (known: {', '.join(sorted(known))})")
+    return {option.name: option.parse(raw.get(option.name), join(option.name)) for option in options}
 
 
 def positive(value):

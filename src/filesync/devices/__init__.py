@@ -8,13 +8,13 @@ from filesync.errors import ConfigError
 
 SOURCE_KINDS = {
     "folder": "filesync.devices.folder:FolderSource",
-    "ftp": "filesync.devices.ftp:FtpSource",
+    "ftp": "filesync.devices.ftp.source:FtpSource",
     "drive": "filesync.devices.drive:DriveSource",
     "mavlink": "filesync.devices.mavlink:MavlinkSource",
     "mavros": "filesync.devices.mavros:MavrosSource",
 }
 TARGET_KINDS = {
-    "ftp": "filesync.devices.ftp:FtpTarget",
+    "ftp": "filesync.devices.ftp.target:FtpTarget",
     "folder": "filesync.devices.folder:FolderTarget",
     "flight_review": "filesync.devices.http:FlightReviewTarget",
     "http": "filesync.devices.http:HttpTarget",

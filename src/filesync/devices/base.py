@@ -75,6 +75,9 @@ class Device:
         self.options = parse_options(self.OPTIONS, raw_options, key, ignore=("kind",))
         self.context = context
 
+    def probe(self) -> None:
+        """A cheap check that the device answers; raises DeviceUnavailable when it does not. Used while it is down."""
+
     def close(self) -> None:
         """Release connections; the device may be used again afterwards (it reconnects)."""
 

@@ -1,0 +1,136 @@
+"""The filesync configuration: one mapping (a YAML file, loaded as ROS params under /filesync) checked in one place.
+
+load_config() raises ConfigError with one line naming the bad key; devices check their own options when built.
+"""
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import yaml
+
+from filesync.errors import ConfigError
+from filesync.options import Option, expand_path, not_negative, parse_options, port_number, positive, secret_options
+
+TOP_LEVEL = [
+    Option("staging_dir", str, "~/filesync/staging"),
+    Option("database", str, ""),
+    Option("checkpoint_bytes", int, 1 << 20, positive),
+    Option("scan_interval", float, 5.0, positive),
+    Option("poll_interval", float, 10.0, positive),
+    Option("lease_seconds", float, 30.0, positive),
+    Option("retry_base", float, 2.0, positive),
+    Option("retry_cap", float, 300.0, positive),
+    Option("max_attempts", int, 5, positive),
+    Option("sources", dict),
+    Option("targets", dict),
+    Option("pipelines", list),
+    Option("ftp_server", dict, {}),
+]
+
+PIPELINE = [
+    Option("source", str),
+    Option("targets", list),
+    Option("delete_after_upload", bool, False),
+]
+
+FTP_SERVER = [
+    Option("enabled", bool, False),
+    Option("host", str, "127.0.0.1"),
+    Option("port", int, 2121, port_number),
+    Option("root", str, "~/filesync/ftp_root"),
+    Option("users", list, []),
+    Option("passive_ports", list, []),
+]
+
+FTP_USER = [Option("name", str), Option("perm", str, "elradfmwMT")] + secret_options()
+
+
+@dataclass
+class Pipeline:
+    """A source and the targets each of its files must reach."""
+    source: str
+    targets: List[str]
+    delete_after_upload: bool = False
+
+
+@dataclass
+class Config:
+    """The checked configuration. Device option mappings stay raw here; each device checks its own."""
+    staging_dir: str
+    database: str
+    checkpoint_bytes: int
+    scan_interval: float
+    poll_interval: float
+    lease_seconds: float
+    retry_base: float
+    retry_cap: float
+    max_attempts: int
+    sources: Dict[str, dict]
+    targets: Dict[str, dict]
+    pipelines: List[Pipeline]
+    ftp_server: dict = field(default_factory=dict)
+
+    def pipeline_of(self, source):
+        """The pipeline that reads `source`."""
+        return next(p for p in self.pipelines if p.source == source)
+
+
+def default_database():
+    """$ROS_HOME/filesync/ledger.db, with ROS's own default of ~/.ros for ROS_HOME."""
+    ros_home = os.environ.get("ROS_HOME") or os.path.join(os.path.expanduser("~"), ".ros")
+    return os.path.join(ros_home, "filesync", "ledger.db")
+
+
+def _check_devices(mapping, section):
+    for name, options in mapping.items():
+        if not isinstance(options, dict):
+            raise ConfigError(f"{section}.{name}: expected a mapping with a kind, got {options!r}")
+        if not options.get("kind"):
+            raise ConfigError(f"{section}.{name}.kind: required but missing")
+
+
+def load_config(raw) -> Config:
+    """Check a configuration mapping and return a Config. Raises ConfigError naming the first bad key."""
+    values = parse_options(TOP_LEVEL, raw, "")
+    _check_devices(values["sources"], "sources")
+    _check_devices(values["targets"], "targets")
+    pipelines = []
+    seen_sources = set()
+    for index, entry in enumerate(values["pipelines"]):
+        key = f"pipelines[{index}]"
+        pipeline = Pipeline(**parse_options(PIPELINE, entry, key))
+        if pipeline.source not in values["sources"]:
+            raise ConfigError(f"{key}.source: no source named {pipeline.source!r} under sources")
+        if pipeline.source in seen_sources:
+            raise ConfigError(f"{key}.source: {pipeline.source!r} is already read by another pipeline")
+        seen_sources.add(pipeline.source)
+        if not pipeline.targets:
+            raise ConfigError(f"{key}.targets: needs at least one target")
+        for target in pipeline.targets:
+            if target not in values["targets"]:
+                raise ConfigError(f"{key}.targets: no target named {target!r} under targets")
+        pipelines.append(pipeline)
+    server = parse_options(FTP_SERVER, values["ftp_server"], "ftp_server")
+    for index, user in enumerate(server["users"]):
+        parse_options(FTP_USER, user, f"ftp_server.users[{index}]")
+    if server["enabled"] and not server["users"]:
+        raise ConfigError("ftp_server.users: an enabled server needs at least one user")
+    values["ftp_server"] = server
+    values["staging_dir"] = expand_path(values["staging_dir"])
+    values["database"] = expand_path(values["database"]) if values["database"] else default_database()
+    values["pipelines"] = pipelines
+    return Config(**values)
+
+
+def load_config_file(path) -> Config:
+    """Read a YAML file and check it. A YAML syntax error is a ConfigError naming the file and line."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            raw = yaml.safe_load(handle)
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where} not valid YAML: {getattr(error, 'problem', error)}") from None
+    return load_config(raw)
