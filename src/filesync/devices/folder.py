@@ -1,0 +1,156 @@
+"""A local directory as a source (recursive, include/exclude globs, a minimum age) or as a target."""
+import errno
+import fnmatch
+import os
+import time
+
+from filesync.devices.base import RemoteFile, Source, Target, local_checksum
+from filesync.errors import DeviceUnavailable, PermanentError, TransientError
+from filesync.options import Option, expand_path, not_negative
+from filesync.paths import PART_SUFFIX
+
+CHUNK = 256 * 1024
+
+
+def _matches(path, patterns):
+    name = path.rsplit("/", 1)[-1]
+    return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+class FolderSource(Source):
+    """Files under a local directory. A file modified less than min_age seconds ago is still being written."""
+
+    kind = "folder"
+    OPTIONS = [
+        Option("path", str),
+        Option("include", list, ["*"]),
+        Option("exclude", list, [".*", "*" + PART_SUFFIX]),
+        Option("min_age", float, 2.0, not_negative),
+    ]
+
+    def __init__(self, name, raw_options, key, context=None):
+        super().__init__(name, raw_options, key, context)
+        self.root = expand_path(self.options["path"])
+
+    def _full(self, path):
+        return os.path.join(self.root, *path.split("/"))
+
+    def list(self):
+        if not os.path.isdir(self.root):
+            raise DeviceUnavailable(f"folder {self.root} does not exist")
+        now = time.time()
+        for directory, subdirectories, names in os.walk(self.root):
+            subdirectories.sort()
+            for name in sorted(names):
+                full = os.path.join(directory, name)
+                relative = os.path.relpath(full, self.root).replace(os.sep, "/")
+                if not _matches(relative, self.options["include"]) or _matches(relative, self.options["exclude"]):
+                    continue
+                try:
+                    status = os.stat(full)
+                except FileNotFoundError:
+                    continue
+                if not os.path.isfile(full):
+                    continue
+                yield RemoteFile(relative, status.st_size, status.st_mtime,
+                                 complete=now - status.st_mtime >= self.options["min_age"])
+
+    def stat(self, path):
+        try:
+            status = os.stat(self._full(path))
+        except FileNotFoundError:
+            raise PermanentError(f"{path} is no longer in {self.root}") from None
+        return RemoteFile(path, status.st_size, status.st_mtime)
+
+    def read(self, path, offset):
+        try:
+            handle = open(self._full(path), "rb")
+        except FileNotFoundError:
+            raise PermanentError(f"{path} is no longer in {self.root}") from None
+        with handle:
+            handle.seek(offset)
+            for block in iter(lambda: handle.read(CHUNK), b""):
+                yield block
+
+    def delete(self, path):
+        try:
+            os.remove(self._full(path))
+        except FileNotFoundError:
+            pass
+
+
+class FolderTarget(Target):
+    """A local directory (a mounted network share, a second disk). Files land as <name>.part, fsynced, then renamed."""
+
+    kind = "folder"
+    OPTIONS = [Option("path", str)]
+
+    def __init__(self, name, raw_options, key, context=None):
+        super().__init__(name, raw_options, key, context)
+        self.root = expand_path(self.options["path"])
+
+    def _full(self, path):
+        return os.path.join(self.root, *path.split("/"))
+
+    def probe(self):
+        if not os.path.isdir(self.root):
+            raise DeviceUnavailable(f"folder {self.root} does not exist")
+
+    def published(self, path, local_path, size):
+        final = self._full(path)
+        if not os.path.isfile(final) or os.path.getsize(final) != size:
+            return None
+        if local_checksum(final, "sha256") != local_checksum(local_path, "sha256"):
+            raise PermanentError(f"{final} already holds a different file; not overwriting it")
+        return final
+
+    def held(self, path):
+        try:
+            return os.path.getsize(self._full(path) + PART_SUFFIX)
+        except FileNotFoundError:
+            return 0
+
+    def discard(self, path):
+        try:
+            os.remove(self._full(path) + PART_SUFFIX)
+        except FileNotFoundError:
+            pass
+
+    def write(self, path, stream, offset, size, progress):
+        self.probe()
+        part = self._full(path) + PART_SUFFIX
+        try:
+            os.makedirs(os.path.dirname(part), exist_ok=True)
+            with open(part, "r+b" if os.path.exists(part) else "wb") as handle:
+                handle.truncate(offset)
+                handle.seek(offset)
+                for block in iter(lambda: stream.read(CHUNK), b""):
+                    handle.write(block)
+                    offset += len(block)
+                    progress(offset)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise TransientError(f"target {self.root} is full") from None
+            raise TransientError(f"target {self.root}: {error.strerror}") from None
+
+    def publish(self, path, local_path, size):
+        final = self._full(path)
+        part = final + PART_SUFFIX
+        held = os.path.getsize(part)
+        if held != size:
+            raise TransientError(f"{part} holds {held} bytes, expected {size}")
+        os.replace(part, final)
+        descriptor = os.open(os.path.dirname(final), os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        return final
+
+    def delete(self, path):
+        try:
+            os.remove(self._full(path))
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,104 @@
+"""Everything in one process, without ROS: the ledger, a finder per source and a worker per task kind and device.
+
+Used by the library's tests and by anyone who wants filesync without a ROS master. The ROS nodes wire the same
+pieces to topics and services instead.
+"""
+import logging
+import os
+import threading
+import time
+
+from filesync.config import load_config
+from filesync.devices import create_source, create_target
+from filesync.devices.base import DeviceContext
+from filesync.engine.transfer import Settings
+from filesync.engine.workers import Finder, TaskWorker
+from filesync.ledger.recovery import open_ledger, rebuild_from_staging
+from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
+from filesync.lock import LeaseTable
+
+log = logging.getLogger(__name__)
+
+
+def build_workers(config, ledger, worker_prefix, context, announce=None, kinds=(DOWNLOAD, UPLOAD, REMOVE),
+                  finders=True, on_progress=None):
+    """The loops for `config`: finders (if asked) and task workers of the given kinds, not yet started."""
+    settings = Settings.from_config(config)
+    loops = []
+    used_sources = {p.source for p in config.pipelines}
+    sources = {name: create_source(name, config.sources[name], context) for name in used_sources}
+    if finders:
+        loops += [Finder(sources[p.source], p, ledger, settings, announce) for p in config.pipelines]
+    if DOWNLOAD in kinds:
+        loops += [TaskWorker(DOWNLOAD, sources[name], ledger, f"{worker_prefix}/download/{name}", settings, announce,
+                             on_progress) for name in sorted(sources)]
+    if REMOVE in kinds:
+        removers = sorted({p.source for p in config.pipelines if p.delete_after_upload})
+        # its own device object: a source connection is not shared between threads
+        loops += [TaskWorker(REMOVE, create_source(name, config.sources[name], context), ledger,
+                             f"{worker_prefix}/remove/{name}", settings, announce) for name in removers]
+    if UPLOAD in kinds:
+        used_targets = sorted({t for p in config.pipelines for t in p.targets})
+        loops += [TaskWorker(UPLOAD, create_target(name, config.targets[name], context), ledger,
+                             f"{worker_prefix}/upload/{name}", settings, announce, on_progress)
+                  for name in used_targets]
+    return loops
+
+
+class LocalRunner:
+    """Run a whole configuration in this process. `config` is a mapping like the YAML file."""
+
+    def __init__(self, config, worker_prefix="local"):
+        self.config = load_config(config)
+        self.ledger, moved_aside = open_ledger(self.config.database, retry_base=self.config.retry_base,
+                                               retry_cap=self.config.retry_cap)
+        if moved_aside:
+            rebuild_from_staging(self.ledger, self.config)
+        self.events = []
+        self._events_lock = threading.Lock()
+        lock_path = os.path.join(os.path.dirname(self.config.database), "leases.json")
+        self.context = DeviceContext(lock=LeaseTable(lock_path), owner=worker_prefix)
+        self.loops = build_workers(self.config, self.ledger, worker_prefix, self.context, self._announce)
+        self._started = False
+
+    def _announce(self, record, task=None, done=None):
+        with self._events_lock:
+            self.events.append((record.id, record.path, record.state, task.device if task else "", done))
+        for loop in self.loops:  # something changed: let every worker look for work now
+            loop.wake.set()
+
+    def start(self):
+        """Start every loop."""
+        if not self._started:
+            for loop in self.loops:
+                loop.start()
+            self._started = True
+
+    def settled(self):
+        """True when every finder has listed its source once since start and no task is waiting or moving."""
+        finders = [loop for loop in self.loops if isinstance(loop, Finder)]
+        if any(f.scans == 0 for f in finders):
+            return False
+        return all(task.state not in ("waiting", "active") for record in self.ledger.files() for task in record.tasks)
+
+    def run_until_settled(self, timeout=120.0):
+        """Start (if needed) and wait until settled(); raises TimeoutError with what is left."""
+        self.start()
+        deadline = time.monotonic() + timeout
+        while not self.settled():
+            if time.monotonic() > deadline:
+                pending = [(r.path, r.state, r.error) for r in self.ledger.files() if r.state not in
+                           ("uploaded", "removed", "failed", "skipped")]
+                raise TimeoutError(f"not settled after {timeout} s: {pending[:10]}")
+            time.sleep(0.1)
+        return True
+
+    def close(self):
+        """Stop the loops, close the devices and the ledger."""
+        for loop in self.loops:
+            loop.stop()
+        for loop in self.loops:
+            loop.join(30)
+        for loop in self.loops:
+            (loop.device if isinstance(loop, TaskWorker) else loop.source).close()
+        self.ledger.close()

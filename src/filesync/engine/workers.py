@@ -1,0 +1,216 @@
+"""The loops that drive transfers: a Finder per source, and a TaskWorker per (task kind, device).
+
+Workers ask the ledger for work when they start, whenever they are woken (an event said there is work) and at least
+every poll_interval, so a missed message loses nothing. Idle, they sleep on an Event: no busy polling.
+"""
+import logging
+import threading
+import time
+
+from filesync.engine import transfer
+from filesync.engine.transfer import Job, LeaseLost
+from filesync.errors import DeviceUnavailable, FileError, PermanentError, TransientError, UnsafePath
+from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
+from filesync.paths import check_relative
+
+log = logging.getLogger(__name__)
+
+STEPS = {DOWNLOAD: transfer.download, UPLOAD: transfer.upload, REMOVE: transfer.remove}
+REGISTER_BATCH = 500
+
+
+def describe(error) -> str:
+    """A one-line reason for the ledger and the FileEvent."""
+    text = str(error).splitlines()[0] if str(error) else ""
+    if isinstance(error, (TransientError, PermanentError)):
+        return text or type(error).__name__
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class LinkState:
+    """Whether a device answers, and since when: shown on the status and used to pause work while it is down."""
+
+    def __init__(self, clock=time.time):
+        self._clock = clock
+        self.up = True
+        self.since = clock()
+        self.reason = ""
+
+    def set(self, up, reason=""):
+        """Record the link state; returns True when it changed."""
+        changed = up != self.up
+        if changed:
+            self.up, self.since = up, self._clock()
+        self.reason = reason
+        return changed
+
+
+class Loop:
+    """A thread that runs step() until stopped, sleeping poll_interval (or until woken) when there was nothing to do."""
+
+    def __init__(self, name, poll_interval):
+        self.name = name
+        self.poll_interval = poll_interval
+        self.wake = threading.Event()
+        self.stop_event = threading.Event()
+        self.thread = None
+
+    def start(self):
+        """Run in a daemon thread."""
+        self.thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        """Ask the loop to end after its current step."""
+        self.stop_event.set()
+        self.wake.set()
+
+    def join(self, timeout=None):
+        """Wait for the thread."""
+        if self.thread:
+            self.thread.join(timeout)
+
+    def run(self):
+        """Step until stopped."""
+        while not self.stop_event.is_set():
+            try:
+                busy = self.step()
+            except Exception:  # a bug or a ledger that is away: keep the loop alive and try again later
+                log.exception("%s: step failed", self.name)
+                busy = False
+            if not busy:
+                self.wake.wait(self.poll_interval)
+                self.wake.clear()
+
+    def step(self) -> bool:
+        """Do one unit of work; return True if there may be more right away."""
+        raise NotImplementedError
+
+
+class TaskWorker(Loop):
+    """Claims tasks of one kind on one device (a source or a target) and carries them out one at a time."""
+
+    def __init__(self, kind, device, ledger, worker, settings, announce=None, on_progress=None):
+        super().__init__(f"{kind}:{device.name}", settings.poll_interval)
+        self.kind, self.device, self.ledger = kind, device, ledger
+        self.worker, self.settings = worker, settings
+        self.announce = announce or (lambda record, task=None, done=None: None)
+        self.on_progress = on_progress
+        self.link = LinkState()
+        self.link_retry = 0
+        self.current = None  # the Job in progress, for the status display
+
+    def step(self):
+        if not self.link.up and not self._probe():
+            return False
+        claimed = self.ledger.claim(self.kind, self.device.name, self.worker, self.settings.lease_seconds)
+        if claimed is None:
+            return False
+        record, task = claimed
+        job = Job(self.ledger, self.worker, self.settings, record, task, self._progress)
+        self.current = job
+        self.announce(record, task, task.offset)
+        try:
+            outcome, reason, location, delay = "done", "", STEPS[self.kind](self.device, job), None
+        except LeaseLost as error:
+            log.warning("%s: %s", self.name, error)
+            return True
+        except DeviceUnavailable as error:
+            outcome, reason, location, delay = "wait", describe(error), "", None
+            self._link_down(error)
+        except (PermanentError, UnsafePath) as error:
+            outcome, reason, location, delay = "park", describe(error), "", None
+        except FileError as error:
+            parked = task.attempts + 1 >= self.settings.max_attempts
+            outcome, reason, location, delay = ("park" if parked else "retry"), describe(error), "", None
+        except TransientError as error:
+            outcome, reason, location, delay = "retry", describe(error), "", None
+        except Exception as error:  # unexpected: retried like a transient failure, logged in full once
+            log.exception("%s: %s of %s failed", self.name, self.kind, record.path)
+            outcome, reason, location, delay = "retry", describe(error), "", None
+        finally:
+            self.current = None
+        if outcome != "wait":
+            self.link.set(True)
+        if reason:
+            log.warning("%s: %s %s: %s (%s)", self.name, self.kind, record.path, reason, outcome)
+        finished = self.ledger.finish(record.id, self.kind, self.device.name, self.worker, outcome, reason, location,
+                                      delay)
+        if finished is not None:
+            self.announce(finished, finished.task(self.kind, self.device.name), None)
+        return outcome == "done"
+
+    def _progress(self, job, offset):
+        if self.on_progress:
+            self.on_progress(job, offset)
+
+    def _link_down(self, error):
+        """Stop claiming work for this device until probe() says it answers; the task goes back unharmed."""
+        if self.link.set(False, describe(error)):
+            log.warning("%s: %s is unreachable: %s; waiting for it", self.name, self.device.name, describe(error))
+        self.device.close()
+
+    def _probe(self):
+        try:
+            self.device.probe()
+        except DeviceUnavailable as error:
+            self.link.reason = describe(error)
+            self.link_retry += 1
+            delay = min(self.settings.poll_interval, 0.5 * 2 ** min(self.link_retry, 6))
+            self.stop_event.wait(delay)
+            return False
+        except Exception as error:  # a probe that fails otherwise says nothing about reachability: try the work
+            log.debug("%s: probe: %s", self.name, error)
+        log.info("%s: %s is reachable again", self.name, self.device.name)
+        self.link.set(True)
+        self.link_retry = 0
+        return True
+
+
+class Finder(Loop):
+    """Lists one source every scan_interval (or when woken) and records new or changed files in the ledger."""
+
+    def __init__(self, source, pipeline, ledger, settings, announce=None):
+        super().__init__(f"find:{source.name}", settings.scan_interval)
+        self.source, self.pipeline, self.ledger = source, pipeline, ledger
+        self.announce = announce or (lambda record, task=None, done=None: None)
+        self.link = LinkState()
+        self.scans = 0
+        self._known = {}  # path -> (size, mtime) already in the ledger
+        self._refused = set()
+
+    def step(self):
+        try:
+            listing = list(self.source.list())
+        except DeviceUnavailable as error:
+            if self.link.set(False, describe(error)):
+                log.warning("%s: %s is unreachable: %s", self.name, self.source.name, describe(error))
+            self.source.close()
+            return False
+        except TransientError as error:
+            log.warning("%s: listing failed: %s", self.name, describe(error))
+            return False
+        if self.link.set(True):
+            log.info("%s: %s is reachable again", self.name, self.source.name)
+        entries = []
+        for found in listing:
+            if not found.complete or self._known.get(found.path) == (found.size, found.mtime):
+                continue
+            try:
+                check_relative(found.path)
+            except UnsafePath as error:
+                if found.path not in self._refused:
+                    self._refused.add(found.path)
+                    log.error("%s: refused %s", self.name, error)
+                continue
+            entries.append(found)
+        for start in range(0, len(entries), REGISTER_BATCH):
+            batch = entries[start:start + REGISTER_BATCH]
+            created = self.ledger.register(self.source.name, self.pipeline.targets, self.pipeline.delete_after_upload,
+                                           [(f.path, f.size, f.mtime) for f in batch])
+            for found in batch:
+                self._known[found.path] = (found.size, found.mtime)
+            for record in created:
+                self.announce(record, None, 0)
+        self.scans += 1
+        return False

@@ -1,0 +1,30 @@
+"""Fixtures shared by the library tests."""
+import os
+
+import pytest
+
+from support.ftp_server import FtpServerProcess
+
+
+@pytest.fixture
+def ftp_server(tmp_path):
+    """A real pyftpdlib server on 127.0.0.1, serving tmp_path/ftp_root, logging to tmp_path/ftp.log."""
+    server = FtpServerProcess(str(tmp_path / "ftp_root"), str(tmp_path / "ftp.log"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def write_file(path, size, seed=0):
+    """Write `size` bytes of deterministic content to `path` (made of 1 MiB blocks, memory stays small)."""
+    import random
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    generator = random.Random(f"{seed}:{path}:{size}")
+    with open(path, "wb") as handle:
+        left = size
+        while left:
+            block = min(left, 1 << 20)
+            handle.write(generator.randbytes(block))
+            left -= block
