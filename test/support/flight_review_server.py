@@ -369,7 +369,8 @@ def _sha256(path):
 class FlightReviewServer:
     """The stand-in server: start() on 127.0.0.1 (port 0 picks a free port, kept across stop/start)."""
 
-    def __init__(self, storage_dir, body_limit=DEFAULT_BODY_LIMIT, port=0):
+    def __init__(self, storage_dir, body_limit=DEFAULT_BODY_LIMIT, port=0, ssl_context=None):
+        self.ssl_context = ssl_context  # an ssl.SSLContext makes it an HTTPS server
         self.storage_dir = str(storage_dir)
         self.incoming_dir = os.path.join(self.storage_dir, "incoming")
         os.makedirs(self.incoming_dir, exist_ok=True)
@@ -387,13 +388,15 @@ class FlightReviewServer:
     @property
     def url(self):
         """The server's base URL, e.g. http://127.0.0.1:41234."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context else 'http'}://127.0.0.1:{self.port}"
 
     def start(self):
         """Listen (again) on the port; returns self."""
         httpd = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
         httpd.daemon_threads = True
         httpd.owner = self
+        if self.ssl_context is not None:
+            httpd.socket = self.ssl_context.wrap_socket(httpd.socket, server_side=True)
         self.port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},

@@ -503,7 +503,10 @@ class HttpTarget(_HttpTargetBase):
             location = answer.headers.get("Location")
             self._remember(path, urljoin(url, location) if location else url)
             return
-        if 200 <= answer.status < 400:
-            raise TransientError(_redact(f"{self.name}: upload of {path}: HTTP {answer.status} is not in "
+        if 200 <= answer.status < 300:  # the server took it, but not as configured: a person must look
+            raise PermanentError(_redact(f"{self.name}: upload of {path}: HTTP {answer.status} is not in "
                                          f"success_status: {answer.message()}", secrets))
+        if answer.status < 400:
+            raise TransientError(_redact(f"{self.name}: upload of {path}: unexpected answer HTTP {answer.status}: "
+                                         f"{answer.message()}", secrets))
         raise self.uploader.refusal(answer, f"upload of {path}", secrets)

@@ -222,7 +222,7 @@ class Ledger:
         park: a permanent failure, kept with its reason until retried by hand. skip: not for this target, with reason.
         release: given back untouched (shutdown). wait: the device is unreachable; given back with the reason, no
         attempt counted (the worker probes the device before claiming again).
-        Finishing a task already finished the same way by the same worker answers its record again (a lost reply).
+        The task keeps its last owner, so a worker finishing again after a lost reply gets the record again.
         """
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
@@ -235,19 +235,19 @@ class Ledger:
             if task["state"] != ACTIVE:
                 return self._get(db, file_id)
             if outcome == "done":
-                values = dict(state=DONE, error="", location=location, owner="")
+                values = dict(state=DONE, error="", location=location)
             elif outcome == "retry":
                 attempts = task["attempts"] + 1
-                values = dict(state=WAITING, attempts=attempts, error=error, owner="",
+                values = dict(state=WAITING, attempts=attempts, error=error,
                               not_before=now + (delay if delay is not None else self.backoff(attempts)))
             elif outcome == "park":
-                values = dict(state=PARKED, attempts=task["attempts"] + 1, error=error, owner="")
+                values = dict(state=PARKED, attempts=task["attempts"] + 1, error=error)
             elif outcome == "skip":
-                values = dict(state=SKIPPED, error=error, owner="")
+                values = dict(state=SKIPPED, error=error)
             elif outcome == "wait":
-                values = dict(state=WAITING, error=error, owner="")
+                values = dict(state=WAITING, error=error)
             else:
-                values = dict(state=WAITING, owner="")
+                values = dict(state=WAITING, error=task["error"])
             values.update(updated=now, lease_until=0)
             assignments = ", ".join(f"{name} = ?" for name in values)
             db.execute(f"UPDATE tasks SET {assignments} WHERE file_id = ? AND kind = ? AND device = ?",

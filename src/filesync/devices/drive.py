@@ -1,0 +1,412 @@
+"""A USB flash drive as a source (a camera's drive, such as the FLIR Duo's), found by file system UUID or label.
+
+The drive may be pulled out and put back at any moment. It is found afresh by `blkid` and /proc/self/mountinfo whenever
+it is needed (no udev is required: many companion computers have no /dev/disk/by-uuid), so a drive that comes back as
+another device node is still the same drive. With `mount: true` the source mounts it read-only itself (exFAT through
+exfat-fuse, vfat through the kernel) and clears a dead mount when the drive has gone.
+
+Identity: every path this source reports starts with the drive's UUID ("1234-ABCD/DCIM/100FLIR/clip.mp4"), so two
+drives carrying the same names are different files in the ledger, in staging and at the targets, and a file is only
+ever read back from the drive it was found on.
+
+Errors: a read that fails because the drive went away (ENOTCONN from a dead FUSE mount, ENODEV, ESTALE, or EIO/ENOENT
+while the drive no longer answers) is DeviceUnavailable, so the engine pauses and keeps its checkpoint; a read that
+fails while the drive is still there (EIO on a bad block, exFAT's "invalid cluster") is FileError, parked after
+max_attempts. The two are told apart by looking again whether the drive is present after the error.
+"""
+import errno
+import fnmatch
+import logging
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+from filesync.devices.base import RemoteFile, Source
+from filesync.errors import ConfigError, DeviceUnavailable, FileError, PermanentError, TransientError
+from filesync.options import Option, expand_path, not_negative
+from filesync.paths import check_relative
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+COMMAND_TIMEOUT = 30.0
+SETTLE_SECONDS = 0.3  # a pulled drive takes a moment to vanish from the block layer after its first failed read
+GONE_ERRNOS = {errno.ENOTCONN, errno.ENODEV, errno.ENXIO, errno.ESTALE, errno.ESHUTDOWN}
+SAFE_UUID = re.compile(r"^[0-9A-Za-z][0-9A-Za-z._-]*$")
+MOUNTABLE = ("exfat", "vfat")
+
+
+@dataclass(frozen=True)
+class BlockDevice:
+    """A block device holding a file system, as blkid reports it."""
+    node: str
+    uuid: str
+    label: str
+    fstype: str
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of /proc/self/mountinfo: the device numbers, the mounted subtree and where it is mounted."""
+    device_number: str
+    root: str
+    point: str
+    fstype: str
+    source: str
+
+
+def block_devices() -> List[BlockDevice]:
+    """Every block device with a file system, probed now by blkid (its cache is bypassed: it goes stale on unplug)."""
+    if shutil.which("blkid") is None:
+        raise DeviceUnavailable("blkid is not installed (Debian package util-linux)")
+    try:
+        result = subprocess.run(["blkid", "-c", "/dev/null", "-o", "export"], capture_output=True, text=True,
+                                timeout=COMMAND_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise DeviceUnavailable("blkid did not answer within 30 s") from None
+    if result.returncode not in (0, 2):  # 2: no device has a file system
+        raise DeviceUnavailable(f"blkid failed: {result.stderr.strip() or result.returncode}")
+    found = []
+    for block in result.stdout.split("\n\n"):
+        fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
+        if fields.get("DEVNAME"):
+            found.append(BlockDevice(fields["DEVNAME"], fields.get("UUID", ""), fields.get("LABEL", ""),
+                                     fields.get("TYPE", "")))
+    return found
+
+
+def _unescape(field):
+    """mountinfo writes space, tab, newline and backslash in paths as octal escapes."""
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
+
+
+def mounts() -> List[Mount]:
+    """The mounts this process sees, from /proc/self/mountinfo."""
+    found = []
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as handle:
+        for line in handle:
+            fields = line.rstrip("\n").split(" ")
+            separator = fields.index("-")
+            found.append(Mount(fields[2], _unescape(fields[3]), _unescape(fields[4]), fields[separator + 1],
+                               _unescape(fields[separator + 2])))
+    return found
+
+
+def _device_number(node):
+    try:
+        number = os.stat(node).st_rdev
+    except OSError:
+        return None
+    return f"{os.major(number)}:{os.minor(number)}"
+
+
+def mounts_of(device: BlockDevice, all_mounts: List[Mount]) -> List[Mount]:
+    """The whole-file-system mounts of `device` (by its node name or its device numbers)."""
+    number = _device_number(device.node)
+    node = os.path.realpath(device.node)
+    return [m for m in all_mounts if m.root == "/" and
+            ((number is not None and m.device_number == number) or os.path.realpath(m.source) == node)]
+
+
+def mounts_of_any(devices: List[BlockDevice], all_mounts: List[Mount]) -> List[Mount]:
+    """The whole-file-system mounts of any of `devices`."""
+    return [m for device in devices for m in mounts_of(device, all_mounts)]
+
+
+def answers(directory) -> bool:
+    """True when a directory can be listed: a dead FUSE mount answers ENOTCONN, a pulled kernel mount EIO."""
+    try:
+        os.listdir(directory)
+    except OSError:
+        return False
+    return True
+
+
+def _unsafe_node_name(value):
+    return value.startswith("/") or value.startswith("dev/")
+
+
+def _check_globs(patterns):
+    bad = [p for p in patterns if not isinstance(p, str) or not p]
+    return f"expected a list of glob patterns, got {bad[0]!r}" if bad else None
+
+
+class DriveSource(Source):
+    """Files on a removable drive, found by file system UUID or label; see the module text."""
+
+    kind = "drive"
+    OPTIONS = [
+        Option("uuid", str, ""),
+        Option("label", str, ""),
+        Option("mount", bool, False),
+        Option("mount_point", str, ""),
+        Option("writable", bool, False),
+        Option("include", list, ["*"], _check_globs),
+        Option("exclude", list, [], _check_globs),
+        Option("min_age", float, 0.0, not_negative),
+    ]
+
+    def __init__(self, name, raw_options, key, context=None):
+        super().__init__(name, raw_options, key, context)
+        options = self.options
+        if options["uuid"] and options["label"]:
+            raise ConfigError(f"{key}.uuid: give uuid or label, not both")
+        if not options["uuid"] and not options["label"]:
+            raise ConfigError(f"{key}.uuid: required but missing (or give label); blkid shows both")
+        for option in ("uuid", "label"):
+            if _unsafe_node_name(options[option]):
+                raise ConfigError(f"{key}.{option}: {options[option]!r} is a device path; give the file system's "
+                                  f"{option} (blkid shows it): the same drive can come back as another device")
+        if options["uuid"] and not SAFE_UUID.match(options["uuid"]):
+            raise ConfigError(f"{key}.uuid: {options['uuid']!r} is not a file system UUID such as 1234-ABCD")
+        if options["mount"] and not options["mount_point"]:
+            raise ConfigError(f"{key}.mount_point: required when mount is true")
+        if options["writable"] and not options["mount"]:
+            raise ConfigError(f"{key}.writable: applies only when mount is true (the drive is mounted by its owner)")
+        self.mount_point = os.path.realpath(expand_path(options["mount_point"])) if options["mount_point"] else ""
+        self._lock = threading.Lock()
+        self._mounted_uuid = None  # the drive we mounted at mount_point, until it is unmounted
+        self._seen: Dict[str, Tuple[int, float, float]] = {}  # path -> (size, mtime, first seen so), for min_age
+
+    # Finding the drive
+
+    def _matches(self, device: BlockDevice) -> bool:
+        if self.options["uuid"]:
+            return device.uuid.lower() == self.options["uuid"].lower()
+        return device.label == self.options["label"]
+
+    def _wanted(self) -> str:
+        return f"UUID {self.options['uuid']}" if self.options["uuid"] else f"label {self.options['label']!r}"
+
+    def _current(self) -> Tuple[str, str]:
+        """(uuid, mounted root) of the configured drive, mounting it if configured; DeviceUnavailable if absent."""
+        with self._lock:
+            devices = [d for d in block_devices() if self._matches(d)]
+            all_mounts = mounts()
+            if self.options["mount"]:
+                self._clear_dead_mount(all_mounts, devices)
+                all_mounts = mounts()
+            usable = []
+            for device in devices:
+                if not SAFE_UUID.match(device.uuid):
+                    log.warning("%s: %s has no usable UUID (%r); skipped", self.name, device.node, device.uuid)
+                    continue
+                alive = [m.point for m in mounts_of(device, all_mounts) if answers(m.point)]
+                usable.append((self.mount_point not in alive, device.uuid, device, alive))
+            if not usable:
+                raise DeviceUnavailable(f"no drive with {self._wanted()} is plugged in")
+            usable.sort(key=lambda entry: entry[:2])  # the one at our mount point first, then by UUID
+            _, uuid, device, alive = usable[0]
+            if alive:
+                return uuid, self.mount_point if self.mount_point in alive else sorted(alive)[0]
+            if not self.options["mount"]:
+                raise DeviceUnavailable(f"drive {uuid} ({device.node}) is plugged in but not mounted")
+            self._mount(device)
+            return uuid, self.mount_point
+
+    def _clear_dead_mount(self, all_mounts, devices):
+        """Unmount (lazily) what sits at our mount point once its drive has gone.
+
+        Gone: the mount no longer answers (a dead FUSE mount), or its device node has vanished (a pulled drive under a
+        kernel file system can still answer from cache), or the drive we mounted there is no longer plugged in. A live
+        mount of something else is left alone: we never mount over it.
+        """
+        here = [m for m in all_mounts if m.point == self.mount_point]
+        if not here:
+            return
+        top = here[-1]
+        ours = bool(mounts_of_any(devices, [top]))
+        alive = answers(self.mount_point)
+        record_stale = self._mounted_uuid is not None and self._mounted_uuid not in {d.uuid for d in devices}
+        if alive and ours and not record_stale:
+            return
+        if alive and not ours and not record_stale and _device_number(top.source) == top.device_number:
+            raise DeviceUnavailable(f"{self.mount_point} already holds {top.source} ({top.fstype}), which is not a "
+                                    f"drive with {self._wanted()}; not mounting over it")
+        log.info("%s: unmounting %s: its drive went away", self.name, self.mount_point)
+        self._unmount()
+
+    def _unmount(self):
+        result = subprocess.run(["umount", "-l", self.mount_point], capture_output=True, text=True,
+                                timeout=COMMAND_TIMEOUT)
+        if result.returncode != 0:
+            raise DeviceUnavailable(f"cannot unmount the dead mount at {self.mount_point}: {result.stderr.strip()}")
+        self._mounted_uuid = None
+
+    def _mount(self, device: BlockDevice):
+        mode = "rw" if self.options["writable"] else "ro"
+        if device.fstype == "exfat":
+            if shutil.which("mount.exfat-fuse") is None:
+                raise DeviceUnavailable("mount.exfat-fuse is not installed (Debian package exfat-fuse)")
+            command = ["mount.exfat-fuse", "-o", f"{mode},noatime", device.node, self.mount_point]
+        elif device.fstype == "vfat":
+            command = ["mount", "-t", "vfat", "-o", f"{mode},noatime,nosuid,nodev,noexec", device.node,
+                       self.mount_point]
+        else:
+            raise DeviceUnavailable(f"drive {device.uuid} holds {device.fstype or 'no known'} file system; "
+                                    f"mount: true handles {' and '.join(MOUNTABLE)}")
+        try:
+            os.makedirs(self.mount_point, exist_ok=True)
+            result = subprocess.run(command, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            raise DeviceUnavailable(f"cannot mount drive {device.uuid} at {self.mount_point}: {error}") from None
+        if result.returncode != 0:
+            raise DeviceUnavailable(f"cannot mount drive {device.uuid} ({device.node}) at {self.mount_point}: "
+                                    f"{(result.stderr or result.stdout).strip()}")
+        self._mounted_uuid = device.uuid
+        log.info("%s: mounted drive %s (%s) %s at %s", self.name, device.uuid, device.node, mode, self.mount_point)
+
+    def _present(self, uuid, root) -> bool:
+        """Whether drive `uuid` is still plugged in and its mount at `root` still answers."""
+        try:
+            devices = [d for d in block_devices() if d.uuid == uuid]
+        except DeviceUnavailable:
+            return False
+        all_mounts = mounts()
+        return any(m.point == root for d in devices for m in mounts_of(d, all_mounts)) and answers(root)
+
+    # Paths
+
+    def _split(self, path) -> Tuple[str, str]:
+        check_relative(path)
+        uuid, _, relative = path.partition("/")
+        if not relative or not SAFE_UUID.match(uuid):
+            raise PermanentError(f"{path} is not a path of a drive source (<uuid>/<path on the drive>)")
+        return uuid, relative
+
+    def _locate(self, path) -> Tuple[str, str, str]:
+        """(uuid, root, full local path) of `path`, on the drive it was found on, which must be plugged in now."""
+        uuid, relative = self._split(path)
+        present, root = self._current()
+        if present != uuid:
+            # Another drive of ours is plugged in: this file waits for its own drive without holding the others up.
+            raise TransientError(f"{path} is on drive {uuid}, which is not plugged in (drive {present} is)")
+        return uuid, root, os.path.join(root, *relative.split("/"))
+
+    def _failure(self, error: OSError, path, uuid, root, offset):
+        """DeviceUnavailable if the drive went away, else the error of this one file."""
+        reason = error.strerror or str(error)
+        if error.errno in GONE_ERRNOS:
+            return DeviceUnavailable(f"drive {uuid} went away while reading {path}: {reason}")
+        time.sleep(SETTLE_SECONDS)
+        if not self._present(uuid, root):
+            return DeviceUnavailable(f"drive {uuid} went away while reading {path}: {reason}")
+        if error.errno == errno.ENOENT:
+            return PermanentError(f"{path} is no longer on drive {uuid}")
+        return FileError(f"{path}: {reason} at byte {offset} (drive {uuid} is still there: a file system error)")
+
+    def _wanted_file(self, relative) -> bool:
+        """include/exclude globs, matched without case (FAT and exFAT names are case-insensitive) against the path
+        on the drive and against the bare name."""
+        lowered = relative.lower()
+        name = lowered.rsplit("/", 1)[-1]
+
+        def hit(patterns):
+            return any(fnmatch.fnmatchcase(lowered, p.lower()) or fnmatch.fnmatchcase(name, p.lower())
+                       for p in patterns)
+        return hit(self.options["include"]) and not hit(self.options["exclude"])
+
+    def _complete(self, path, size, mtime) -> bool:
+        """Unchanged for min_age seconds of our own clock: the camera's clock may be anything, so mtime is only
+        compared with its own earlier value."""
+        if not self.options["min_age"]:
+            return True
+        now = time.monotonic()
+        seen = self._seen.get(path)
+        if seen is None or seen[:2] != (size, mtime):
+            self._seen[path] = (size, mtime, now)
+            return False
+        return now - seen[2] >= self.options["min_age"]
+
+    # Source
+
+    def probe(self):
+        """Raise DeviceUnavailable while no configured drive is plugged in (and mounted); mounts it if configured."""
+        self._current()
+
+    def close(self):
+        """Clear our mount point when the drive behind it has gone; a mount that still answers stays."""
+        if not self.options["mount"]:
+            return
+        with self._lock:
+            try:
+                self._clear_dead_mount(mounts(), [d for d in block_devices() if self._matches(d)])
+            except DeviceUnavailable as error:
+                log.warning("%s: %s", self.name, error)
+
+    def list(self) -> List[RemoteFile]:
+        """Every wanted file on the plugged-in drive, as '<uuid>/<path on the drive>'."""
+        uuid, root = self._current()
+        found = []
+        pending = [""]
+        while pending:
+            relative_directory = pending.pop()
+            directory = os.path.join(root, *relative_directory.split("/")) if relative_directory else root
+            try:
+                with os.scandir(directory) as entries:
+                    for entry in sorted(entries, key=lambda e: e.name):
+                        relative = f"{relative_directory}/{entry.name}" if relative_directory else entry.name
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append(relative)
+                        elif entry.is_file(follow_symlinks=False) and self._wanted_file(relative):
+                            status = entry.stat(follow_symlinks=False)
+                            path = f"{uuid}/{relative}"
+                            found.append(RemoteFile(path, status.st_size, status.st_mtime,
+                                                    self._complete(path, status.st_size, status.st_mtime)))
+            except OSError as error:
+                failure = self._failure(error, relative_directory or "/", uuid, root, 0)
+                if isinstance(failure, DeviceUnavailable):
+                    raise failure from None
+                log.warning("%s: skipped directory %s: %s", self.name, relative_directory or "/", failure)
+        return found
+
+    def stat(self, path) -> RemoteFile:
+        uuid, root, full = self._locate(path)
+        try:
+            status = os.stat(full)
+        except OSError as error:
+            raise self._failure(error, path, uuid, root, 0) from None
+        return RemoteFile(path, status.st_size, status.st_mtime)
+
+    def read(self, path, offset):
+        """Yield the file's bytes from `offset`; see the module text for how failures are told apart."""
+        uuid, root, full = self._locate(path)
+        position = offset
+        try:
+            with open(full, "rb") as handle:
+                handle.seek(offset)
+                while True:
+                    block = handle.read(CHUNK)
+                    if not block:
+                        return
+                    position += len(block)
+                    yield block
+        except OSError as error:
+            raise self._failure(error, path, uuid, root, position) from None
+
+    def delete(self, path):
+        """Remove the file from the drive. A drive we mount read-only (writable: false, the default) keeps it."""
+        if self.options["mount"] and not self.options["writable"]:
+            raise PermanentError(f"{self.key}.writable is false: drive is mounted read-only, so {path} stays on it")
+        uuid, root, full = self._locate(path)
+        try:
+            os.remove(full)
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            if error.errno == errno.EROFS:
+                raise PermanentError(f"drive {uuid} is mounted read-only at {root}; {path} stays on it") from None
+            raise self._failure(error, path, uuid, root, 0) from None
+        try:  # make the removal durable before the drive can be pulled
+            descriptor = os.open(os.path.dirname(full), os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        except OSError as error:
+            log.debug("%s: fsync after removing %s: %s", self.name, path, error)

@@ -1,0 +1,590 @@
+"""A MAVLink FTP client: list directories, read files with burst reads, and ask the vehicle for a file's CRC-32.
+
+Written from the protocol description (mavlink.io services/ftp and the checked facts in FACTS.md), not from
+pymavlink's mavftp module, which is GPL and built around MAVProxy's event loop. pymavlink provides only the
+connection (udp, tcp or serial) and the MAVLink 2 framing.
+
+How a read works: OpenFileRO gives the size; BurstReadFile makes the server stream 239-byte ACKs until it sets
+burst_complete (PX4 and MAVSDK stop about every 35 KB) or reaches the end. Lost packets leave holes, which are filled
+after the burst with pipelined ReadFile requests (never during a burst: MAVSDK's server shares one file position
+between its burst thread and ReadFile). Then the next burst starts where the data ends. Bytes are handed to the
+caller in order as soon as they are contiguous, so memory stays bounded by about one burst.
+
+Every request is resent with the same seq_number when its reply does not come within the retransmission timeout;
+a server must answer a repeated seq_number with its previous reply (PX4 does), so a resend never opens a second
+session. The timeout adapts to the measured round trip (as TCP's does) between `min_timeout` and `timeout`. After
+`retries` timeouts in a row with no reply at all the link counts as down (DeviceUnavailable).
+"""
+import errno
+import logging
+import struct
+import time
+from collections import deque
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Dict, Iterator, List, Optional
+
+from pymavlink import mavutil
+from pymavlink.dialects.v20 import common as mavlink2
+
+from filesync.errors import DeviceUnavailable, FileError, PermanentError, TransientError
+
+log = logging.getLogger(__name__)
+
+MAX_DATA = 239  # data bytes in one FILE_TRANSFER_PROTOCOL payload
+PAYLOAD_LEN = 251
+HEADER = struct.Struct("<HBBBBBxI")  # seq, session, opcode, size, req_opcode, burst_complete, padding, offset
+SEQ_MOD = 1 << 16
+ARMED_FLAG = mavlink2.MAV_MODE_FLAG_SAFETY_ARMED
+FTP_MSG_ID = mavlink2.MAVLINK_MSG_ID_FILE_TRANSFER_PROTOCOL
+HEARTBEAT_MSG_ID = mavlink2.MAVLINK_MSG_ID_HEARTBEAT
+
+
+class Op(IntEnum):
+    """FTP opcodes (FACTS.md)."""
+    NONE = 0
+    TERMINATE_SESSION = 1
+    RESET_SESSIONS = 2
+    LIST_DIRECTORY = 3
+    OPEN_FILE_RO = 4
+    READ_FILE = 5
+    REMOVE_FILE = 8
+    CALC_FILE_CRC32 = 14
+    BURST_READ_FILE = 15
+    ACK = 128
+    NAK = 129
+
+
+class Nak(IntEnum):
+    """NAK codes, sent in data[0] of a NAK."""
+    NONE = 0
+    FAIL = 1
+    FAIL_ERRNO = 2
+    INVALID_DATA_SIZE = 3
+    INVALID_SESSION = 4
+    NO_SESSIONS_AVAILABLE = 5
+    EOF = 6
+    UNKNOWN_COMMAND = 7
+    FILE_EXISTS = 8
+    FILE_PROTECTED = 9
+    FILE_NOT_FOUND = 10
+
+
+class VehicleFileNotFound(PermanentError):
+    """The vehicle says the file or directory does not exist."""
+
+
+class SessionRefused(TransientError):
+    """The vehicle's only FTP session is taken (NAK NoSessionsAvailable)."""
+
+
+class CommandUnsupported(FileError):
+    """The server does not know the command (NAK UnknownCommand)."""
+
+
+class _EndOfFile(Exception):
+    """NAK EOF: the end of a file or of a directory listing."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One directory entry as ListDirectory reports it."""
+    name: str
+    is_dir: bool
+    size: int
+
+
+@dataclass
+class Reply:
+    """A decoded FTP payload."""
+    seq: int
+    session: int
+    opcode: int
+    size: int
+    req_opcode: int
+    burst_complete: int
+    offset: int
+    data: bytes
+
+    @classmethod
+    def decode(cls, payload: bytes) -> "Reply":
+        seq, session, opcode, size, req_opcode, burst_complete, offset = HEADER.unpack_from(payload)
+        size = min(size, MAX_DATA)
+        return cls(seq, session, opcode, size, req_opcode, burst_complete, offset,
+                   payload[HEADER.size:HEADER.size + size])
+
+    def nak_code(self) -> int:
+        return self.data[0] if self.data else Nak.NONE
+
+
+def nak_error(reply: Reply, what: str) -> Exception:
+    """The filesync error for a NAK `reply` to the request described by `what` (e.g. "open /fs/x.ulg")."""
+    code = reply.nak_code()
+    err = reply.data[1] if code == Nak.FAIL_ERRNO and len(reply.data) > 1 else 0
+    if code == Nak.FILE_NOT_FOUND or (code == Nak.FAIL_ERRNO and err == errno.ENOENT):
+        return VehicleFileNotFound(f"{what}: the vehicle has no such file or directory (NAK FileNotFound); "
+                                   "it was removed or renamed after it was listed")
+    if code == Nak.NO_SESSIONS_AVAILABLE:
+        return SessionRefused(f"{what}: the vehicle refused an FTP session (NAK NoSessionsAvailable): its only "
+                              "session is held by another client (QGroundControl, MAVROS, or a crashed earlier run); "
+                              "it frees when that client closes it or after the vehicle's idle timeout (10-30 s)")
+    if code == Nak.INVALID_SESSION:
+        return TransientError(f"{what}: the vehicle no longer knows our FTP session (NAK InvalidSession): it was "
+                              "closed by its idle timeout or by another client's ResetSessions")
+    if code == Nak.UNKNOWN_COMMAND:
+        return CommandUnsupported(f"{what}: the vehicle's FTP server does not support this command")
+    if code == Nak.FILE_PROTECTED:
+        return PermanentError(f"{what}: the vehicle refuses access (NAK FileProtected)")
+    if code == Nak.FAIL_ERRNO:
+        return FileError(f"{what}: the vehicle failed with errno {err} ({errno.errorcode.get(err, '?')})")
+    name = Nak(code).name if code in Nak._value2member_map_ else str(code)
+    return FileError(f"{what}: the vehicle answered NAK {name}")
+
+
+def _seq_distance(later: int, earlier: int) -> int:
+    return (later - earlier) % SEQ_MOD
+
+
+class _Rtt:
+    """Round-trip estimate and retransmission timeout, as TCP computes them (RFC 6298), clamped to [low, high]."""
+
+    def __init__(self, low: float, high: float):
+        self.low, self.high = low, high
+        self.srtt = None
+        self.rttvar = 0.0
+
+    def sample(self, rtt: float):
+        if self.srtt is None:
+            self.srtt, self.rttvar = rtt, rtt / 2
+        else:
+            self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - rtt)
+            self.srtt = 0.875 * self.srtt + 0.125 * rtt
+
+    @property
+    def rto(self) -> float:
+        if self.srtt is None:
+            return self.high
+        return min(self.high, max(self.low, self.srtt + 4 * self.rttvar))
+
+
+class _Assembly:
+    """Received file data between the next offset to hand out and the furthest byte received, with its holes."""
+
+    def __init__(self, start: int, size: int):
+        self.position = start  # next byte to hand to the caller
+        self.frontier = start  # end of the furthest data received
+        self.size = size
+        self.pieces: Dict[int, bytes] = {}  # offset -> data, all at or after position
+
+    def add(self, offset: int, data: bytes) -> bool:
+        """Keep `data` at `offset`; False when it brings nothing new."""
+        end = min(offset + len(data), self.size)
+        if end <= self.position or not data:
+            return False
+        if offset < self.position:  # overlaps what was handed out already: keep only the new tail
+            data, offset = data[self.position - offset:], self.position
+        data = data[:end - offset]
+        old = self.pieces.get(offset)
+        if old is not None and len(old) >= len(data):
+            return False
+        self.pieces[offset] = data
+        self.frontier = max(self.frontier, end)
+        return True
+
+    def take(self) -> bytes:
+        """The contiguous bytes from position on, removed from the assembly."""
+        parts = []
+        while True:
+            piece = self.pieces.pop(self.position, None)
+            if piece is None:
+                break
+            parts.append(piece)
+            self.position += len(piece)
+            # drop pieces the one just taken covers (a shorter or shifted copy from another request)
+            for offset in [o for o in self.pieces if o < self.position]:
+                leftover = self.pieces.pop(offset)
+                if offset + len(leftover) > self.position:
+                    self.pieces.setdefault(self.position, leftover[self.position - offset:])
+        return b"".join(parts)
+
+    def holes(self) -> List[tuple]:
+        """(offset, length) ranges between position and frontier that no piece covers."""
+        result, cursor = [], self.position
+        for offset in sorted(self.pieces):
+            if offset > cursor:
+                result.append((cursor, offset - cursor))
+            cursor = max(cursor, offset + len(self.pieces[offset]))
+        if cursor < self.frontier:
+            result.append((cursor, self.frontier - cursor))
+        return result
+
+    @property
+    def buffered(self) -> int:
+        return self.frontier - self.position
+
+
+class MavFtpClient:
+    """One MAVLink connection to one vehicle's FTP server. Not thread-safe: callers serialise its use.
+
+    `url` is pymavlink's: udpout:HOST:PORT, udpin:HOST:PORT, tcp:HOST:PORT or a serial device path (with `baud`).
+    """
+
+    def __init__(self, url: str, baud: int = 921600, source_system: int = 245, source_component: int = 191,
+                 target_system: int = 1, target_component: int = 1, timeout: float = 1.0, min_timeout: float = 0.05,
+                 retries: int = 10, crc_timeout: float = 60.0, window: int = 16, chunk_bytes: int = 64 * 1024,
+                 max_buffer: int = 1 << 20):
+        self.url, self.baud = url, baud
+        self.source_system, self.source_component = source_system, source_component
+        self.target_system, self.target_component = target_system, target_component
+        self.timeout, self.retries, self.crc_timeout = timeout, retries, crc_timeout
+        self.window = window  # ReadFile requests in flight while filling holes
+        self.chunk_bytes = chunk_bytes  # hand data to the caller in blocks of about this size
+        self.max_buffer = max_buffer  # out-of-order bytes kept before a burst is restarted at the first hole
+        self._rtt = _Rtt(min_timeout, timeout)
+        self._conn = None
+        self._seq = 0
+        self._silent = 0  # timeouts in a row without any reply
+        self._last_heartbeat_sent = 0.0
+        self.heartbeat = None  # the vehicle's last HEARTBEAT message
+        self.heartbeat_time = 0.0  # time.monotonic() when it came
+
+    # ----- connection -----
+
+    def connect(self):
+        """Open the connection if it is not open. Raises DeviceUnavailable when the port cannot be opened."""
+        if self._conn is not None:
+            return
+        try:
+            conn = mavutil.mavlink_connection(self.url, baud=self.baud, source_system=self.source_system,
+                                              source_component=self.source_component, autoreconnect=False)
+        except Exception as error:  # serial.SerialException, OSError, ValueError for a bad address
+            raise DeviceUnavailable(f"cannot open {self.url}: {error}") from None
+        # Speak MAVLink 2 from the first frame: FTP frames then drop their unused payload bytes on the wire.
+        conn.mav = mavlink2.MAVLink(conn, srcSystem=self.source_system, srcComponent=self.source_component)
+        conn.mav.robust_parsing = True
+        conn.WIRE_PROTOCOL_VERSION = "2.0"
+        conn.first_byte = False
+        port = getattr(conn, "port", None)
+        if hasattr(port, "setsockopt"):
+            import socket
+            try:  # a burst arrives faster than a busy caller may read; don't let the kernel drop it
+                port.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            except OSError:
+                pass
+        self._conn = conn
+        # Start from a random-looking seq so a restarted client does not repeat the previous run's last seq,
+        # which PX4 would answer with its stored reply.
+        self._seq = int(time.monotonic() * 1000) % SEQ_MOD
+        self._send_heartbeat()
+
+    def close(self):
+        """Close the connection; the next call reconnects."""
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # closing a dead serial port can fail; it is gone either way
+                pass
+            self._conn = None
+
+    def _send_heartbeat(self):
+        self._last_heartbeat_sent = time.monotonic()
+        self._write(lambda mav: mav.heartbeat_send(mavlink2.MAV_TYPE_ONBOARD_CONTROLLER,
+                                                   mavlink2.MAV_AUTOPILOT_INVALID, 0, 0, mavlink2.MAV_STATE_ACTIVE))
+
+    def _write(self, send):
+        try:
+            send(self._conn.mav)
+        except OSError as error:
+            self.close()
+            raise DeviceUnavailable(f"{self.url}: {error}") from None
+
+    def _send(self, opcode: int, seq: int, session: int = 0, offset: int = 0, data: bytes = b"", size=None):
+        header = HEADER.pack(seq, session, opcode, len(data) if size is None else size, 0, 0, offset)
+        payload = (header + data).ljust(PAYLOAD_LEN, b"\0")
+        self._write(lambda mav: mav.file_transfer_protocol_send(0, self.target_system, self.target_component,
+                                                                payload))
+
+    def _next_seq(self, step: int = 1) -> int:
+        seq = self._seq
+        self._seq = (self._seq + step) % SEQ_MOD
+        return seq
+
+    def _poll(self, timeout: float) -> Optional[Reply]:
+        """The next FTP payload addressed to us within `timeout` seconds, or None. Records heartbeats on the way."""
+        self.connect()
+        conn = self._conn
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                msg = conn.recv_msg()
+            except OSError as error:
+                self.close()
+                raise DeviceUnavailable(f"{self.url}: {error}") from None
+            now = time.monotonic()
+            if now - self._last_heartbeat_sent >= 1.0:
+                self._send_heartbeat()
+            if msg is None:
+                if now >= deadline:
+                    return None
+                conn.select(deadline - now)
+                continue
+            if msg.get_srcSystem() != self.target_system:
+                continue
+            msg_id = msg.get_msgId()
+            if msg_id == FTP_MSG_ID:
+                if msg.target_system not in (0, self.source_system) or \
+                        msg.target_component not in (0, self.source_component):
+                    continue
+                self._silent = 0
+                return Reply.decode(bytes(msg.payload))
+            if msg_id == HEARTBEAT_MSG_ID and msg.get_srcComponent() == self.target_component:
+                self.heartbeat, self.heartbeat_time = msg, now
+
+    def _timed_out(self, what: str):
+        """Count one timeout without any reply; raise DeviceUnavailable after `retries` in a row."""
+        self._silent += 1
+        if self._silent > self.retries:
+            self._silent = 0
+            raise DeviceUnavailable(f"{what}: no answer from the vehicle's FTP server on {self.url} after "
+                                    f"{self.retries} resends")
+
+    # ----- heartbeat -----
+
+    def wait_heartbeat(self, max_age: float, timeout: float):
+        """The vehicle's HEARTBEAT, at most `max_age` seconds old, waiting up to `timeout` for one; None if none."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.heartbeat is not None and time.monotonic() - self.heartbeat_time <= max_age:
+                return self.heartbeat
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._poll(min(remaining, 0.2))  # FTP payloads seen here are stale replies: dropped
+
+    @property
+    def armed(self) -> bool:
+        """Whether the last HEARTBEAT said the vehicle is armed."""
+        return bool(self.heartbeat is not None and self.heartbeat.base_mode & ARMED_FLAG)
+
+    # ----- single requests -----
+
+    def _request(self, opcode: int, what: str, session: int = 0, offset: int = 0, data: bytes = b"",
+                 size=None, first_timeout: Optional[float] = None, total_timeout: Optional[float] = None) -> Reply:
+        """Send one request and return its ACK, resending it (same seq) on timeouts; raise the NAK's error.
+
+        `first_timeout`/`total_timeout` are for slow commands (CRC of a large file): the wait doubles per resend.
+        """
+        seq = self._next_seq()
+        started = time.monotonic()
+        wait = first_timeout or self._rtt.rto
+        sends = 0
+        while True:
+            self._send(opcode, seq, session, offset, data, size)
+            sent_at = time.monotonic()
+            sends += 1
+            deadline = sent_at + wait
+            while True:
+                reply = self._poll(max(0.0, deadline - time.monotonic()))
+                if reply is None:
+                    break
+                if reply.req_opcode != opcode or reply.seq != (seq + 1) % SEQ_MOD:
+                    continue  # a late reply to an earlier request
+                if sends == 1:
+                    self._rtt.sample(time.monotonic() - sent_at)
+                if reply.opcode == Op.NAK:
+                    if reply.nak_code() == Nak.EOF:
+                        raise _EndOfFile()
+                    raise nak_error(reply, what)
+                return reply
+            if total_timeout is not None:
+                if time.monotonic() - started >= total_timeout:
+                    raise DeviceUnavailable(f"{what}: no answer within {total_timeout:.0f} s")
+                wait = min(wait * 2, max(0.0, total_timeout - (time.monotonic() - started)) + 0.01)
+            else:
+                self._timed_out(what)
+                wait = min(wait * 2, self.timeout)
+
+    def terminate_session(self, session: int):
+        """Close `session` on the vehicle. Best effort: a lost answer or a session already gone changes nothing."""
+        try:
+            self._request(Op.TERMINATE_SESSION, f"close session {session}", session=session)
+        except (TransientError, PermanentError, _EndOfFile) as error:
+            log.debug("terminate session %d: %s", session, error)
+
+    def reset_sessions(self):
+        """Close every session on the vehicle, also other clients' (use only on a link nobody else uses)."""
+        self._request(Op.RESET_SESSIONS, "reset sessions")
+
+    def list_directory(self, path: str) -> List[Entry]:
+        """The entries of directory `path`, paging with offset = entries read so far."""
+        entries: Dict[str, Entry] = {}
+        read = 0
+        encoded = path.encode("utf-8")
+        while True:
+            try:
+                reply = self._request(Op.LIST_DIRECTORY, f"list {path}", offset=read, data=encoded)
+            except _EndOfFile:
+                return list(entries.values())
+            raw = [item for item in reply.data.split(b"\0") if item]
+            if not raw:
+                return list(entries.values())
+            read += len(raw)
+            for item in raw:
+                kind, text = item[:1], item[1:].decode("utf-8", "replace")
+                if kind == b"F":
+                    name, _, size = text.rpartition("\t")
+                    entries[name] = Entry(name, False, int(size) if size.isdigit() else 0)
+                elif kind == b"D" and text not in (".", ".."):
+                    entries[text] = Entry(text, True, 0)
+                # "S" entries (skip) only advance the offset
+
+    def crc32(self, path: str) -> int:
+        """The vehicle's CalcFileCRC32 of `path` (the MAVLink FTP CRC-32, see filesync.devices.base.mavftp_crc32)."""
+        reply = self._request(Op.CALC_FILE_CRC32, f"CRC of {path}", data=path.encode("utf-8"),
+                              first_timeout=max(self._rtt.rto * 4, 1.0), total_timeout=self.crc_timeout)
+        return struct.unpack_from("<I", reply.data.ljust(4, b"\0"))[0]
+
+    def open_read(self, path: str) -> tuple:
+        """OpenFileRO: (session, size)."""
+        reply = self._request(Op.OPEN_FILE_RO, f"open {path}", data=path.encode("utf-8"))
+        return reply.session, struct.unpack_from("<I", reply.data.ljust(4, b"\0"))[0]
+
+    # ----- reading -----
+
+    def read(self, path: str, offset: int = 0, should_stop=None) -> Iterator[bytes]:
+        """Yield the bytes of `path` from `offset` to the size the vehicle gave at open, in order.
+
+        The session is closed however the iteration ends. `should_stop()` is asked between bursts; a text it
+        returns stops the read with TransientError(text) (used to stop when the vehicle arms).
+        """
+        session, size = self.open_read(path)
+        try:
+            if offset > size:
+                raise FileError(f"{path}: asked to resume at byte {offset} but the vehicle's file has {size} bytes")
+            yield from self._read_session(path, session, offset, size, should_stop)
+        finally:
+            self.terminate_session(session)
+
+    def _read_session(self, path, session, offset, size, should_stop):
+        assembly = _Assembly(offset, size)
+        burst_supported = True
+        while assembly.position < size:
+            if should_stop is not None:
+                reason = should_stop()
+                if reason:
+                    raise TransientError(f"{path}: {reason}")
+            if burst_supported and assembly.frontier < size:
+                try:
+                    yield from self._burst(path, session, assembly)
+                except CommandUnsupported:
+                    log.info("%s: no BurstReadFile on this server: reading with ReadFile", self.url)
+                    burst_supported = False
+            holes = assembly.holes()
+            if not burst_supported and assembly.frontier < size:
+                holes.append((assembly.frontier, size - assembly.frontier))
+            if holes:
+                yield from self._fill(path, session, assembly, holes)
+            data = assembly.take()
+            if data:
+                yield data
+
+    def _burst(self, path, session, assembly):
+        """One BurstReadFile from the frontier until burst_complete, the end, or silence; yields contiguous data."""
+        start = assembly.frontier
+        seq = self._next_seq()
+        # packets of this burst carry seq+1, seq+2, ...: accept that window and nothing older
+        window = min((assembly.size - start) // MAX_DATA + 2, SEQ_MOD // 2)
+        what = f"burst read {path} at {start}"
+        last_seq = seq
+        gap = None  # smoothed time between burst packets
+        got_any = False
+        ready = 0
+        self._send(Op.BURST_READ_FILE, seq, session, start, size=MAX_DATA)
+        sent_at = previous = time.monotonic()
+        while True:
+            # wait for the first packet like for any reply; later, silence of a few packet gaps ends the burst
+            wait = self._rtt.rto if not got_any else min(self.timeout, self._rtt.rto + 8 * gap)
+            reply = self._poll(wait)
+            if reply is None:
+                if got_any:
+                    break  # the burst's last packet got lost or the server stopped: the caller goes on
+                self._timed_out(what)
+                self._send(Op.BURST_READ_FILE, seq, session, start, size=MAX_DATA)
+                continue
+            if reply.req_opcode != Op.BURST_READ_FILE or not 0 < _seq_distance(reply.seq, seq) <= window:
+                continue
+            now = time.monotonic()
+            if not got_any:
+                self._rtt.sample(now - sent_at)
+                gap = self._rtt.rto / 8
+            else:
+                gap = 0.9 * gap + 0.1 * (now - previous)
+            got_any, previous = True, now
+            if _seq_distance(reply.seq, last_seq) < SEQ_MOD // 2:
+                last_seq = reply.seq
+            if reply.opcode == Op.NAK:
+                if reply.nak_code() == Nak.EOF:
+                    break
+                raise nak_error(reply, what)
+            if assembly.add(reply.offset, reply.data):
+                ready = assembly.frontier if assembly.pieces.get(assembly.position) else ready
+            if reply.burst_complete or assembly.frontier >= assembly.size:
+                break
+            if assembly.pieces.get(assembly.position) is not None and \
+                    sum(len(p) for p in ()) == 0 and assembly.buffered >= self.chunk_bytes and not assembly.holes():
+                yield assembly.take()
+            elif assembly.buffered > self.max_buffer:
+                break  # a server that bursts to the end: stop keeping data and fill the holes first
+        # the next request must not reuse a seq this burst used
+        self._seq = (last_seq + 1) % SEQ_MOD
+
+    def _fill(self, path, session, assembly, holes):
+        """Fetch `holes` [(offset, length)] with up to `window` ReadFile requests in flight; yield contiguous data."""
+        todo = deque()
+        for offset, length in holes:
+            while length > 0:
+                part = min(length, MAX_DATA)
+                todo.append((offset, part))
+                offset, length = offset + part, length - part
+        in_flight = {}  # request seq -> [offset, length, sent_at, sends]
+        while todo or in_flight:
+            while todo and len(in_flight) < self.window:
+                offset, length = todo.popleft()
+                seq = self._next_seq(2)  # odd gaps: a reply's seq (request + 1) never equals another request's
+                self._send(Op.READ_FILE, seq, session, offset, size=length)
+                in_flight[seq] = [offset, length, time.monotonic(), 1]
+            first_deadline = min(item[2] for item in in_flight.values()) + self._rtt.rto
+            reply = self._poll(max(0.0, first_deadline - time.monotonic()))
+            if reply is None:
+                self._timed_out(f"read {path}")
+                now = time.monotonic()
+                for seq, item in in_flight.items():
+                    if now - item[2] >= self._rtt.rto:
+                        self._send(Op.READ_FILE, seq, session, item[0], size=item[1])
+                        item[2], item[3] = now, item[3] + 1
+                continue
+            if reply.req_opcode != Op.READ_FILE:
+                continue
+            request = (reply.seq - 1) % SEQ_MOD
+            item = in_flight.get(request)
+            if item is None:
+                continue
+            del in_flight[request]
+            offset, length, sent_at, sends = item
+            if sends == 1:
+                self._rtt.sample(time.monotonic() - sent_at)
+            if reply.opcode == Op.NAK:
+                if reply.nak_code() == Nak.EOF:
+                    raise FileError(f"{path}: the vehicle's file ended at {offset}, before the {assembly.size} "
+                                    "bytes it had at open")
+                raise nak_error(reply, f"read {path} at {offset}")
+            data = reply.data[:length]
+            if not data:
+                raise FileError(f"{path}: the vehicle answered a read at {offset} with no data")
+            assembly.add(offset, data)
+            if len(data) < length:  # a server may answer with fewer bytes: ask for the rest
+                todo.appendleft((offset + len(data), length - len(data)))
+            if assembly.position in assembly.pieces and assembly.buffered >= self.chunk_bytes:
+                ready = assembly.take()
+                if ready:
+                    yield ready

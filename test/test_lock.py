@@ -1,0 +1,63 @@
+"""Leases: one holder at a time, expiry of a dead holder, increasing tokens, persistence across a restart."""
+import threading
+import time
+
+from filesync.lock import Lease, LeaseTable
+
+
+def test_one_holder_at_a_time_and_expiry():
+    now = [0.0]
+    table = LeaseTable(clock=lambda: now[0])
+    first = table.acquire("px4", "finder", 10)
+    assert first.granted
+    refused = table.acquire("px4", "downloader", 10)
+    assert not refused.granted and refused.holder == "finder" and refused.expires_in == 10
+    now[0] = 5
+    renewed = table.acquire("px4", "finder", 10)
+    assert renewed.granted and renewed.token == first.token
+    now[0] = 16  # finder died: its lease ran out
+    second = table.acquire("px4", "downloader", 10)
+    assert second.granted and second.token > first.token
+    assert not table.release("px4", "finder", first.token)  # a stale holder cannot release the new lease
+    assert table.release("px4", "downloader", second.token)
+
+
+def test_tokens_and_leases_survive_a_restart(tmp_path):
+    path = str(tmp_path / "leases.json")
+    table = LeaseTable(path)
+    grant = table.acquire("px4", "finder", 60)
+    restarted = LeaseTable(path)
+    assert not restarted.acquire("px4", "downloader", 60).granted
+    restarted.release("px4", "finder", grant.token)
+    assert restarted.acquire("px4", "downloader", 60).token > grant.token
+
+
+def test_lease_blocks_never_overlap():
+    table = LeaseTable()
+    inside = []
+    overlaps = []
+
+    def client(name):
+        for _ in range(20):
+            with Lease(table, "px4", name, ttl=5, timeout=30, poll=0.001):
+                inside.append(name)
+                if len(inside) > 1:
+                    overlaps.append(tuple(inside))
+                time.sleep(0.001)
+                inside.remove(name)
+
+    threads = [threading.Thread(target=client, args=(f"c{i}",)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert overlaps == []
+
+
+def test_lease_is_renewed_while_held():
+    table = LeaseTable()
+    with Lease(table, "px4", "downloader", ttl=0.3) as lease:
+        time.sleep(1.0)
+        assert not table.acquire("px4", "finder", 1).granted
+        assert not lease.lost.is_set()
+    assert table.acquire("px4", "finder", 1).granted
