@@ -156,8 +156,8 @@ class ExfatDrive:
         _wait(lambda: not os.path.exists(f"/sys/block/{name}/loop/backing_file"), 20, f"{self.device} to detach")
         self.device = None
 
-    def unplug(self, mount_point=None):
-        """Pull the drive out: end the FUSE mount under any reader, clear the dead mount, detach the loop device.
+    def kill_mount(self, mount_point=None):
+        """End the FUSE mount under any reader (ENOTCONN from then on) and clear it; the loop device stays.
 
         `mount_point` is where the drive is mounted if someone else (the source) mounted it.
         """
@@ -166,6 +166,11 @@ class ExfatDrive:
             end_fuse_mount(where)
             lazy_unmount(where)
         self.mount_point = None
+
+    def unplug(self, mount_point=None):
+        """Pull the drive out: kill_mount(), then detach the loop device. Readers must have let go of their files
+        (a file open on the dead mount keeps the device attached)."""
+        self.kill_mount(mount_point)
         self.detach()
 
     def write_files(self, files, seed=0):
