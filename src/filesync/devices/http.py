@@ -19,6 +19,7 @@ import re
 import socket
 import string
 import threading
+import warnings
 from datetime import datetime, timezone
 from html import unescape
 from urllib.parse import quote, urljoin, urlsplit
@@ -183,6 +184,8 @@ class _Uploader:
                 raise ConfigError(f"{key}.verify_tls: false contradicts ca_bundle; give one of them")
             log.warning("%s: verify_tls is false: the server's TLS certificate is NOT checked; anyone on the path "
                         "can read and change the uploads", key)
+            # said once here; urllib3 would repeat it for every request (it is raised only for unverified ones)
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
         self._sessions = threading.local()  # a requests.Session is not shared between threads
 
     def _session(self):
