@@ -468,75 +468,106 @@ class MavFtpClient:
     def _read_session(self, path, session, offset, size, should_stop):
         assembly = _Assembly(offset, size)
         burst_supported = True
+        out = bytearray()
         while assembly.position < size:
             if should_stop is not None:
                 reason = should_stop()
                 if reason:
                     raise TransientError(f"{path}: {reason}")
+            clean = True
             if burst_supported and assembly.frontier < size:
                 try:
-                    yield from self._burst(path, session, assembly)
+                    clean = yield from self._coalesce(self._burst(path, session, assembly), out)
                 except CommandUnsupported:
                     log.info("%s: no BurstReadFile on this server: reading with ReadFile", self.url)
                     burst_supported = False
-            holes = assembly.holes()
-            if not burst_supported and assembly.frontier < size:
-                holes.append((assembly.frontier, size - assembly.frontier))
-            if holes:
-                yield from self._fill(path, session, assembly, holes)
-            data = assembly.take()
-            if data:
-                yield data
+            # Fill holes only once the server's burst is over: MAVSDK's server moves the file position of a running
+            # burst when it serves a ReadFile, which would label later burst data with wrong offsets.
+            if clean or assembly.buffered >= self.max_buffer:
+                holes = assembly.holes()
+                if not burst_supported and assembly.frontier < size:
+                    holes.append((assembly.frontier, size - assembly.frontier))
+                if holes:
+                    yield from self._coalesce(self._fill(path, session, assembly, holes), out)
+            out += assembly.take()
+            if len(out) >= self.chunk_bytes or (out and assembly.position >= size):
+                yield bytes(out)
+                out.clear()
+        if out:
+            yield bytes(out)
+
+    def _coalesce(self, pieces, out):
+        """Run the generator `pieces`, yielding its data in blocks of chunk_bytes; return what it returns."""
+        while True:
+            try:
+                piece = next(pieces)
+            except StopIteration as done:
+                return done.value
+            out += piece
+            if len(out) >= self.chunk_bytes:
+                yield bytes(out)
+                out.clear()
 
     def _burst(self, path, session, assembly):
-        """One BurstReadFile from the frontier until burst_complete, the end, or silence; yields contiguous data."""
+        """One BurstReadFile from the frontier; yields contiguous data as it comes.
+
+        Returns True when the burst ended for sure (burst_complete, EOF or the file's end), False when it went
+        silent (its last packets were lost, or the server is slow) so that the server may still be sending.
+        """
         start = assembly.frontier
         seq = self._next_seq()
-        # packets of this burst carry seq+1, seq+2, ...: accept that window and nothing older
+        # packets of this burst carry seq+1, seq+2, ...: accept that window, nothing from an earlier file
         window = min((assembly.size - start) // MAX_DATA + 2, SEQ_MOD // 2)
         what = f"burst read {path} at {start}"
         last_seq = seq
-        gap = None  # smoothed time between burst packets
+        gap = 0.0  # smoothed time between burst packets
         got_any = False
-        ready = 0
+        ended = False
+        received = 0  # data packets
+        limit = assembly.position + self.max_buffer
         self._send(Op.BURST_READ_FILE, seq, session, start, size=MAX_DATA)
         sent_at = previous = time.monotonic()
         while True:
-            # wait for the first packet like for any reply; later, silence of a few packet gaps ends the burst
+            # the first packet is awaited like any reply; after it, silence of several packet gaps ends the burst
             wait = self._rtt.rto if not got_any else min(self.timeout, self._rtt.rto + 8 * gap)
             reply = self._poll(wait)
             if reply is None:
                 if got_any:
-                    break  # the burst's last packet got lost or the server stopped: the caller goes on
+                    break
                 self._timed_out(what)
                 self._send(Op.BURST_READ_FILE, seq, session, start, size=MAX_DATA)
+                sent_at = time.monotonic()
                 continue
             if reply.req_opcode != Op.BURST_READ_FILE or not 0 < _seq_distance(reply.seq, seq) <= window:
                 continue
             now = time.monotonic()
             if not got_any:
                 self._rtt.sample(now - sent_at)
-                gap = self._rtt.rto / 8
             else:
-                gap = 0.9 * gap + 0.1 * (now - previous)
+                gap = 0.9 * gap + 0.1 * (now - previous) if gap else now - previous
             got_any, previous = True, now
             if _seq_distance(reply.seq, last_seq) < SEQ_MOD // 2:
                 last_seq = reply.seq
             if reply.opcode == Op.NAK:
-                if reply.nak_code() == Nak.EOF:
-                    break
-                raise nak_error(reply, what)
-            if assembly.add(reply.offset, reply.data):
-                ready = assembly.frontier if assembly.pieces.get(assembly.position) else ready
-            if reply.burst_complete or assembly.frontier >= assembly.size:
+                if reply.nak_code() != Nak.EOF:
+                    raise nak_error(reply, what)
+                if received == 0 and assembly.frontier < assembly.size:
+                    raise FileError(f"{path}: the vehicle's file ends at {start}, before the {assembly.size} bytes "
+                                    "it had at open")
+                ended = True
                 break
-            if assembly.pieces.get(assembly.position) is not None and \
-                    sum(len(p) for p in ()) == 0 and assembly.buffered >= self.chunk_bytes and not assembly.holes():
-                yield assembly.take()
-            elif assembly.buffered > self.max_buffer:
-                break  # a server that bursts to the end: stop keeping data and fill the holes first
+            received += 1
+            if reply.offset < limit:  # beyond: dropped, so memory stays bounded with a server that never pauses
+                assembly.add(reply.offset, reply.data)
+                data = assembly.take()
+                if data:
+                    yield data
+            if reply.burst_complete or reply.offset + len(reply.data) >= assembly.size:
+                ended = True
+                break
         # the next request must not reuse a seq this burst used
         self._seq = (last_seq + 1) % SEQ_MOD
+        return ended
 
     def _fill(self, path, session, assembly, holes):
         """Fetch `holes` [(offset, length)] with up to `window` ReadFile requests in flight; yield contiguous data."""
@@ -584,7 +615,6 @@ class MavFtpClient:
             assembly.add(offset, data)
             if len(data) < length:  # a server may answer with fewer bytes: ask for the rest
                 todo.appendleft((offset + len(data), length - len(data)))
-            if assembly.position in assembly.pieces and assembly.buffered >= self.chunk_bytes:
-                ready = assembly.take()
-                if ready:
-                    yield ready
+            ready = assembly.take()
+            if ready:
+                yield ready
