@@ -169,13 +169,13 @@ def test_full_disk_waits_and_resumes(tmp_path, full_side):
 
 def test_kill_9_at_random_points_loses_nothing_and_resends_little(tmp_path):
     """The whole engine (ledger, downloader, uploader in one process) killed again and again mid-transfer."""
-    server = FtpServerProcess(str(tmp_path / "ftp_root"), str(tmp_path / "ftp.log"), bandwidth=8 * MiB).start()
+    server = FtpServerProcess(str(tmp_path / "ftp_root"), str(tmp_path / "ftp.log")).start()
     rng = random.Random(int(os.environ.get("FILESYNC_TEST_SEED", "7")))
     sizes = [rng.randrange(0, 6 * MiB) for _ in range(16)] + [0, 1, 20 * MiB]
     paths = [f"d{i % 3}/f{i}.bin" for i in range(len(sizes))]
     for path, size in zip(paths, sizes):
         write_file(str(tmp_path / "inbox" / path), size)
-    config = make_config(tmp_path, server, lease_seconds=5.0)
+    config = make_config(tmp_path, server, lease_seconds=5.0, bwlimit=6 * MiB)
     config_path = tmp_path / "config.json"
     config_path.write_text(json.dumps(config))
     command = [sys.executable, os.path.join(HERE, "support", "run_local.py"), str(config_path)]

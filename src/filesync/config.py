@@ -21,6 +21,7 @@ TOP_LEVEL = [
     Option("retry_base", float, 2.0, positive),
     Option("retry_cap", float, 300.0, positive),
     Option("max_attempts", int, 5, positive),
+    Option("bwlimit", int, 0, not_negative),
     Option("sources", dict),
     Option("targets", dict),
     Option("pipelines", list),
@@ -65,6 +66,7 @@ class Config:
     retry_base: float
     retry_cap: float
     max_attempts: int
+    bwlimit: int
     sources: Dict[str, dict]
     targets: Dict[str, dict]
     pipelines: List[Pipeline]

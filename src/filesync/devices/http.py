@@ -232,6 +232,13 @@ class _Uploader:
             return TransientError(text)
         return PermanentError(text)
 
+    def close(self):
+        """Close this thread's session (its pooled connections)."""
+        session = getattr(self._sessions, "session", None)
+        if session is not None:
+            session.close()
+            self._sessions.session = None
+
     def probe(self, url):
         """A HEAD request to the server's root: any HTTP answer means the host is up; raise DeviceUnavailable if not."""
         parts = urlsplit(url)
@@ -313,11 +320,8 @@ class _HttpTargetBase(Target):
         return location
 
     def close(self):
-        """Drop this thread's connection pool; the next request opens a new one."""
-        session = getattr(self.uploader._sessions, "session", None)
-        if session is not None:
-            session.close()
-            self.uploader._sessions.session = None
+        """Drop this thread's connections; the next request opens new ones."""
+        self.uploader.close()
 
 
 def _check_offset(offset):

@@ -272,6 +272,7 @@ class MavFtpClient:
             except OSError:
                 pass
         self._conn = conn
+        self._silent = 0
         # Start from a random-looking seq so a restarted client does not repeat the previous run's last seq,
         # which PX4 would answer with its stored reply.
         self._seq = int(time.monotonic() * 1000) % SEQ_MOD
@@ -292,6 +293,7 @@ class MavFtpClient:
                                                    mavlink2.MAV_AUTOPILOT_INVALID, 0, 0, mavlink2.MAV_STATE_ACTIVE))
 
     def _write(self, send):
+        self.connect()
         try:
             send(self._conn.mav)
         except OSError as error:
@@ -353,6 +355,9 @@ class MavFtpClient:
     def wait_heartbeat(self, max_age: float, timeout: float):
         """The vehicle's HEARTBEAT, at most `max_age` seconds old, waiting up to `timeout` for one; None if none."""
         deadline = time.monotonic() + timeout
+        self.connect()
+        while self._poll(0) is not None:  # take in what has queued up (FTP payloads here are stale replies)
+            pass
         while True:
             if self.heartbeat is not None and time.monotonic() - self.heartbeat_time <= max_age:
                 return self.heartbeat

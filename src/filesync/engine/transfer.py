@@ -5,6 +5,7 @@ partial file back to the recorded offset. A staged file gets its final name only
 """
 import errno
 import os
+import time
 from contextlib import closing
 from dataclasses import dataclass
 
@@ -26,13 +27,14 @@ class Settings:
     poll_interval: float = 10.0
     scan_interval: float = 5.0
     max_attempts: int = 5
+    bwlimit: int = 0
 
     @classmethod
     def from_config(cls, config):
         """The settings of a filesync.config.Config."""
         return cls(staging_dir=config.staging_dir, checkpoint_bytes=config.checkpoint_bytes,
                    lease_seconds=config.lease_seconds, poll_interval=config.poll_interval,
-                   scan_interval=config.scan_interval, max_attempts=config.max_attempts)
+                   scan_interval=config.scan_interval, max_attempts=config.max_attempts, bwlimit=config.bwlimit)
 
 
 class Job:
@@ -43,6 +45,15 @@ class Job:
         self.record, self.task = record, task
         self.on_progress = on_progress or (lambda job, done: None)
         self._recorded = task.offset
+        self._rate_start = (time.monotonic(), task.offset)
+
+    def throttle(self, offset):
+        """Sleep as long as needed to keep this transfer under settings.bwlimit bytes/s (0: no limit)."""
+        if self.settings.bwlimit:
+            started, first = self._rate_start
+            ahead = (offset - first) / self.settings.bwlimit - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
 
     def checkpoint(self, offset):
         """Record `offset` (already durable where it lands) in the ledger; raise LeaseLost if the task was taken."""
@@ -58,6 +69,7 @@ class Job:
 
     def progress(self, offset):
         """Checkpoint `offset` if one is due (for targets, whose bytes are stored once they are sent)."""
+        self.throttle(offset)
         if self.due(offset):
             self.checkpoint(offset)
 
@@ -109,6 +121,7 @@ def download(source, job) -> str:
                     raise _staging_error(error, part) from None
                 if due:
                     job.checkpoint(offset)
+                job.throttle(offset)
         try:
             staged.flush()
             os.fsync(descriptor)

@@ -1,0 +1,55 @@
+# filesync: `make run` sets everything up and runs the embedded default; `make test` runs the whole suite.
+# Debian bookworm, as root. Every step installs what it needs, so a fresh machine needs nothing else.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+ROOT := $(abspath .)
+VENV := $(ROOT)/.venv
+PY := $(VENV)/bin/python
+# The catkin workspace links to this folder, so it must live outside it (ROS's resource search follows links).
+WS := $(HOME)/.cache/filesync/ws-$(shell echo $(ROOT) | md5sum | cut -c1-8)
+STAMPS := $(ROOT)/build/stamps
+ROS_ENV := source $(WS)/devel/setup.bash
+
+APT_PACKAGES := ros-core-dev python3-rospy python3-rostest python3-roslaunch python3-rostopic python3-rosservice \
+  python3-rosnode python3-rosmsg rosbash catkin ros-message-generation ros-std-msgs ros-std-srvs ros-diagnostic-msgs \
+  python3-diagnostic-updater python3-genpy python3-yaml python3-requests python3-pyudev python3-pytest \
+  python3-venv python3-pip exfatprogs exfat-fuse util-linux mount iproute2 curl lftp procps
+
+.PHONY: setup run test test-lib test-ros soak bench clean
+
+setup: $(STAMPS)/build
+
+$(STAMPS)/apt:
+	mkdir -p $(STAMPS)
+	missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	touch $@
+
+$(STAMPS)/venv: $(STAMPS)/apt requirements.txt
+	[ -x $(PY) ] || /usr/bin/python3 -m venv --system-site-packages $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(STAMPS)/build: $(STAMPS)/venv Makefile package.xml CMakeLists.txt setup.py $(wildcard msg/*.msg srv/*.srv)
+	mkdir -p $(WS)/src
+	ln -sfn $(ROOT) $(WS)/src/filesync
+	cd $(WS) && catkin_make -DPYTHON_EXECUTABLE=$(PY) -DCATKIN_ENABLE_TESTING=ON > $(ROOT)/build/catkin.log 2>&1 \
+	  || { tail -40 $(ROOT)/build/catkin.log; exit 1; }
+	touch $@
+
+run: setup
+	mkdir -p $(HOME)/filesync/inbox
+	@echo "filesync: drop files into $(HOME)/filesync/inbox; they appear in $(HOME)/filesync/ftp_root. Ctrl-C stops."
+	$(ROS_ENV) && exec roslaunch filesync sync.launch
+
+test: setup
+	$(MAKE) --no-print-directory test-lib test-ros
+
+test-lib: setup
+	$(ROS_ENV) && cd $(ROOT) && $(PY) -m pytest -q test
+
+test-ros: setup
+	$(ROS_ENV) && rostest filesync nodes.test
+
+clean:
+	rm -rf build $(WS)

@@ -1,0 +1,7 @@
+# Used by catkin_python_setup() only; do not run it by hand.
+from catkin_pkg.python_setup import generate_distutils_setup
+from setuptools import setup
+
+setup(**generate_distutils_setup(packages=["filesync", "filesync.devices", "filesync.devices.ftp", "filesync.engine",
+                                           "filesync.ledger", "filesync.ros"],
+                                 package_dir={"": "src"}))

@@ -1,0 +1,1 @@
+"""The ROS edge: each node wires topics, services and params to the library; nothing here moves bytes itself."""

@@ -1,0 +1,95 @@
+"""The ledger node's services behind the same methods as filesync.ledger.Ledger, for workers in other nodes.
+
+A call that fails because the ledger node is away (restarting after a crash) waits for it and tries again, for as
+long as the node runs: every ledger call is idempotent, so repeating one whose reply was lost is safe.
+"""
+import threading
+
+import rospy
+
+from filesync.msg import FoundFile
+from filesync.ros.convert import record_from_msg
+from filesync.srv import Checkpoint, Claim, Finish, Manage, Query, Register
+
+SERVICES = {"register": Register, "claim": Claim, "checkpoint": Checkpoint, "finish": Finish, "query": Query,
+            "manage": Manage}
+
+
+class LedgerUnavailable(Exception):
+    """The ledger did not answer within the time given."""
+
+
+class RosLedger:
+    """Client of the ledger node's services under `namespace` (default /filesync/ledger)."""
+
+    def __init__(self, namespace="/filesync/ledger", wait=None):
+        self.namespace = namespace.rstrip("/")
+        self.wait = wait  # seconds to keep trying; None: until shutdown
+        self._proxies = {}
+        self._lock = threading.Lock()
+
+    def _call(self, name, **fields):
+        service = f"{self.namespace}/{name}"
+        deadline = None if self.wait is None else rospy.get_time() + self.wait
+        while not rospy.is_shutdown():
+            proxy = self._proxy(name)
+            try:
+                return proxy(**fields)
+            except (rospy.ServiceException, rospy.ROSException, OSError) as error:
+                with self._lock:
+                    self._proxies.pop(name, None)
+                    proxy.close()
+                if deadline is not None and rospy.get_time() > deadline:
+                    raise LedgerUnavailable(f"ledger service {service} did not answer: {error}") from None
+                try:
+                    rospy.wait_for_service(service, timeout=5.0)
+                except rospy.ROSException:
+                    rospy.logwarn_throttle(30, f"waiting for the ledger ({service})")
+        raise LedgerUnavailable("shutting down")
+
+    def _proxy(self, name):
+        with self._lock:
+            if name not in self._proxies:
+                # persistent: one TCP connection per service instead of one per call
+                self._proxies[name] = rospy.ServiceProxy(f"{self.namespace}/{name}", SERVICES[name], persistent=True)
+            return self._proxies[name]
+
+    def register(self, source, targets, delete_after_upload, entries, downloaded=False):
+        """See Ledger.register."""
+        reply = self._call("register", source=source, targets=list(targets), delete_after_upload=delete_after_upload,
+                           files=[FoundFile(path=p, size=s, mtime=m) for p, s, m in entries])
+        return [record_from_msg(r) for r in reply.changed]
+
+    def claim(self, kind, device, worker, lease_seconds):
+        """See Ledger.claim."""
+        reply = self._call("claim", kind=kind, device=device, worker=worker, lease_seconds=lease_seconds)
+        if not reply.found:
+            return None
+        record = record_from_msg(reply.file)
+        return record, record.task(kind, device)
+
+    def checkpoint(self, file_id, kind, device, worker, offset, lease_seconds):
+        """See Ledger.checkpoint."""
+        return self._call("checkpoint", file_id=file_id, kind=kind, device=device, worker=worker, offset=offset,
+                          lease_seconds=lease_seconds).held
+
+    def finish(self, file_id, kind, device, worker, outcome, error="", location="", delay=None):
+        """See Ledger.finish."""
+        reply = self._call("finish", file_id=file_id, kind=kind, device=device, worker=worker, outcome=outcome,
+                           error=error, location=location, delay=-1.0 if delay is None else delay)
+        return record_from_msg(reply.file) if reply.held else None
+
+    def files(self, state="", source="", after_id=0, limit=0):
+        """See Ledger.files."""
+        return [record_from_msg(r) for r in self._call("query", state=state, source=source, after_id=after_id,
+                                                        limit=limit).files]
+
+    def get(self, file_id):
+        """See Ledger.get."""
+        found = self._call("query", file_id=file_id).files
+        return record_from_msg(found[0]) if found else None
+
+    def manage(self, action, file_id):
+        """retry or forget a file; returns (ok, message, record or None)."""
+        reply = self._call("manage", action=action, file_id=file_id)
+        return reply.ok, reply.message, record_from_msg(reply.file) if reply.file.id else None

@@ -1,0 +1,84 @@
+"""What every filesync node does at start: read the config param, route library logs to rosout, run loops."""
+import logging
+import sys
+
+import rospy
+
+from filesync.config import load_config
+from filesync.errors import ConfigError, TransientError
+from filesync.lock import Grant
+from filesync.srv import Acquire, Release
+
+CONFIG_PARAM = "/filesync/config"
+EVENTS_TOPIC = "/filesync/events"
+LOCK_NAMESPACE = "/filesync/lock"
+
+
+class RosoutHandler(logging.Handler):
+    """Send the library's Python logging to rosout, so `rqt_console` and the node's log file show it."""
+
+    LEVELS = {logging.DEBUG: rospy.logdebug, logging.INFO: rospy.loginfo, logging.WARNING: rospy.logwarn,
+              logging.ERROR: rospy.logerr, logging.CRITICAL: rospy.logfatal}
+
+    def emit(self, record):
+        level = max(level for level in self.LEVELS if level <= record.levelno)
+        self.LEVELS[level](self.format(record))
+
+
+def start_node(name):
+    """init_node, route logging, and return the checked Config; exit with one line naming the key when it is bad."""
+    rospy.init_node(name)
+    handler = RosoutHandler()
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    library_log = logging.getLogger("filesync")
+    library_log.addHandler(handler)
+    library_log.setLevel(logging.INFO)
+    library_log.propagate = False
+    raw = rospy.get_param(rospy.get_param("~config_param", CONFIG_PARAM), None)
+    if raw is None:
+        fail(f"no configuration: the parameter {CONFIG_PARAM} is not set (load a YAML file into it)")
+    try:
+        return load_config(raw)
+    except ConfigError as error:
+        fail(f"bad configuration: {error}")
+
+
+def fail(message):
+    """Exit the node with one line on stderr (and in rosout)."""
+    rospy.logfatal(message)
+    sys.stderr.write(f"{rospy.get_name()}: {message}\n")
+    sys.exit(2)
+
+
+class RosLeaseClient:
+    """The lock node's services with the acquire/release methods of filesync.lock.LeaseTable."""
+
+    def __init__(self, namespace=LOCK_NAMESPACE):
+        self._acquire = rospy.ServiceProxy(f"{namespace}/acquire", Acquire)
+        self._release = rospy.ServiceProxy(f"{namespace}/release", Release)
+
+    def acquire(self, resource, owner, ttl):
+        """See LeaseTable.acquire; raises TransientError while the lock node is away."""
+        try:
+            reply = self._acquire(resource=resource, owner=owner, ttl=ttl)
+        except (rospy.ServiceException, rospy.ROSException, OSError) as error:
+            raise TransientError(f"lock service {LOCK_NAMESPACE} does not answer: {error}") from None
+        return Grant(reply.granted, reply.token, reply.holder, reply.expires_in)
+
+    def release(self, resource, owner, token):
+        """See LeaseTable.release."""
+        try:
+            return self._release(resource=resource, owner=owner, token=token).released
+        except (rospy.ServiceException, rospy.ROSException, OSError):
+            return False
+
+
+def run_loops(loops):
+    """Start the loops, spin until shutdown, then stop them and wait."""
+    for loop in loops:
+        loop.start()
+    rospy.spin()
+    for loop in loops:
+        loop.stop()
+    for loop in loops:
+        loop.join(10)

@@ -1,0 +1,41 @@
+"""The finder, downloader and uploader nodes: library loops wired to the ledger's services and the events topic."""
+import rospy
+from std_srvs.srv import Trigger, TriggerResponse
+
+from filesync.devices.base import DeviceContext
+from filesync.engine.runner import build_workers
+from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
+from filesync.msg import FileEvent
+from filesync.ros.convert import file_event
+from filesync.ros.ledger_client import RosLedger
+from filesync.ros.node import EVENTS_TOPIC, RosLeaseClient, run_loops, start_node
+
+# Which file states announce work for which node.
+WAKES = {"finder": set(), "downloader": {"found", "uploaded"}, "uploader": {"downloaded"}}
+KINDS = {"finder": (), "downloader": (DOWNLOAD, REMOVE), "uploader": (UPLOAD,)}
+
+
+def run(role):
+    """Run the node for `role`: finder, downloader or uploader."""
+    config = start_node(role)
+    publisher = rospy.Publisher(EVENTS_TOPIC, FileEvent, queue_size=200)
+
+    def announce(record, task=None, bytes_done=None):
+        publisher.publish(file_event(record, task, bytes_done))
+
+    context = DeviceContext(lock=RosLeaseClient(), owner=rospy.get_name())
+    loops = build_workers(config, RosLedger(), rospy.get_name(), context, announce, kinds=KINDS[role],
+                          finders=role == "finder")
+
+    def wake_all(*_):
+        for loop in loops:
+            loop.wake.set()
+
+    def on_event(event):
+        if event.state in WAKES[role]:
+            wake_all()
+
+    rospy.Subscriber(EVENTS_TOPIC, FileEvent, on_event, queue_size=200)
+    if role == "finder":
+        rospy.Service("/filesync/scan", Trigger, lambda _: wake_all() or TriggerResponse(True, "scanning"))
+    run_loops(loops)

@@ -1,0 +1,256 @@
+#!/usr/bin/env python3
+"""rostest: the filesync nodes against a real roscore and a real pyftpdlib server.
+
+The test is the supervisor: it starts each node as its own process (as roslaunch would), kills them with SIGKILL at
+random moments during transfers, starts them again, and checks on the FTP server's side that every file arrived once,
+identical, with at most one checkpoint interval sent again per interruption.
+"""
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import unittest
+from collections import Counter
+
+import rospy
+import rostest
+
+HERE = os.path.dirname(os.path.realpath(__file__))
+sys.path.insert(0, HERE)  # filesync itself comes from the workspace (devel space), which adds the messages
+
+from conftest import write_file  # noqa: E402
+from filesync.lock import Lease  # noqa: E402
+from filesync.msg import FileEvent  # noqa: E402
+from filesync.ros.ledger_client import RosLedger  # noqa: E402
+from filesync.ros.node import RosLeaseClient  # noqa: E402
+from support.ftp_server import FtpServerProcess  # noqa: E402
+
+MiB = 1 << 20
+CHECKPOINT = 256 * 1024
+SEED = int(os.environ.get("FILESYNC_TEST_SEED", "11"))
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(MiB), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def node_command(node_type):
+    """The devel-space relay of a node: it runs under the interpreter the workspace was built with."""
+    relay = subprocess.run(["catkin_find", "--first-only", "--libexec", "filesync", node_type],
+                           capture_output=True, text=True).stdout.strip()
+    return [relay or shutil.which(node_type)]
+
+
+class Stack:
+    """The filesync nodes as processes under /filesync, each startable and killable on its own."""
+
+    TYPES = {"ledger": "ledger_node", "lock": "lock_node", "finder": "finder_node", "downloader": "downloader_node",
+             "uploader": "uploader_node"}
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.processes = {}
+
+    def start(self, name):
+        log = open(os.path.join(self.workdir, f"{name}.log"), "a")
+        self.processes[name] = subprocess.Popen(
+            node_command(self.TYPES[name]) + ["__ns:=/filesync", f"__name:={name}"], stdout=log,
+            stderr=subprocess.STDOUT)
+
+    def kill(self, name):
+        process = self.processes.pop(name, None)
+        if process and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+
+    def stop_all(self):
+        for name in list(self.processes):
+            process = self.processes.pop(name)
+            if process.poll() is None:
+                process.send_signal(signal.SIGINT)
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+
+
+class NodesTest(unittest.TestCase):
+
+    @classmethod
+    def setUpClass(cls):
+        rospy.init_node("filesync_node_test", anonymous=True)
+
+    def setUp(self):
+        self.workdir = tempfile.mkdtemp(prefix="filesync-rostest-")
+        self.server = FtpServerProcess(os.path.join(self.workdir, "ftp_root"),
+                                       os.path.join(self.workdir, "ftp.log")).start()
+        self.inbox = os.path.join(self.workdir, "inbox")
+        os.makedirs(self.inbox)
+        self.config = {
+            "staging_dir": os.path.join(self.workdir, "staging"),
+            "database": os.path.join(self.workdir, "db", "ledger.db"),
+            "checkpoint_bytes": CHECKPOINT, "scan_interval": 0.5, "poll_interval": 2.0, "lease_seconds": 5.0,
+            "retry_base": 0.2, "retry_cap": 2.0, "bwlimit": 4 * MiB,
+            "sources": {"inbox": {"kind": "folder", "path": self.inbox, "min_age": 0.0}},
+            "targets": {"ftp": self.server.target_options("/up")},
+            "pipelines": [{"source": "inbox", "targets": ["ftp"]}],
+        }
+        rospy.set_param("/filesync/config", self.config)
+        self.stack = Stack(self.workdir)
+        self.ledger = RosLedger(wait=60)
+
+    def tearDown(self):
+        self.stack.stop_all()
+        self.server.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def write_inbox(self, sizes):
+        paths = [f"d{i % 3}/f{i:02d}.bin" for i in range(len(sizes))]
+        for path, size in zip(paths, sizes):
+            write_file(os.path.join(self.inbox, path), size)
+        return paths
+
+    def wait_all(self, count, state="uploaded", timeout=300):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                records = self.ledger.files()
+            except Exception:
+                records = []
+            if len(records) == count and all(r.state == state for r in records):
+                return records
+            time.sleep(0.5)
+        self.fail(f"not all {count} files {state} after {timeout} s: "
+                  f"{[(r.path, r.state, r.error) for r in records if r.state != state][:5]}")
+
+    def assert_arrived(self, paths):
+        for path in paths:
+            stored = os.path.join(self.server.root, "up", path)
+            self.assertTrue(os.path.exists(stored), path)
+            self.assertEqual(sha256(stored), sha256(os.path.join(self.inbox, path)), path)
+        publications = Counter(e["path"] for e in self.server.events("RNTO"))
+        self.assertEqual(sorted(publications.values()), [1] * len(paths), publications)
+
+    def test_kill_9_of_each_node_mid_transfer(self):
+        rng = random.Random(SEED)
+        sizes = [rng.randrange(0, 6 * MiB) for _ in range(12)] + [0, 1, 24 * MiB]
+        events = []
+        subscriber = rospy.Subscriber("/filesync/events", FileEvent, events.append)
+        for name in ("ledger", "lock", "finder", "downloader", "uploader"):
+            self.stack.start(name)
+        deadline = time.monotonic() + 60  # a message sent before the subscription connects is not delivered
+        while subscriber.get_num_connections() < 3:
+            self.assertLess(time.monotonic(), deadline, "the nodes do not publish /filesync/events")
+            time.sleep(0.1)
+        paths = self.write_inbox(sizes)
+        kills = Counter()
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and sum(kills.values()) < 18:
+            time.sleep(rng.uniform(0.8, 2.5))
+            victim = rng.choice(["downloader", "uploader", "ledger"])
+            self.stack.kill(victim)
+            kills[victim] += 1
+            time.sleep(rng.uniform(0.0, 1.0))
+            self.stack.start(victim)
+            records = self.ledger.files()
+            if len(records) == len(paths) and all(r.state == "uploaded" for r in records):
+                break
+        self.wait_all(len(paths))
+        self.assert_arrived(paths)
+        resent = sum(e["received"] for e in self.server.events("STOR")) - sum(sizes)
+        rospy.loginfo(f"kills {dict(kills)}, bytes sent again {resent}")
+        self.assertGreaterEqual(min(kills[name] for name in ("downloader", "uploader", "ledger")), 2, kills)
+        self.assertGreaterEqual(resent, 0)
+        self.assertLessEqual(resent, sum(kills.values()) * CHECKPOINT)
+        states = {e.state for e in events}
+        self.assertTrue({"found", "downloaded", "uploaded"} <= states, states)
+        uploaded = [e for e in events if e.task == "upload" and e.task_state == "done"]
+        self.assertTrue(all(e.location.startswith("ftp://") and e.bytes_done == e.size for e in uploaded))
+
+    def test_corrupt_database_at_start_uploads_nothing_again(self):
+        paths = self.write_inbox([1000, 200_000, 3 * MiB])
+        for name in ("ledger", "finder", "downloader", "uploader"):
+            self.stack.start(name)
+        self.wait_all(len(paths))
+        stors_before = len(self.server.events("STOR"))
+        self.stack.stop_all()
+        with open(self.config["database"], "wb") as database:
+            database.write(b"not a database at all" * 200)
+        for suffix in ("-wal", "-shm"):
+            if os.path.exists(self.config["database"] + suffix):
+                os.remove(self.config["database"] + suffix)
+        for name in ("ledger", "finder", "downloader", "uploader"):
+            self.stack.start(name)
+        self.wait_all(len(paths))
+        self.assertEqual(len(self.server.events("STOR")), stors_before)
+        self.assert_arrived(paths)
+        kept = [n for n in os.listdir(os.path.dirname(self.config["database"])) if ".corrupt-" in n]
+        self.assertTrue(kept, "the corrupt database was not kept")
+
+    def test_the_lock_holds_one_client_and_frees_a_dead_holders_lease(self):
+        self.stack.start("lock")
+        client = RosLeaseClient()
+        rospy.wait_for_service("/filesync/lock/acquire", 30)
+        inside, overlaps = [], []
+
+        def use(owner):
+            for _ in range(8):
+                with Lease(client, "px4:1", owner, ttl=5, timeout=60, poll=0.02):
+                    inside.append(owner)
+                    if len(inside) > 1:
+                        overlaps.append(tuple(inside))
+                    time.sleep(0.01)
+                    inside.remove(owner)
+
+        threads = [threading.Thread(target=use, args=(f"client{i}",)) for i in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        self.assertEqual(overlaps, [])
+        holder = subprocess.Popen([sys.executable, "-c", (
+            "import rospy, time\n"
+            "from filesync.srv import Acquire\n"
+            "rospy.init_node('holder', anonymous=True)\n"
+            "rospy.wait_for_service('/filesync/lock/acquire')\n"
+            "print(rospy.ServiceProxy('/filesync/lock/acquire', Acquire)('px4:1', 'holder', 3.0).granted, flush=True)\n"
+            "time.sleep(600)\n")], stdout=subprocess.PIPE, text=True)
+        self.assertEqual(holder.stdout.readline().strip(), "True")
+        holder.kill()
+        holder.wait()
+        refused = client.acquire("px4:1", "downloader", 5)
+        self.assertFalse(refused.granted)
+        self.assertEqual(refused.holder, "holder")
+        time.sleep(refused.expires_in + 0.2)
+        granted = client.acquire("px4:1", "downloader", 5)
+        self.assertTrue(granted.granted)
+        self.assertGreater(granted.token, refused.token)
+
+    def test_bad_config_exits_with_one_line_naming_the_key(self):
+        bad = dict(self.config, checkpoint_bytes=-5)
+        rospy.set_param("/filesync/config", bad)
+        result = subprocess.run(node_command("ledger_node") + ["__ns:=/filesync", "__name:=ledger"],
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 2)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        self.assertIn("checkpoint_bytes: must be above 0, got -5", lines[-1])
+        rospy.delete_param("/filesync/config")
+        result = subprocess.run(node_command("finder_node") + ["__ns:=/filesync", "__name:=finder"],
+                                capture_output=True, text=True, timeout=60)
+        self.assertEqual(result.returncode, 2)
+        self.assertIn("/filesync/config is not set", result.stderr.strip().splitlines()[-1])
+
+
+if __name__ == "__main__":
+    rostest.rosrun("filesync", "nodes", NodesTest)
