@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -514,12 +515,13 @@ def test_http_put_raw_with_a_bearer_token_from_the_environment(tmp_path, sink, t
     write_ulog(local, payload_bytes=300_000)
     target = create_target("web", {"kind": "http", "url": sink.url + "/files/{vehicle}/{path}",
                                    "vehicle": "hexa 7", "token_env": "FILESYNC_TEST_UPLOAD_TOKEN",
-                                   "headers": {"X-Source": "filesync"}})
+                                   "headers": {"X-Source": "filesync"},
+                                   "headers_env": {"X-Api-Key": "FILESYNC_TEST_UPLOAD_TOKEN"}})
     location, progress = upload(target, local, "2024-05-01/a b.bin")
     request = sink.requests[0]
     assert request["method"] == "PUT" and request["path"] == "/files/hexa%207/2024-05-01/a%20b.bin"
     assert request["headers"]["Authorization"] == f"Bearer {token}"
-    assert request["headers"]["X-Source"] == "filesync"
+    assert request["headers"]["X-Source"] == "filesync" and request["headers"]["X-Api-Key"] == token
     assert request["sha256"] == sha256(local)
     assert location == sink.url + "/files/hexa%207/2024-05-01/a%20b.bin"
     assert progress[-1] == os.path.getsize(local)
@@ -637,10 +639,8 @@ def test_pipeline_waits_while_the_host_is_down_and_parks_nothing(tmp_path, revie
     runner = LocalRunner(pipeline_config(tmp_path, review_server))
     try:
         runner.start()
-        deadline = 60
-        import time
-        started = time.monotonic()
-        while time.monotonic() - started < deadline:  # every log staged, every upload waiting on the host
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # every log staged, every upload waiting on the host
             records = runner.ledger.files()
             if len(records) == len(paths) and all(r.task("download").state == "done" for r in records):
                 break

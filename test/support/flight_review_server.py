@@ -202,6 +202,7 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _reply(self, status, body=b"", headers=(), content_type="text/html; charset=UTF-8"):
+        self.server.owner._event(self.command, self.path, status)  # before the client can see the answer
         self.send_response(status)
         for name, value in headers:
             self.send_header(name, value)
@@ -210,7 +211,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self.server.owner._event(self.command, self.path, status)
 
     def do_HEAD(self):
         self.do_GET()
@@ -226,6 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif parts.path == "/plot_app" and upload:
             self._reply(200, f"<html><body>log {upload.log_id}</body></html>".encode())
         elif parts.path == "/download" and upload:
+            owner._event(self.command, self.path, 200)
             self.send_response(200)
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Disposition", f"attachment; filename={upload.log_id}.ulg")
@@ -235,7 +236,6 @@ class _Handler(BaseHTTPRequestHandler):
                 with open(upload.path, "rb") as handle:
                     for block in iter(lambda: handle.read(READ_BLOCK), b""):
                         self.wfile.write(block)
-            owner._event(self.command, self.path, 200)
         else:
             self._reply(404, _error_page(404))
 
@@ -255,10 +255,10 @@ class _Handler(BaseHTTPRequestHandler):
         if length > limit:
             # tornado's HTTP1Connection: "Content-Length too long" -> a bare 400, then the connection is closed
             # without reading the body.
+            owner._event("POST", self.path, 400, "Content-Length too long")
             self.wfile.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
             self.wfile.flush()
             self.close_connection = True
-            owner._event("POST", self.path, 400, "Content-Length too long")
             return
         die_at = owner._take_die_after()
         body = _Body(self.rfile, length, lambda received: self._check_die(die_at, received))
@@ -279,7 +279,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self._reply(400, _error_page(400, str(error)))
                 return
             except ServerKilled:
-                _reset(self.connection)
+                _discard(incoming)  # first, so that a client that sees the reset finds no partial file
+                owner.kill()
                 self.close_connection = True
                 return
             for handle in incoming:
@@ -292,14 +293,11 @@ class _Handler(BaseHTTPRequestHandler):
             content_type = "text/html; charset=UTF-8"
             self._reply(status, body_bytes, headers, content_type)
         finally:
-            for handle in incoming:
-                handle.close()
-                if os.path.exists(handle.name):
-                    os.unlink(handle.name)
+            _discard(incoming)
 
-    def _check_die(self, die_at, received):
+    @staticmethod
+    def _check_die(die_at, received):
         if die_at is not None and received >= die_at:
-            self.server.owner.kill()
             raise ServerKilled()
 
     def _accept(self, form, query):
@@ -336,6 +334,13 @@ class _Handler(BaseHTTPRequestHandler):
         if should_redirect:
             return 302, b"", (("Location", url),)
         return 200, json.dumps({"url": url}).encode(), ()
+
+
+def _discard(handles):
+    for handle in handles:
+        handle.close()
+        if os.path.exists(handle.name):
+            os.unlink(handle.name)
 
 
 def _boundary(content_type):
