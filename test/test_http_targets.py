@@ -124,6 +124,15 @@ def test_redirect_reply_gives_the_same_full_url(tmp_path, review_server):
     assert location == f"{review_server.url}/plot_app?log={review_server.uploads[0].log_id}"
 
 
+def test_a_staged_file_shorter_than_its_record_is_a_file_error(tmp_path, review_server):
+    local = str(tmp_path / "short.ulg")
+    size = write_ulog(local)
+    with open(local, "rb") as stream, pytest.raises(errors.FileError) as raised:
+        review_target(review_server).write("short.ulg", stream, 0, size + 100, lambda sent: None)
+    assert f"ended after {size} of {size + 100} bytes" in str(raised.value)
+    assert review_server.uploads == []
+
+
 def test_a_non_ulog_file_is_refused_before_sending(tmp_path, review_server):
     local = tmp_path / "notes.txt"
     local.write_bytes(b"not a flight log\n" * 100)

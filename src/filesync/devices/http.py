@@ -29,7 +29,7 @@ import urllib3
 from requests_toolbelt import MultipartEncoder
 
 from filesync.devices.base import Target
-from filesync.errors import ConfigError, DeviceUnavailable, PermanentError, TransientError
+from filesync.errors import ConfigError, DeviceUnavailable, FileError, PermanentError, TransientError
 from filesync.options import Option, expand_path, positive, resolve_secret, secret_options
 
 try:
@@ -136,7 +136,7 @@ class _CountingReader:
         amount = remaining if amount is None or amount < 0 else min(amount, remaining)
         block = self.stream.read(amount)
         if not block:
-            raise TransientError(f"the staged file ended after {self.sent} of {self.size} bytes")
+            raise FileError(f"the staged file ended after {self.sent} of {self.size} bytes")
         self.sent += len(block)
         if self.sent - self._reported >= PROGRESS_STEP or self.sent == self.size:
             self._reported = self.sent
@@ -150,11 +150,10 @@ class _CountingReader:
 class _Answer:
     """What the server said: status, headers, and at most RESPONSE_READ_LIMIT bytes of the body."""
 
-    def __init__(self, status, headers, body, url):
+    def __init__(self, status, headers, body):
         self.status = status
         self.headers = headers
         self.body = body
-        self.url = url
 
     def message(self):
         """The server's message as one short line: the text of an HTML error page, or the body as text."""
@@ -223,7 +222,7 @@ class _Uploader:
             raise TransientError(_redact(f"{what}: the answer could not be read: {_reason(error)}", secrets)) from None
         finally:
             response.close()
-        return _Answer(response.status_code, response.headers, body, url)
+        return _Answer(response.status_code, response.headers, body)
 
     def refusal(self, answer, what, secrets=()):
         """The error for a status that is not success: TransientError for 5xx and 'later' codes, else PermanentError."""
