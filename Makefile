@@ -8,12 +8,12 @@ PY := $(VENV)/bin/python
 # The catkin workspace links to this folder, so it must live outside it (ROS's resource search follows links).
 WS := $(HOME)/.cache/filesync/ws-$(shell echo $(ROOT) | md5sum | cut -c1-8)
 STAMPS := $(ROOT)/build/stamps
-ROS_ENV := source $(WS)/devel/setup.bash
+ROS_ENV := set +u && source $(WS)/devel/setup.bash
 
 APT_PACKAGES := ros-core-dev python3-rospy python3-rostest python3-roslaunch python3-rostopic python3-rosservice \
   python3-rosnode python3-rosmsg rosbash catkin ros-message-generation ros-std-msgs ros-std-srvs ros-diagnostic-msgs \
   python3-diagnostic-updater python3-genpy python3-yaml python3-requests python3-pyudev python3-pytest \
-  python3-venv python3-pip exfatprogs exfat-fuse util-linux mount iproute2 curl lftp procps
+  python3-venv python3-pip exfatprogs exfat-fuse util-linux mount iproute2 curl lftp procps openssl
 
 .PHONY: setup run test test-lib test-ros soak bench clean
 

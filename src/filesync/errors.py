@@ -31,5 +31,9 @@ class PermanentError(FilesyncError):
     """Retrying cannot succeed; the file is parked with this reason until a person retries it."""
 
 
+class SkipFile(PermanentError):
+    """This target does not take this file (Flight Review and a non-ULog file): marked skipped with the reason."""
+
+
 class UnsafePath(PermanentError):
     """A file name would land outside staging or the target root."""

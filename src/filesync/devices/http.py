@@ -29,14 +29,8 @@ import urllib3
 from requests_toolbelt import MultipartEncoder
 
 from filesync.devices.base import Target
-from filesync.errors import ConfigError, DeviceUnavailable, FileError, PermanentError, TransientError
+from filesync.errors import ConfigError, DeviceUnavailable, FileError, PermanentError, SkipFile, TransientError
 from filesync.options import Option, expand_path, positive, resolve_secret, secret_options
-
-try:
-    from filesync.errors import SkipFile
-except ImportError:  # until errors.py has its own kind for "this target does not take such files"
-    class SkipFile(PermanentError):
-        """The target does not take this kind of file; the reason says why (e.g. not a ULog file)."""
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import time
 
 from filesync.engine import transfer
 from filesync.engine.transfer import Job, LeaseLost
-from filesync.errors import DeviceUnavailable, FileError, PermanentError, TransientError, UnsafePath
+from filesync.errors import DeviceUnavailable, FileError, PermanentError, SkipFile, TransientError, UnsafePath
 from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
 from filesync.paths import check_relative
 
@@ -118,6 +118,8 @@ class TaskWorker(Loop):
         except DeviceUnavailable as error:
             outcome, reason, location, delay = "wait", describe(error), "", None
             self._link_down(error)
+        except SkipFile as error:
+            outcome, reason, location, delay = "skip", describe(error), "", None
         except (PermanentError, UnsafePath) as error:
             outcome, reason, location, delay = "park", describe(error), "", None
         except FileError as error:
