@@ -414,3 +414,31 @@ def test_bad_options_give_one_line_naming_the_key(options, key):
         create_source("fc", config)
     message = str(caught.value)
     assert message.startswith(f"sources.fc.{key}:") and "\n" not in message, message
+
+
+def test_pipeline_brings_logs_to_a_folder_target(vehicle, area, tmp_path):
+    """mavlink source -> staging -> folder target through LocalRunner, over a lossy emulated serial link."""
+    from filesync.engine.runner import LocalRunner
+    local, remote = area
+    digests = {f"2024-06-0{index + 1}/13_00_00.ulg": write_log(os.path.join(local, f"2024-06-0{index + 1}",
+                                                                           "13_00_00.ulg"), size, seed=index)
+               for index, size in enumerate([0, 35_001, 150_000])}
+    with LinkEmulator(("127.0.0.1", vehicle.port), bandwidth=SERIAL_921600, loss=0.05, seed=3) as link:
+        config = {"staging_dir": str(tmp_path / "staging"), "database": str(tmp_path / "db" / "ledger.db"),
+                  "checkpoint_bytes": 64 * 1024, "scan_interval": 0.5, "poll_interval": 1.0,
+                  "retry_base": 0.2, "retry_cap": 2.0, "lease_seconds": 10.0,
+                  "sources": {"fc": {"kind": "mavlink", "url": link.url, "root": remote, "settle": False}},
+                  "targets": {"out": {"kind": "folder", "path": str(tmp_path / "out")}},
+                  "pipelines": [{"source": "fc", "targets": ["out"]}]}
+        os.makedirs(tmp_path / "out")
+        runner = LocalRunner(config)
+        try:
+            runner.run_until_settled(timeout=150)
+            records = {record.path: record for record in runner.ledger.files()}
+        finally:
+            runner.close()
+    assert set(records) == set(digests)
+    assert all(record.state == "uploaded" for record in records.values()), \
+        [(r.path, r.state, r.error) for r in records.values()]
+    for path, digest in digests.items():
+        assert sha256_file(os.path.join(tmp_path, "out", path)) == digest, path
