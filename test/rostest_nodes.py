@@ -5,7 +5,6 @@ The test is the supervisor: it starts each node as its own process (as roslaunch
 random moments during transfers, starts them again, and checks on the FTP server's side that every file arrived once,
 identical, with at most one checkpoint interval sent again per interruption.
 """
-import hashlib
 import os
 import random
 import shutil
@@ -30,18 +29,12 @@ from filesync.msg import FileEvent  # noqa: E402
 from filesync.ros.ledger_client import RosLedger  # noqa: E402
 from filesync.ros.node import RosLeaseClient  # noqa: E402
 from support.ftp_server import FtpServerProcess  # noqa: E402
+from filesync.devices.base import local_checksum
 
 MiB = 1 << 20
 CHECKPOINT = 256 * 1024
 SEED = int(os.environ.get("FILESYNC_TEST_SEED", "11"))
 
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(MiB), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def node_command(node_type):
@@ -138,7 +131,7 @@ class NodesTest(unittest.TestCase):
         for path in paths:
             stored = os.path.join(self.server.root, "up", path)
             self.assertTrue(os.path.exists(stored), path)
-            self.assertEqual(sha256(stored), sha256(os.path.join(self.inbox, path)), path)
+            self.assertEqual(local_checksum(stored, "sha256"), local_checksum(os.path.join(self.inbox, path), "sha256"), path)
         publications = Counter(e["path"] for e in self.server.events("RNTO"))
         self.assertEqual(sorted(publications.values()), [1] * len(paths), publications)
 

@@ -22,6 +22,7 @@ import requests
 from filesync import errors
 from filesync.devices import create_target
 from filesync.devices import http as http_device
+from filesync.devices.base import local_checksum
 from filesync.errors import ConfigError, DeviceUnavailable, PermanentError, TransientError
 from support.flight_review_server import FlightReviewServer, parse_multipart, write_ulog
 
@@ -29,13 +30,6 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 MiB = 1 << 20
 TOKEN = "s3cr3t-T0KEN-value-4711"
 
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(MiB), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @pytest.fixture
@@ -76,9 +70,9 @@ def test_twenty_logs_arrive_identical_each_with_its_url(tmp_path, review_server)
     for local, location, stored in zip(logs, locations, review_server.uploads):
         assert location == f"{review_server.url}/plot_app?log={stored.log_id}"
         assert stored.filename == os.path.basename(local)
-        assert stored.sha256 == sha256(local) and stored.size == os.path.getsize(local)
+        assert stored.sha256 == local_checksum(local, "sha256") and stored.size == os.path.getsize(local)
         downloaded = requests.get(f"{review_server.url}/download?log={stored.log_id}", timeout=30)
-        assert hashlib.sha256(downloaded.content).hexdigest() == sha256(local)
+        assert hashlib.sha256(downloaded.content).hexdigest() == local_checksum(local, "sha256")
         assert requests.get(location, timeout=30).status_code == 200
         assert stored.fields["email"] == ""  # always sent, empty when unset: the server fails without it
         assert stored.fields["redirect"] == "false"
@@ -176,7 +170,7 @@ def test_503_is_transient_and_the_next_attempt_succeeds(tmp_path, review_server)
         upload(target, local)
     assert not isinstance(raised.value, DeviceUnavailable) and "HTTP 503" in str(raised.value)
     location, _ = upload(target, local)
-    assert [upload.sha256 for upload in review_server.uploads] == [sha256(local)]
+    assert [upload.sha256 for upload in review_server.uploads] == [local_checksum(local, "sha256")]
     assert location.endswith(review_server.uploads[0].log_id)
 
 
@@ -201,7 +195,7 @@ def test_server_killed_mid_body_then_restarted_second_attempt_succeeds(tmp_path,
     assert os.listdir(review_server.incoming_dir) == []  # the partial body was not kept
     review_server.start()
     location, _ = upload(target, local)
-    assert len(review_server.uploads) == 1 and review_server.uploads[0].sha256 == sha256(local)
+    assert len(review_server.uploads) == 1 and review_server.uploads[0].sha256 == local_checksum(local, "sha256")
     assert location.endswith(review_server.uploads[0].log_id)
 
 
@@ -292,7 +286,7 @@ def test_body_over_the_limit_needs_expected_size(tmp_path, monkeypatch):
         assert server.events[-1][2:] == (400, "Content-Length too long") and server.uploads == []
         monkeypatch.setattr(http_device, "EXPECTED_SIZE_FROM", MiB)
         upload(target, local)
-        assert server.uploads[0].sha256 == sha256(local)
+        assert server.uploads[0].sha256 == local_checksum(local, "sha256")
         assert int(server.uploads[0].query["expected_size"]) > os.path.getsize(local)  # file plus form overhead
     finally:
         server.stop()
@@ -324,7 +318,7 @@ def test_400_mb_log_goes_up_with_expected_size_in_flat_memory(tmp_path, review_s
     result = json.loads(child.stdout)
     stored = review_server.uploads[0]
     assert int(stored.query["expected_size"]) > size
-    assert stored.size == size and stored.sha256 == sha256(local)
+    assert stored.size == size and stored.sha256 == local_checksum(local, "sha256")
     assert result["location"].endswith(stored.log_id) and result["progress"] == size
     assert result["peak_kib"] < 100 * 1024, f"peak RSS {result['peak_kib']} KiB"
 
@@ -450,7 +444,7 @@ class _SinkHandler(BaseHTTPRequestHandler):
             for handle in files:
                 handle.close()
             record["fields"] = {p.name: p.sink.getvalue().decode() for p in parts if p.filename is None}
-            record["files"] = {p.name: (p.filename, sha256(p.sink.name)) for p in parts if p.filename is not None}
+            record["files"] = {p.name: (p.filename, local_checksum(p.sink.name, "sha256")) for p in parts if p.filename is not None}
         else:
             digest = hashlib.sha256()
             for block in iter(lambda: body.read(MiB), b""):
@@ -531,7 +525,7 @@ def test_http_put_raw_with_a_bearer_token_from_the_environment(tmp_path, sink, t
     assert request["method"] == "PUT" and request["path"] == "/files/hexa%207/2024-05-01/a%20b.bin"
     assert request["headers"]["Authorization"] == f"Bearer {token}"
     assert request["headers"]["X-Source"] == "filesync" and request["headers"]["X-Api-Key"] == token
-    assert request["sha256"] == sha256(local)
+    assert request["sha256"] == local_checksum(local, "sha256")
     assert location == sink.url + "/files/hexa%207/2024-05-01/a%20b.bin"
     assert progress[-1] == os.path.getsize(local)
 
@@ -548,7 +542,7 @@ def test_http_post_multipart_with_fields_and_location_header(tmp_path, sink, tok
     request = sink.requests[0]
     assert request["method"] == "POST" and request["headers"]["Authorization"] == f"Bearer {token}"
     assert request["fields"] == {"kind": "photo"}
-    assert request["files"] == {"upload": ("photo.jpg", sha256(local))}
+    assert request["files"] == {"upload": ("photo.jpg", local_checksum(local, "sha256"))}
     assert location == sink.url + "/stored/42"
 
 
@@ -633,7 +627,7 @@ def test_pipeline_logs_reach_flight_review_and_the_url_is_recorded(tmp_path, rev
         assert records[path].state == "uploaded" and task.state == "done"
         log_id = task.location.split("log=", 1)[1]
         assert task.location == f"{review_server.url}/plot_app?log={log_id}"
-        assert stored[log_id].sha256 == sha256(tmp_path / "logs" / path)
+        assert stored[log_id].sha256 == local_checksum(tmp_path / "logs" / path, "sha256")
     assert len(review_server.uploads) == len(paths)
     skipped = records["readme.txt"].task("upload", "review")
     assert "not a ULog file" in skipped.error
@@ -666,4 +660,4 @@ def test_pipeline_waits_while_the_host_is_down_and_parks_nothing(tmp_path, revie
     finally:
         runner.close()
     assert {r.state for r in records} == {"uploaded"}
-    assert sorted(u.sha256 for u in review_server.uploads) == sorted(sha256(tmp_path / "logs" / p) for p in paths)
+    assert sorted(u.sha256 for u in review_server.uploads) == sorted(local_checksum(tmp_path / "logs" / p, "sha256") for p in paths)

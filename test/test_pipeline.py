@@ -1,5 +1,4 @@
 """The whole folder -> staging -> FTP pipeline in one process and under kill -9, against a real pyftpdlib server."""
-import hashlib
 import json
 import os
 import random
@@ -14,17 +13,11 @@ import pytest
 from conftest import write_file
 from filesync.engine.runner import LocalRunner
 from support.ftp_server import FtpServerProcess
+from filesync.devices.base import local_checksum
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MiB = 1 << 20
 
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(MiB), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def make_config(tmp_path, server, **extra):
@@ -43,7 +36,7 @@ def assert_arrived(tmp_path, server, expected_paths):
     for path in expected_paths:
         stored = os.path.join(server.root, "incoming", path)
         assert os.path.exists(stored), path
-        assert sha256(stored) == sha256(inbox / path), path
+        assert local_checksum(stored, "sha256") == local_checksum(inbox / path, "sha256"), path
     publications = Counter(e["path"] for e in server.events("RNTO"))
     assert all(publications[os.path.join("incoming", p)] == 1 for p in expected_paths), publications
     assert not [name for _, _, names in os.walk(server.root) for name in names if name.endswith(".part")]

@@ -26,7 +26,6 @@ Failure modes for tests: fail_next(status, times) answers `status` to the next u
 die_after(n) kills the whole server once an upload has sent n body bytes (its connection is reset), stop()/start()
 take the server down and up on the same port.
 """
-import hashlib
 import io
 import json
 import os
@@ -41,6 +40,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from pyulog import ULog
+from filesync.devices.base import local_checksum
 
 ULOG_MAGIC = b"ULog\x01\x12\x35"
 DEFAULT_BODY_LIMIT = 300 * 1024 * 1024
@@ -326,7 +326,7 @@ class _Handler(BaseHTTPRequestHandler):
             except Exception:  # the real server turns every pyulog failure into ULogException -> 400
                 os.unlink(stored)
                 return 400, _error_page(400, "Failed to parse the file. It is most likely corrupt."), ()
-        owner._store(Upload(log_id, file_part.filename, values, stored, file_part.size, _sha256(stored), query))
+        owner._store(Upload(log_id, file_part.filename, values, stored, file_part.size, local_checksum(stored, "sha256"), query))
         url = "/plot_app?log=" + log_id
         should_redirect = source != "QGroundControl"
         if "redirect" in values:
@@ -362,13 +362,6 @@ def _reset(connection):
     except OSError:
         pass
 
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(READ_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class FlightReviewServer:

@@ -12,6 +12,11 @@ from filesync.paths import PART_SUFFIX
 CHUNK = 256 * 1024
 
 
+def _under(root, path):
+    """The local path of relative '/'-separated `path` under `root`."""
+    return os.path.join(root, *path.split("/"))
+
+
 def _matches(path, patterns):
     name = path.rsplit("/", 1)[-1]
     return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
@@ -31,9 +36,6 @@ class FolderSource(Source):
     def __init__(self, name, raw_options, key, context=None):
         super().__init__(name, raw_options, key, context)
         self.root = expand_path(self.options["path"])
-
-    def _full(self, path):
-        return os.path.join(self.root, *path.split("/"))
 
     def list(self):
         if not os.path.isdir(self.root):
@@ -57,14 +59,14 @@ class FolderSource(Source):
 
     def stat(self, path):
         try:
-            status = os.stat(self._full(path))
+            status = os.stat(_under(self.root, path))
         except FileNotFoundError:
             raise PermanentError(f"{path} is no longer in {self.root}") from None
         return RemoteFile(path, status.st_size, status.st_mtime)
 
     def read(self, path, offset):
         try:
-            handle = open(self._full(path), "rb")
+            handle = open(_under(self.root, path), "rb")
         except FileNotFoundError:
             raise PermanentError(f"{path} is no longer in {self.root}") from None
         with handle:
@@ -74,7 +76,7 @@ class FolderSource(Source):
 
     def delete(self, path):
         try:
-            os.remove(self._full(path))
+            os.remove(_under(self.root, path))
         except FileNotFoundError:
             pass
 
@@ -89,15 +91,12 @@ class FolderTarget(Target):
         super().__init__(name, raw_options, key, context)
         self.root = expand_path(self.options["path"])
 
-    def _full(self, path):
-        return os.path.join(self.root, *path.split("/"))
-
     def probe(self):
         if not os.path.isdir(self.root):
             raise DeviceUnavailable(f"folder {self.root} does not exist")
 
     def published(self, path, local_path, size):
-        final = self._full(path)
+        final = _under(self.root, path)
         if not os.path.isfile(final) or os.path.getsize(final) != size:
             return None
         if local_checksum(final, "sha256") != local_checksum(local_path, "sha256"):
@@ -106,19 +105,19 @@ class FolderTarget(Target):
 
     def held(self, path):
         try:
-            return os.path.getsize(self._full(path) + PART_SUFFIX)
+            return os.path.getsize(_under(self.root, path) + PART_SUFFIX)
         except FileNotFoundError:
             return 0
 
     def discard(self, path):
         try:
-            os.remove(self._full(path) + PART_SUFFIX)
+            os.remove(_under(self.root, path) + PART_SUFFIX)
         except FileNotFoundError:
             pass
 
     def write(self, path, stream, offset, size, progress):
         self.probe()
-        part = self._full(path) + PART_SUFFIX
+        part = _under(self.root, path) + PART_SUFFIX
         try:
             os.makedirs(os.path.dirname(part), exist_ok=True)
             with open(part, "r+b" if os.path.exists(part) else "wb") as handle:
@@ -136,7 +135,7 @@ class FolderTarget(Target):
             raise TransientError(f"target {self.root}: {error.strerror}") from None
 
     def publish(self, path, local_path, size):
-        final = self._full(path)
+        final = _under(self.root, path)
         part = final + PART_SUFFIX
         held = os.path.getsize(part)
         if held != size:
@@ -151,6 +150,6 @@ class FolderTarget(Target):
 
     def delete(self, path):
         try:
-            os.remove(self._full(path))
+            os.remove(_under(self.root, path))
         except FileNotFoundError:
             pass
