@@ -16,6 +16,7 @@ import pytest
 
 from filesync.devices import create_source
 from filesync.devices.drive import DriveSource, mounts
+from filesync.engine.runner import LocalRunner
 from filesync.errors import ConfigError, DeviceUnavailable, FileError, PermanentError, TransientError
 from support.exfat_drive import (break_cluster_chain, end_fuse_mount, exfat_drive, fragment_file, lazy_unmount,
                                  missing_tools, mounted_at, unavailable_reason)
@@ -239,3 +240,162 @@ def test_bad_config_is_one_line_naming_the_key(options, key, text):
 
 def test_registry_builds_the_drive_source():
     assert isinstance(create_source("cam", {"kind": "drive", "label": "FLIR"}), DriveSource)
+
+
+# Through the whole engine (LocalRunner): drive -> staging -> a folder target.
+
+def pipeline_config(tmp_path, source, **extra):
+    os.makedirs(tmp_path / "target", exist_ok=True)
+    config = {"staging_dir": str(tmp_path / "staging"), "database": str(tmp_path / "db" / "ledger.db"),
+              "checkpoint_bytes": 256 * 1024, "scan_interval": 0.5, "poll_interval": 0.5,
+              "retry_base": 0.2, "retry_cap": 1.0, "lease_seconds": 20.0, "max_attempts": 3,
+              "sources": {"cam": {"kind": "drive", **source}},
+              "targets": {"disk": {"kind": "folder", "path": str(tmp_path / "target")}},
+              "pipelines": [{"source": "cam", "targets": ["disk"]}]}
+    config.update(extra)
+    return config
+
+
+def sha256_file(path):
+    with open(path, "rb") as handle:
+        return sha256_of(iter(lambda: handle.read(MiB), b""))
+
+
+class PullingReads:
+    """Wraps DriveSource.read to count the bytes the engine takes from the drive and the offsets it asks for, and to
+    hold the reader, every `every` bytes, right after a chunk while the test pulls the drive out under it.
+
+    The bytes and the errors still come from the real file system; only the moment of the unplug is chosen here.
+    """
+
+    def __init__(self, original, every, pulls):
+        self.original, self.every, self.pulls_left = original, every, pulls
+        self.lock = threading.Lock()
+        self.bytes_read = 0
+        self.offsets = {}
+        self.next_pull = every
+        self.requests = queue.Queue()
+
+    def read(self, source, path, offset):
+        with self.lock:
+            self.offsets.setdefault(path, []).append(offset)
+        with closing(self.original(source, path, offset)) as chunks:
+            for chunk in chunks:
+                with self.lock:
+                    self.bytes_read += len(chunk)
+                    pull = self.pulls_left > 0 and self.bytes_read >= self.next_pull
+                    if pull:
+                        self.pulls_left -= 1
+                        self.next_pull += self.every
+                yield chunk
+                if pull:  # the engine has this chunk; the next read from the drive comes after the unplug
+                    pulled = threading.Event()
+                    self.requests.put(pulled)
+                    pulled.wait(120)
+
+
+def test_twenty_unplugs_during_a_200_mb_copy_lose_nothing_and_restart_nothing(tmp_path, monkeypatch):
+    rng = random.Random(5)
+    files = {f"DCIM/100FLIR/FLIR{i:04d}.MP4": 24 * MiB + rng.randrange(MiB) for i in range(8)}
+    files.update({f"DCIM/100FLIR/FLIR{i:04d}.jpg": rng.randrange(50_000, 400_000) for i in range(8)})
+    total = sum(files.values())
+    cycles = 20
+    with exfat_drive(tmp_path, unique_label(), unique_serial(), size_mb=256) as drive:
+        drive.attach()
+        digests = drive.write_files(files)
+        drive.mount(tmp_path / "mnt-0", read_only=True)
+        reads = PullingReads(DriveSource.read, total // (cycles + 1), cycles)
+        monkeypatch.setattr(DriveSource, "read", lambda source, path, offset: reads.read(source, path, offset))
+        runner = LocalRunner(pipeline_config(tmp_path, {"uuid": drive.uuid}))
+        try:
+            runner.start()
+            for cycle in range(1, cycles + 1):
+                try:
+                    pulled = reads.requests.get(timeout=120)
+                except queue.Empty:
+                    pytest.fail(f"no read reached the next unplug point after {cycle - 1} cycles: "
+                                f"{[(r.path, r.state, r.error) for r in runner.ledger.files()]}")
+                drive.kill_mount()  # the FUSE mount ends under the reader
+                pulled.set()
+                drive.detach()  # returns once the engine let go of the dead mount
+                time.sleep(rng.uniform(0.0, 1.0))  # the engine finds the drive gone meanwhile
+                drive.attach()  # back, possibly as another /dev/loopN, mounted elsewhere (as an automounter would)
+                drive.mount(tmp_path / f"mnt-{cycle % 2}", read_only=True)
+            runner.run_until_settled(timeout=180)
+            records = runner.ledger.files()
+        finally:
+            runner.close()
+    assert sorted(r.path for r in records) == sorted(f"{drive.uuid}/{path}" for path in files)
+    assert {r.state for r in records} == {"uploaded"}, [(r.path, r.state, r.error) for r in records]
+    for path, digest in digests.items():
+        assert sha256_file(tmp_path / "target" / drive.uuid / path) == digest, path
+    assert reads.pulls_left == 0
+    resumed = 0
+    for path, offsets in reads.offsets.items():
+        assert offsets.count(0) == 1, f"{path} started from zero again: {offsets}"
+        assert offsets == sorted(offsets), f"{path}: the checkpoint went back: {offsets}"
+        resumed += len(offsets) - 1
+    assert resumed >= cycles  # every unplug interrupted a copy, which went on from its checkpoint
+    # Each unplug costs at most the chunk in flight beyond the last checkpoint.
+    assert reads.bytes_read - total <= cycles * MiB, (reads.bytes_read, total)
+    print(f"read {reads.bytes_read} bytes for {total} ({resumed} resumed reads, {cycles} unplugs)")
+
+
+def test_a_file_that_keeps_failing_is_parked_with_its_reason_and_the_others_arrive(tmp_path):
+    with exfat_drive(tmp_path, unique_label(), unique_serial()) as drive:
+        drive.attach()
+        fragment_file(drive, "DCIM/bad.MP4", 2 * MiB)
+        digests = drive.write_files({"DCIM/good1.MP4": 3 * MiB, "DCIM/good2.MP4": 100_000})
+        drive.detach()
+        break_cluster_chain(drive, "DCIM/bad.MP4")
+        drive.attach()
+        drive.mount(tmp_path / "auto", read_only=True)
+        runner = LocalRunner(pipeline_config(tmp_path, {"uuid": drive.uuid}))
+        try:
+            runner.start()
+            # Not run_until_settled(): the parked file's upload task stays 'waiting' behind its download for ever.
+            deadline = time.monotonic() + 120
+            while not (len(runner.ledger.files()) == 3 and
+                       {r.state for r in runner.ledger.files()} <= {"uploaded", "failed"}):
+                assert time.monotonic() < deadline, [(r.path, r.state, r.error) for r in runner.ledger.files()]
+                time.sleep(0.1)
+            records = {r.path: r for r in runner.ledger.files()}
+        finally:
+            runner.close()
+    bad = records.pop(f"{drive.uuid}/DCIM/bad.MP4")
+    assert bad.state == "failed" and "Input/output error" in bad.error and "file system error" in bad.error
+    assert bad.task("download").attempts == 3
+    assert {r.state for r in records.values()} == {"uploaded"}
+    for path, digest in digests.items():
+        assert sha256_file(tmp_path / "target" / drive.uuid / path) == digest
+
+
+def test_a_second_drive_with_the_same_paths_brings_new_files(tmp_path):
+    label = unique_label()
+    with exfat_drive(tmp_path, label, unique_serial()) as first, exfat_drive(tmp_path, label, unique_serial()) as other:
+        digests = {}
+        for seed, drive in enumerate((first, other)):
+            drive.attach()
+            digests[drive.uuid] = drive.write_files({"DCIM/clip.MP4": 300_000, "DCIM/pic.jpg": 5000}, seed=seed)
+            drive.detach()
+        first.attach()
+        first.mount(tmp_path / "media", read_only=True)
+        runner = LocalRunner(pipeline_config(tmp_path, {"label": label}))
+        try:
+            runner.run_until_settled(timeout=60)
+            first.unplug()
+            other.attach()
+            other.mount(tmp_path / "media", read_only=True)
+            deadline = time.monotonic() + 60
+            while len(runner.ledger.files()) < 4:
+                assert time.monotonic() < deadline, "the second drive's files were not found"
+                time.sleep(0.1)
+            runner.run_until_settled(timeout=60)
+            records = runner.ledger.files()
+        finally:
+            runner.close()
+    assert len(records) == 4 and {r.state for r in records} == {"uploaded"}
+    for uuid, files in digests.items():
+        for path, digest in files.items():
+            assert sha256_file(tmp_path / "target" / uuid / path) == digest
+    assert digests[first.uuid] != digests[other.uuid]
