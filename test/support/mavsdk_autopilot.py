@@ -118,9 +118,10 @@ class MavsdkAutopilot:
 class Px4SessionRule:
     """Stand-in for PX4's one-session rule, as a LinkEmulator filter in front of MAVSDK's server (see the top).
 
-    While a session is open (an OpenFileRO was ACKed and no TerminateSession/ResetSessions has been ACKed since, and
-    it was used within `idle_timeout` seconds), another OpenFileRO is answered with NAK NoSessionsAvailable by the
-    relay and does not reach the server. `refusals` counts those answers.
+    While a session is open (an OpenFileRO was ACKed and no TerminateSession/ResetSessions has been ACKed since), another
+    OpenFileRO is answered with NAK NoSessionsAvailable by the relay and does not reach the server. As in PX4's
+    MavlinkFTP::send(), the session closes after `idle_timeout` seconds without any FTP request from anyone (every
+    request, a refused open or a listing too, counts as activity). `refusals` counts the refusals.
     """
 
     OPEN, TERMINATE, RESET, ACK, NAK, NO_SESSIONS = 4, 1, 2, 128, 129, 5
@@ -159,12 +160,11 @@ class Px4SessionRule:
                 if self.open_seq is not None and now - self.last_used > self.idle_timeout:
                     self.open_seq = None  # PX4 drops an idle session
                 if direction == "up":
+                    self.last_used = now
                     if opcode == self.OPEN and self.open_seq is not None and seq != self.open_seq:
                         self.refusals += 1
                         reply(self._nak(msg, seq, opcode))
                         return None
-                    if self.open_seq is not None:
-                        self.last_used = now
                 elif opcode == self.ACK:
                     if req_opcode == self.OPEN:
                         self.open_seq, self.last_used = (seq - 1) % 65536, now

@@ -449,20 +449,34 @@ class MavFtpClient:
                               first_timeout=max(self._rtt.rto * 4, 1.0), total_timeout=self.crc_timeout)
         return struct.unpack_from("<I", reply.data.ljust(4, b"\0"))[0]
 
-    def open_read(self, path: str) -> tuple:
-        """OpenFileRO: (session, size)."""
-        reply = self._request(Op.OPEN_FILE_RO, f"open {path}", data=path.encode("utf-8"))
+    def open_read(self, path: str, idle_wait: float = 0.0) -> tuple:
+        """OpenFileRO: (session, size).
+
+        When the vehicle refuses a session and `idle_wait` > 0, stay silent that long and try once more: PX4 closes a
+        session after 10 s (30 s in newer releases) without any FTP request from anyone, which frees a session left
+        open by a crashed earlier run; our own listing would otherwise keep it alive for ever.
+        """
+        try:
+            reply = self._request(Op.OPEN_FILE_RO, f"open {path}", data=path.encode("utf-8"))
+        except SessionRefused:
+            if idle_wait <= 0:
+                raise
+            log.warning("%s: no FTP session free; staying silent %.0f s so that an abandoned one times out",
+                        self.url, idle_wait)
+            time.sleep(idle_wait)
+            reply = self._request(Op.OPEN_FILE_RO, f"open {path}", data=path.encode("utf-8"))
         return reply.session, struct.unpack_from("<I", reply.data.ljust(4, b"\0"))[0]
 
     # ----- reading -----
 
-    def read(self, path: str, offset: int = 0, should_stop=None) -> Iterator[bytes]:
+    def read(self, path: str, offset: int = 0, should_stop=None, idle_wait: float = 0.0) -> Iterator[bytes]:
         """Yield the bytes of `path` from `offset` to the size the vehicle gave at open, in order.
 
         The session is closed however the iteration ends. `should_stop()` is asked between bursts; a text it
-        returns stops the read with TransientError(text) (used to stop when the vehicle arms).
+        returns stops the read with TransientError(text) (used to stop when the vehicle arms). `idle_wait`: see
+        open_read.
         """
-        session, size = self.open_read(path)
+        session, size = self.open_read(path, idle_wait)
         try:
             if offset > size:
                 raise FileError(f"{path}: asked to resume at byte {offset} but the vehicle's file has {size} bytes")

@@ -83,6 +83,8 @@ class MavlinkSource(Source):
         Option("retries", int, 10, positive),  # resends in a row without any answer before the link counts as down
         Option("crc_timeout", float, 120.0, positive),  # CalcFileCRC32 of a large file takes the vehicle a while
         Option("heartbeat_timeout", float, 5.0, positive),
+        # silence before a second open when the session is taken: PX4 frees an abandoned one after 10 s (newer: 30 s)
+        Option("session_idle", float, 31.0, not_negative),
         Option("lock_name", str, ""),  # the lease's resource name; default mavlink:<url>
         Option("lock_wait", float, 120.0, not_negative),  # how long to wait for the vehicle's lease
     ]
@@ -210,7 +212,7 @@ class MavlinkSource(Source):
                         return "the vehicle armed during the download; it goes on after it disarms"
                     return None
 
-                yield from self.client.read(self._remote(path), offset, should_stop)
+                yield from self.client.read(self._remote(path), offset, should_stop, self.options["session_idle"])
             except DeviceUnavailable:
                 self.client.close()
                 raise

@@ -1,0 +1,183 @@
+"""MAVLink FTP download speed: our `mavlink` source against pymavlink's mavftp and MAVROS-style reads.
+
+One MAVSDK autopilot (test/support/mavsdk_autopilot.py) serves one log; each reader fetches it through:
+  serial    the link emulator at 921600 baud (92,160 B/s each way, 1 ms latency): 82.8 KB/s of file data at most
+  loopback  plain UDP on 127.0.0.1, where the MAVSDK server itself is the limit
+  serial5   the serial link with 5% of datagrams lost each way
+Readers:
+  ours        filesync.devices.mavlink.MavlinkSource.read (burst reads, pipelined hole filling)
+  pymavlink   pymavlink.mavftp.MAVFTP used as a library, burst_read_size 239 (GPL: run, not copied)
+  mavros      sequential 239-byte ReadFile, one request in flight, resent on timeout (MAVROS's way, plus a retry)
+  bare        open + BurstReadFile from wherever the last burst ended, counting bytes, no hole filling: the
+              ceiling of server and link (meaningless with loss, so not run there)
+Every reader's bytes are checked against the file's sha256 (bare only counts).
+
+Run: .venv/bin/python bench/mavftp_bench.py [--size BYTES] [--links serial,loopback,serial5] [--readers ...]
+"""
+import argparse
+import hashlib
+import os
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:0] = [os.path.join(HERE, "..", "src"), os.path.join(HERE, "..", "test")]
+
+from pymavlink import mavutil  # noqa: E402
+
+from filesync.devices import create_source  # noqa: E402
+from filesync.devices.mavftp import MAX_DATA, MavFtpClient, Op  # noqa: E402
+from support.linkemu import LinkEmulator  # noqa: E402
+from support.mavsdk_autopilot import MavsdkAutopilot  # noqa: E402
+
+SERIAL = 92160
+LINK_LIMIT = SERIAL * MAX_DATA / 266  # file bytes/s when every byte on the wire is a full FTP frame: 82.8 KB/s
+REMOTE = "/log/2024-05-01/12_00_00.ulg"
+
+
+def ours(url, size, digest):
+    source = create_source("bench", {"kind": "mavlink", "url": url, "root": "/log", "settle": False})
+    try:
+        hasher, count = hashlib.sha256(), 0
+        for chunk in source.read("2024-05-01/12_00_00.ulg", 0):
+            hasher.update(chunk)
+            count += len(chunk)
+        return count, hasher.hexdigest() == digest
+    finally:
+        source.close()
+
+
+def pymavlink_mavftp(url, size, digest):
+    from pymavlink.mavftp import MAVFTP, MAVFTPSettings
+    master = mavutil.mavlink_connection(url, source_system=247, source_component=190)
+    try:
+        master.mav.heartbeat_send(6, 8, 0, 0, 0)  # MAVSDK's udpin learns our address from it
+        master.wait_heartbeat(timeout=10)
+        settings = MAVFTPSettings([("debug", int, 0), ("pkt_loss_tx", int, 0), ("pkt_loss_rx", int, 0),
+                                   ("max_backlog", int, 5), ("burst_read_size", int, 239), ("write_size", int, 80),
+                                   ("write_qsize", int, 5), ("idle_detection_time", float, 3.7),
+                                   ("read_retry_time", float, 1.0), ("retry_time", float, 0.5)])
+        ftp = MAVFTP(master, target_system=1, target_component=1, settings=settings)
+        with tempfile.TemporaryDirectory() as folder:
+            local = os.path.join(folder, "copy.ulg")
+            ftp.cmd_get([REMOTE, local])
+            result = ftp.process_ftp_reply("OpenFileRO", timeout=3600)
+            if result.error_code != 0 or not os.path.exists(local):
+                return 0, False
+            with open(local, "rb") as handle:
+                hasher = hashlib.sha256()
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    hasher.update(block)
+            return os.path.getsize(local), hasher.hexdigest() == digest
+    finally:
+        master.close()
+
+
+def mavros_style(url, size, digest):
+    client = MavFtpClient(url, source_system=248)
+    try:
+        session, remote_size = client.open_read(REMOTE)
+        hasher, offset = hashlib.sha256(), 0
+        while offset < remote_size:
+            # never past the end: MAVSDK's server answers a read that reaches beyond the end with NAK Fail
+            reply = client._request(Op.READ_FILE, "read", session=session, offset=offset,
+                                    size=min(MAX_DATA, remote_size - offset))
+            hasher.update(reply.data)
+            offset += len(reply.data)
+        client.terminate_session(session)
+        return offset, hasher.hexdigest() == digest
+    finally:
+        client.close()
+
+
+def bare(url, size, digest):
+    client = MavFtpClient(url, source_system=249)
+    try:
+        session, remote_size = client.open_read(REMOTE)
+        offset, seq = 0, 1000
+        while offset < remote_size:
+            client._send(Op.BURST_READ_FILE, seq, session, offset, size=MAX_DATA)
+            while True:
+                reply = client._poll(2.0)
+                if reply is None:
+                    break
+                if reply.req_opcode != Op.BURST_READ_FILE or reply.opcode != Op.ACK:
+                    continue
+                offset = max(offset, reply.offset + reply.size)
+                seq = reply.seq
+                if reply.burst_complete:
+                    break
+            seq = (seq + 1) % 65536
+        client.terminate_session(session)
+        return offset, None
+    finally:
+        client.close()
+
+
+READERS = {"ours": ours, "pymavlink": pymavlink_mavftp, "mavros": mavros_style, "bare": bare}
+LINKS = {"serial": dict(bandwidth=SERIAL, latency=0.001), "loopback": None,
+         "serial5": dict(bandwidth=SERIAL, latency=0.001, loss=0.05)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=20_000_000)
+    parser.add_argument("--links", default="serial,loopback,serial5")
+    parser.add_argument("--readers", default="ours,pymavlink,mavros,bare")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as root:
+        path = os.path.join(root, REMOTE.lstrip("/"))
+        os.makedirs(os.path.dirname(path))
+        hasher = hashlib.sha256()
+        with open(path, "wb") as handle:
+            handle.write(b"ULog\x01\x12\x35")
+            left = args.size - 7
+            while left > 0:
+                block = os.urandom(min(left, 1 << 20))
+                handle.write(block)
+                left -= len(block)
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                hasher.update(block)
+        digest = hasher.hexdigest()
+        rows = []
+        with MavsdkAutopilot(root) as vehicle:
+            for link_name in args.links.split(","):
+                for reader_name in args.readers.split(","):
+                    if link_name == "serial5" and reader_name == "bare":
+                        continue
+                    link = None
+                    if LINKS[link_name] is not None:
+                        link = LinkEmulator(("127.0.0.1", vehicle.port), seed=5, **LINKS[link_name]).start()
+                    url = link.url if link else vehicle.url
+                    started = time.monotonic()
+                    try:
+                        count, correct = READERS[reader_name](url, args.size, digest)
+                    except Exception as error:  # a reader that fails is reported, not fatal
+                        count, correct = 0, f"error: {error}"
+                    elapsed = time.monotonic() - started
+                    if link:
+                        link.stop()
+                    rate = count / elapsed / 1000
+                    rows.append((link_name, reader_name, count, elapsed, rate, correct))
+                    print(f"{link_name:9} {reader_name:10} {count:>10} B {elapsed:8.1f} s {rate:7.1f} KB/s "
+                          f"{'' if correct is None else correct}", file=sys.stderr, flush=True)
+        print_table(rows, args.size)
+
+
+def print_table(rows, size):
+    ceiling = {link: rate for link, reader, _, _, rate, _ in rows if reader == "bare"}
+    print(f"\nFile: {size:,} bytes. Link limit (921600 baud): {LINK_LIMIT / 1000:.1f} KB/s of file data.\n")
+    print("| link | reader | KB/s | / link limit | / bare ceiling | bytes identical |")
+    print("|---|---|---:|---:|---:|---|")
+    for link, reader, count, elapsed, rate, correct in rows:
+        limit = f"{rate * 1000 / LINK_LIMIT:.2f}" if link.startswith("serial") else "-"
+        base = ceiling.get(link) or ceiling.get("serial" if link.startswith("serial") else link)
+        to_ceiling = f"{rate / base:.2f}" if base else "-"
+        verdict = "counted only" if correct is None else ("yes" if correct is True else f"NO ({correct})")
+        print(f"| {link} | {reader} | {rate:.1f} | {limit} | {to_ceiling} | {verdict} |")
+
+
+if __name__ == "__main__":
+    main()
