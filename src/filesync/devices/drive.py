@@ -172,6 +172,7 @@ class DriveSource(Source):
         self._lock = threading.Lock()
         self._mounted_uuid = None  # the drive we mounted at mount_point, until it is unmounted
         self._seen: Dict[str, Tuple[int, float, float]] = {}  # path -> (size, mtime, first seen so), for min_age
+        self._warned = set()  # device nodes already reported as unusable
 
     # Finding the drive
 
@@ -194,7 +195,9 @@ class DriveSource(Source):
             usable = []
             for device in devices:
                 if not SAFE_UUID.match(device.uuid):
-                    log.warning("%s: %s has no usable UUID (%r); skipped", self.name, device.node, device.uuid)
+                    if device.node not in self._warned:
+                        self._warned.add(device.node)
+                        log.warning("%s: %s has no usable UUID (%r); skipped", self.name, device.node, device.uuid)
                     continue
                 alive = [m.point for m in mounts_of(device, all_mounts) if answers(m.point)]
                 usable.append((self.mount_point not in alive, device.uuid, device, alive))
@@ -363,6 +366,8 @@ class DriveSource(Source):
                 if isinstance(failure, DeviceUnavailable):
                     raise failure from None
                 log.warning("%s: skipped directory %s: %s", self.name, relative_directory or "/", failure)
+        listed = {f.path for f in found}
+        self._seen = {path: seen for path, seen in self._seen.items() if path in listed}
         return found
 
     def stat(self, path) -> RemoteFile:
