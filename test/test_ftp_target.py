@@ -96,3 +96,15 @@ def test_refused_name_is_permanent(ftp_server):
     with pytest.raises(PermanentError):  # a directory cannot be made where a file is
         target.write("blocker/a.bin", io.BytesIO(b"abc"), 0, 3, lambda done: None)
     target.close()
+
+
+def test_size_after_a_listing_still_sees_the_file(ftp_server, tmp_path):
+    """ftplib leaves the connection in ASCII after LIST; SIZE there is refused and must not read as 'missing'."""
+    target = target_for(ftp_server)
+    os.makedirs(os.path.join(ftp_server.root, "up"), exist_ok=True)
+    with open(os.path.join(ftp_server.root, "up", "a.bin.part"), "wb") as partial:
+        partial.write(b"x" * 10)
+    with target.connection.session("LIST") as ftp:
+        ftp.retrlines("LIST /up", lambda line: None)
+    assert target.held("a.bin") == 10
+    target.close()

@@ -26,6 +26,7 @@ def build_workers(config, ledger, worker_prefix, context, announce=None, kinds=(
     settings = Settings.from_config(config)
     loops = []
     used_sources = {p.source for p in config.pipelines}
+    # A source serves its finder and its download worker from two threads: devices must be thread-safe.
     sources = {name: create_source(name, config.sources[name], context) for name in used_sources}
     if finders:
         loops += [Finder(sources[p.source], p, ledger, settings, announce) for p in config.pipelines]
@@ -79,7 +80,9 @@ class LocalRunner:
         finders = [loop for loop in self.loops if isinstance(loop, Finder)]
         if any(f.scans == 0 for f in finders):
             return False
-        return all(task.state not in ("waiting", "active") for record in self.ledger.files() for task in record.tasks)
+        # a failed file's later tasks wait for a person's retry, so they do not count as work left
+        return all(record.state == "failed" or task.state not in ("waiting", "active")
+                   for record in self.ledger.files() for task in record.tasks)
 
     def run_until_settled(self, timeout=120.0):
         """Start (if needed) and wait until settled(); raises TimeoutError with what is left."""

@@ -102,6 +102,8 @@ class FtpConnection:
 
 def size_or_none(ftp, path):
     """SIZE of `path`, or None when the server says it does not exist (550)."""
+    # ftplib leaves the connection in ASCII after a listing, and servers refuse SIZE there (pyftpdlib answers 550)
+    ftp.voidcmd("TYPE I")
     try:
         return ftp.size(path)
     except ftplib.error_perm as error:
