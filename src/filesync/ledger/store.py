@@ -41,7 +41,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     updated REAL NOT NULL,
     PRIMARY KEY (file_id, kind, device)
 );
-CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (kind, device, state, not_before);
+-- a worker's queue in file order, so a claim stops at the first ready task instead of sorting them all
+CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (kind, device, state, file_id);
+DROP INDEX IF EXISTS tasks_ready;
 CREATE INDEX IF NOT EXISTS files_state ON files (state);
 """
 
@@ -51,10 +53,11 @@ OUTCOMES = ("done", "retry", "park", "skip", "release", "wait")
 UNKNOWN_MTIME = -1.0  # a file rebuilt from staging: its source time is not known until the finder lists it again
 
 # Conditions under which a task may start: uploads after the download, removal after every upload reached its target.
+# The unary + keeps SQLite on the primary key (file_id first) for these lookups instead of scanning tasks_queue by kind.
 _READY = {
     DOWNLOAD: "1",
-    UPLOAD: "EXISTS (SELECT 1 FROM tasks d WHERE d.file_id = t.file_id AND d.kind = 'download' AND d.state = 'done')",
-    REMOVE: "NOT EXISTS (SELECT 1 FROM tasks u WHERE u.file_id = t.file_id AND u.kind = 'upload' AND u.state != 'done')",
+    UPLOAD: "EXISTS (SELECT 1 FROM tasks d WHERE d.file_id = t.file_id AND +d.kind = 'download' AND d.state = 'done')",
+    REMOVE: "NOT EXISTS (SELECT 1 FROM tasks u WHERE u.file_id = t.file_id AND +u.kind = 'upload' AND u.state != 'done')",
 }
 
 
@@ -188,16 +191,26 @@ class Ledger:
         passed, then tasks whose holder's lease ran out. No two workers hold a task at once.
         """
         now = self._clock()
+        ready = _READY[kind]
         with self._transaction() as db:
-            row = db.execute(
-                f"SELECT t.file_id FROM tasks t WHERE t.kind = ? AND t.device = ? AND ("
-                f"  (t.state = 'waiting' AND t.not_before <= ?) OR"
-                f"  (t.state = 'active' AND (t.owner = ? OR t.lease_until < ?))) AND {_READY[kind]} "
-                f"ORDER BY (t.owner = ?) DESC, t.file_id LIMIT 1",
-                (kind, device, now, worker, now, worker)).fetchone()
-            if row is None:
-                return None
-            file_id = row["file_id"]
+            # Three small queries, each walking tasks_queue in file order and stopping at its first hit: one query
+            # with an OR and "ORDER BY (owner = ?)" sorted every waiting task on each claim (30-80 ms at 100,000).
+            own = db.execute(f"SELECT t.file_id FROM tasks t WHERE t.kind = ? AND t.device = ? AND t.state = 'active' "
+                             f"AND t.owner = ? AND {ready} ORDER BY t.file_id LIMIT 1",
+                             (kind, device, worker)).fetchone()
+            if own is not None:
+                file_id = own["file_id"]
+            else:
+                waiting = db.execute(f"SELECT t.file_id FROM tasks t WHERE t.kind = ? AND t.device = ? "
+                                     f"AND t.state = 'waiting' AND t.not_before <= ? AND {ready} "
+                                     f"ORDER BY t.file_id LIMIT 1", (kind, device, now)).fetchone()
+                expired = db.execute(f"SELECT t.file_id FROM tasks t WHERE t.kind = ? AND t.device = ? "
+                                     f"AND t.state = 'active' AND t.lease_until < ? AND {ready} "
+                                     f"ORDER BY t.file_id LIMIT 1", (kind, device, now)).fetchone()
+                candidates = [row["file_id"] for row in (waiting, expired) if row is not None]
+                if not candidates:
+                    return None
+                file_id = min(candidates)
             db.execute("UPDATE tasks SET state = 'active', owner = ?, lease_until = ?, updated = ? "
                        "WHERE file_id = ? AND kind = ? AND device = ?",
                        (worker, now + lease_seconds, now, file_id, kind, device))
