@@ -50,6 +50,21 @@ test-lib: setup
 
 test-ros: setup
 	$(ROS_ENV) && rostest filesync nodes.test
+	$(MAVROS_ENV) && rostest filesync mavros.test
 
 clean:
 	rm -rf build $(WS)
+
+# A test-only workspace with test/mavros_msgs (a copy of mavros_msgs' FTP types and State, md5sums of 1.21.0), chained
+# on the filesync workspace; never installed. mavros.test runs in it.
+MAVROS_MSGS_WS := $(HOME)/.cache/filesync/mavros-msgs-ws-$(shell echo $(ROOT) | md5sum | cut -c1-8)
+MAVROS_ENV := set +u && source $(MAVROS_MSGS_WS)/devel/setup.bash
+.PHONY: test-mavros-msgs-ws
+test-mavros-msgs-ws: $(STAMPS)/mavros-msgs-ws
+test-lib test-ros: test-mavros-msgs-ws
+$(STAMPS)/mavros-msgs-ws: $(STAMPS)/build $(wildcard test/mavros_msgs/*.* test/mavros_msgs/msg/*.msg test/mavros_msgs/srv/*.srv)
+	mkdir -p $(MAVROS_MSGS_WS)/src
+	ln -sfn $(ROOT)/test/mavros_msgs $(MAVROS_MSGS_WS)/src/mavros_msgs
+	$(ROS_ENV) && cd $(MAVROS_MSGS_WS) && catkin_make -DPYTHON_EXECUTABLE=$(PY) > $(ROOT)/build/mavros-msgs.log 2>&1 \
+	  || { tail -40 $(ROOT)/build/mavros-msgs.log; exit 1; }
+	touch $@
