@@ -1,0 +1,479 @@
+"""filesync benchmarks against peers, in one run, printed as one table (and saved as JSON).
+
+  ftp     folder -> FTP on loopback (a pyftpdlib server, test/support/ftp_server.py): a large file and many small ones,
+          through the real nodes (roslaunch filesync sync.launch) and in-process (LocalRunner), against `curl -T` and
+          lftp to the same server in the same run. The pipeline copies each file into staging before uploading it, so
+          it is timed end to end and per leg (the legs from the nodes' FileEvent stamps).
+  memory  peak RSS (VmHWM) of each node after moving a 10 MiB file and then the large one (same launch as ftp).
+  idle    CPU of the whole launch (roslaunch, nodes, roscore) over a minute with nothing to do (same launch).
+  ledger  100,000 files registered and taken through their states: library Ledger alone, and through the ledger
+          node's ROS services with 1 and 2 client processes; then the time from starting the launch with those rows
+          in the database to the first byte of a new file in staging.
+
+Run (inside the workspace's environment; `make bench` does that):
+  .venv/bin/python bench/run.py [--only ftp,ledger] [--large-mib 1024] [--small 1000] [--rows 100000]
+"""
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+# With the workspace sourced, filesync comes from its devel space (which adds the generated messages) and src/ must not
+# shadow it; without, the library parts still run from src/.
+sys.path.insert(0, os.path.join(ROOT, "test"))
+try:
+    import filesync.msg  # noqa: F401
+except ImportError:
+    sys.path.insert(0, os.path.join(ROOT, "src"))
+
+import psutil  # noqa: E402
+
+from support.ftp_server import FtpServerProcess  # noqa: E402
+from support.launch import Launch, RosMaster, cpu_seconds, peak_rss, quiet_stderr  # noqa: E402
+
+MiB = 1 << 20
+SMALL_SIZE = 4096
+ROWS = []  # (section, measurement, value, unit, note)
+
+
+def row(section, what, value, unit="", note=""):
+    """Record one figure and print it at once (the table comes again at the end)."""
+    ROWS.append((section, what, value, unit, note))
+    shown = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else str(value)
+    print(f"  {section:<7} {what:<58} {shown:>12} {unit:<8} {note}", flush=True)
+
+
+def write_random(path, size, seed):
+    """`size` random bytes in 1 MiB blocks (incompressible, memory stays small)."""
+    import random
+    generator = random.Random(seed)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as handle:
+        left = size
+        while left:
+            block = min(left, MiB)
+            handle.write(generator.randbytes(block))
+            left -= block
+
+
+def sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(MiB), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def timed(command, **kwargs):
+    started = time.perf_counter()
+    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=900, **kwargs)
+    return time.perf_counter() - started
+
+
+def mibps(size, seconds):
+    return size / MiB / seconds
+
+
+# Peers ------------------------------------------------------------------------------------------------------------
+
+def curl_upload(server, files, remote_dir, cwd=None):
+    """One curl run for all files (curl's {a,b} glob reuses the connection)."""
+    url = f"ftp://{server.user}:{server.password}@127.0.0.1:{server.port}/{remote_dir}/"
+    names = files[0] if len(files) == 1 else "{" + ",".join(files) + "}"
+    return timed(["curl", "-sS", "--ftp-create-dirs", "-T", names, url], cwd=cwd)
+
+
+def lftp_upload(server, pattern, remote_dir, cwd=None):
+    """One lftp session: mkdir, then mput of the files matching `pattern`."""
+    script = (f"set cmd:fail-exit yes; set net:max-retries 1; open -u {server.user},{server.password} "
+              f"-p {server.port} 127.0.0.1; mkdir -p /{remote_dir}; mput -O /{remote_dir} {pattern}")
+    return timed(["lftp", "-c", script], cwd=cwd)
+
+
+# Through the nodes ----------------------------------------------------------------------------------------------
+
+class EventClock:
+    """Stamps of FileEvents per (path, task, task_state): the first stamp each got, from the publishing node."""
+
+    def __init__(self):
+        import rospy
+        from filesync.msg import FileEvent
+        self.stamps = {}
+        self.lock = threading.Lock()
+        self.subscriber = rospy.Subscriber("/filesync/events", FileEvent, self._on_event, queue_size=5000)
+
+    def _on_event(self, event):
+        key = (event.path, event.task, event.task_state)
+        with self.lock:
+            self.stamps.setdefault(key, event.header.stamp.to_sec())
+
+    def get(self, path, task, state):
+        with self.lock:
+            return self.stamps.get((path, task, state))
+
+    def wait(self, paths, task="upload", state="done", timeout=900):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self.get(p, task, state) is not None for p in paths):
+                return max(self.get(p, task, state) for p in paths)
+            time.sleep(0.05)
+        missing = [p for p in paths if self.get(p, task, state) is None]
+        raise TimeoutError(f"{len(missing)} files not {task} {state} after {timeout} s: {missing[:3]}")
+
+
+def pipeline_config(workdir, server, inbox):
+    return {
+        "staging_dir": os.path.join(workdir, "staging"), "database": os.path.join(workdir, "db", "ledger.db"),
+        "sources": {"inbox": {"kind": "folder", "path": inbox, "min_age": 0.0}},
+        "targets": {"ftp": server.target_options("/filesync")},
+        "pipelines": [{"source": "inbox", "targets": ["ftp"]}],
+        "ftp_server": {"enabled": False},
+    }
+
+
+def scan():
+    import rospy
+    from std_srvs.srv import Trigger
+    rospy.wait_for_service("/filesync/scan", 60)
+    rospy.ServiceProxy("/filesync/scan", Trigger)()
+
+
+def drop(source_paths, inbox, subdirectory):
+    """Hard-link the files into a new folder and move it into the inbox at once (they appear complete)."""
+    holding = os.path.join(os.path.dirname(inbox), "holding", subdirectory)
+    os.makedirs(holding)
+    for path in source_paths:
+        os.link(path, os.path.join(holding, os.path.basename(path)))
+    os.rename(holding, os.path.join(inbox, subdirectory))
+    return [f"{subdirectory}/{os.path.basename(p)}" for p in source_paths]
+
+
+def node_memory(launch):
+    return {name: peak_rss(process) for name, process in sorted(launch.node_processes().items())}
+
+
+def bench_nodes(workdir, master, server, files, curl_large, idle_seconds):
+    """Move the files through roslaunch's nodes; memory after each; then the idle minute."""
+    import rospy
+    inbox = os.path.join(workdir, "inbox")
+    os.makedirs(inbox)
+    launch = Launch(workdir, pipeline_config(workdir, server, inbox), name="nodes").start()
+    try:
+        launch.wait_nodes()
+        rospy.init_node("filesync_bench", anonymous=True, disable_signals=True)
+        clock = EventClock()
+        deadline = time.monotonic() + 60
+        while clock.subscriber.get_num_connections() < 3 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for label, paths in (("10 MiB", [files["medium"]]), ("large", [files["large"]])):
+            relative = drop(paths, inbox, label.replace(" ", ""))
+            started = time.time()
+            scan()
+            finished = clock.wait(relative)
+            size = os.path.getsize(paths[0])
+            if label == "large":
+                if sha256(os.path.join(server.root, "filesync", relative[0])) != files["large_sha256"]:
+                    raise AssertionError("the large file arrived different")
+                path = relative[0]
+                download = clock.get(path, "download", "done") - clock.get(path, "download", "active")
+                upload = clock.get(path, "upload", "done") - clock.get(path, "upload", "active")
+                total = finished - started
+                row("ftp", "nodes: large, end to end (scan, staging copy, upload)", mibps(size, total), "MiB/s",
+                    f"{total:.2f} s; {mibps(size, total) / mibps(size, curl_large):.2f} of curl")
+                row("ftp", "nodes: large, staging copy leg (fsync per checkpoint)", mibps(size, download), "MiB/s",
+                    f"{download:.2f} s")
+                row("ftp", "nodes: large, upload leg alone", mibps(size, upload), "MiB/s",
+                    f"{upload:.2f} s; {mibps(size, upload) / mibps(size, curl_large):.2f} of curl")
+            for name, peak in node_memory(launch).items():
+                row("memory", f"peak RSS {name} after the {label} file", round(peak / MiB, 1), "MiB")
+        relative = drop(files["small"], inbox, "small")
+        started = time.time()
+        scan()
+        finished = clock.wait(relative, timeout=1800)
+        first_upload = min(clock.get(p, "upload", "active") for p in relative)
+        row("ftp", f"nodes: {len(relative)} small files, end to end", (finished - started) / len(relative) * 1000,
+            "ms/file", f"{finished - started:.1f} s")
+        row("ftp", f"nodes: {len(relative)} small files, first upload to last", (finished - first_upload) /
+            len(relative) * 1000, "ms/file", "legs overlap")
+        for name, peak in node_memory(launch).items():
+            row("memory", f"peak RSS {name} after all", round(peak / MiB, 1), "MiB")
+        time.sleep(12)  # let the last announcements and lease releases pass
+        processes = launch.processes() + master.processes()
+        before, wall = cpu_seconds(processes), time.monotonic()
+        time.sleep(idle_seconds)
+        used, wall = cpu_seconds(processes) - before, time.monotonic() - wall
+        row("idle", f"CPU of launch + roscore ({len(processes)} processes), {idle_seconds} s idle",
+            used / wall * 100, "% core")
+        nodes = list(launch.node_processes().values())
+        before, wall = cpu_seconds(nodes), time.monotonic()
+        time.sleep(min(idle_seconds, 20))
+        row("idle", "CPU of the six nodes alone", (cpu_seconds(nodes) - before) / (time.monotonic() - wall) * 100,
+            "% core")
+        clock.subscriber.unregister()
+    finally:
+        launch.stop()
+
+
+def bench_local(workdir, server, files, curl_large):
+    """The same pipeline in one process without ROS (LocalRunner); the legs from announcement times."""
+    from filesync.engine.runner import LocalRunner
+    inbox = os.path.join(workdir, "local_inbox")
+    os.makedirs(inbox)
+    config = pipeline_config(os.path.join(workdir, "local"), server, inbox)
+    config["targets"]["ftp"]["root"] = "/local"
+    stamps = {}
+
+    for label, paths in (("large", [files["large"]]), ("small", files["small"])):
+        relative = drop(paths, inbox, label)
+        runner = LocalRunner(config)
+        for loop in runner.loops:
+            original = loop.announce
+
+            def announce(record, task=None, done=None, original=original):
+                if task is not None:
+                    stamps.setdefault((record.path, task.kind, task.state), time.time())
+                original(record, task, done)
+            loop.announce = announce
+        try:
+            started = time.time()
+            runner.run_until_settled(timeout=1800)
+            settled = time.time()
+        finally:
+            runner.close()
+        if label == "large":
+            path, size = relative[0], os.path.getsize(paths[0])
+            total = stamps[(path, "upload", "done")] - started
+            upload = stamps[(path, "upload", "done")] - stamps[(path, "upload", "active")]
+            download = stamps[(path, "download", "done")] - stamps[(path, "download", "active")]
+            row("ftp", "LocalRunner: large, end to end", mibps(size, total), "MiB/s",
+                f"{total:.2f} s; {mibps(size, total) / mibps(size, curl_large):.2f} of curl")
+            row("ftp", "LocalRunner: large, staging copy leg", mibps(size, download), "MiB/s", f"{download:.2f} s")
+            row("ftp", "LocalRunner: large, upload leg alone", mibps(size, upload), "MiB/s",
+                f"{upload:.2f} s; {mibps(size, upload) / mibps(size, curl_large):.2f} of curl")
+        else:
+            total = max(stamps[(p, "upload", "done")] for p in relative) - started
+            row("ftp", f"LocalRunner: {len(relative)} small files, end to end", total / len(relative) * 1000,
+                "ms/file", f"{total:.1f} s (settled after {settled - started:.1f} s)")
+
+
+def bench_ftp(args, workdir, master):
+    server = FtpServerProcess(os.path.join(workdir, "ftp_root"), os.path.join(workdir, "ftp.log"))
+    with quiet_stderr(os.path.join(workdir, "ftp_server.log")):
+        server.start()
+    try:
+        source = os.path.join(workdir, "source")
+        files = {"large": os.path.join(source, "large.bin"), "medium": os.path.join(source, "medium.bin")}
+        size = args.large_mib * MiB
+        write_random(files["large"], size, 1)
+        write_random(files["medium"], 10 * MiB, 2)
+        files["large_sha256"] = sha256(files["large"])
+        files["small"] = []
+        for index in range(args.small):
+            path = os.path.join(source, "small", f"s{index:05d}.bin")
+            write_random(path, SMALL_SIZE, 100 + index)
+            files["small"].append(path)
+        curl_large = curl_upload(server, [files["large"]], "curl")
+        row("ftp", f"curl -T: {args.large_mib} MiB file", mibps(size, curl_large), "MiB/s", f"{curl_large:.2f} s")
+        lftp_large = lftp_upload(server, files["large"], "lftp")
+        row("ftp", f"lftp put: {args.large_mib} MiB file", mibps(size, lftp_large), "MiB/s", f"{lftp_large:.2f} s")
+        small_dir = os.path.join(source, "small")
+        names = [os.path.basename(p) for p in files["small"]]
+        seconds = curl_upload(server, names, "curl_small", cwd=small_dir)
+        row("ftp", f"curl -T: {args.small} x {SMALL_SIZE} B files, one connection", seconds / args.small * 1000,
+            "ms/file", f"{seconds:.1f} s")
+        seconds = lftp_upload(server, "*.bin", "lftp_small", cwd=small_dir)
+        row("ftp", f"lftp mput: {args.small} x {SMALL_SIZE} B files", seconds / args.small * 1000, "ms/file",
+            f"{seconds:.1f} s")
+        if "nodes" not in args.skip:
+            bench_nodes(workdir, master, server, files, curl_large, args.idle_seconds)
+        if "local" not in args.skip:
+            bench_local(workdir, server, files, curl_large)
+    finally:
+        server.stop()
+
+
+# The ledger at scale ----------------------------------------------------------------------------------------------
+
+def register_rows(ledger, rows, batch=500):
+    """Register `rows` files (paths that exist nowhere) in batches as the finder does; return seconds."""
+    started = time.perf_counter()
+    for start in range(0, rows, batch):
+        ledger.register("inbox", ["ftp"], False, [(f"old/f{i:06d}", 1000, 1.0)
+                                                   for i in range(start, min(rows, start + batch))])
+    return time.perf_counter() - started
+
+
+def take_through(ledger, worker, seconds):
+    """Claim and finish downloads and uploads (with one checkpoint each) for `seconds`; return (transitions, calls)."""
+    transitions = calls = 0
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        for kind, device in (("download", "inbox"), ("upload", "ftp")):
+            claimed = ledger.claim(kind, device, f"{worker}/{kind}", 30)
+            if claimed is None:
+                return transitions, calls + 1
+            record, _ = claimed
+            ledger.checkpoint(record.id, kind, device, f"{worker}/{kind}", 1000, 30)
+            ledger.finish(record.id, kind, device, f"{worker}/{kind}", "done")
+            transitions += 2
+            calls += 3
+    return transitions, calls
+
+
+def service_client(worker, seconds, start_at):
+    """One client process of the services benchmark (bench/run.py --service-client): prints its counts as JSON."""
+    import rospy
+    from filesync.ros.ledger_client import RosLedger
+    rospy.init_node(f"bench_client_{worker}", anonymous=True, disable_signals=True)
+    ledger = RosLedger(wait=60)
+    ledger.files(limit=1)  # connect before the clock starts
+    time.sleep(max(0.0, start_at - time.time()))
+    started = time.perf_counter()
+    transitions, calls = take_through(ledger, worker, seconds)
+    print(json.dumps([transitions, calls, time.perf_counter() - started]), flush=True)
+
+
+def bench_ledger(args, workdir, master):
+    from filesync.ledger.store import Ledger
+    from rostest_nodes import Stack
+    rows = args.rows
+    library = Ledger(os.path.join(workdir, "library", "ledger.db"))
+    seconds = register_rows(library, rows)
+    row("ledger", f"library: register {rows:,} files (batches of 500)", rows / seconds, "files/s", f"{seconds:.1f} s")
+    transitions, calls = take_through(library, "lib", args.ledger_seconds)
+    row("ledger", f"library: claim/finish with {rows:,} rows (1 thread)", transitions / args.ledger_seconds,
+        "trans/s", f"{calls / args.ledger_seconds:,.0f} calls/s incl. checkpoints")
+    library.close()
+
+    database = os.path.join(workdir, "services", "db", "ledger.db")
+    import rospy
+    rospy.set_param("/filesync/config", {
+        "staging_dir": os.path.join(workdir, "services", "staging"), "database": database,
+        "sources": {"inbox": {"kind": "folder", "path": os.path.join(workdir, "services", "inbox"), "min_age": 0.0}},
+        "targets": {"ftp": {"kind": "ftp", "host": "127.0.0.1", "port": 1, "password": "x"}},
+        "pipelines": [{"source": "inbox", "targets": ["ftp"]}]})
+    stack = Stack(os.path.join(workdir, "services"))
+    os.makedirs(stack.workdir, exist_ok=True)
+    stack.start("ledger")
+    try:
+        from filesync.ros.ledger_client import RosLedger
+        if not rospy.core.is_initialized():
+            rospy.init_node("filesync_bench", anonymous=True, disable_signals=True)
+        client = RosLedger(wait=60)
+        client.files(limit=1)
+        seconds = register_rows(client, rows)
+        row("ledger", f"services: register {rows:,} files (batches of 500)", rows / seconds, "files/s",
+            f"{seconds:.1f} s")
+        for clients in (1, 2):
+            start_at = time.time() + 8  # every client connected before any starts
+            workers = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--service-client",
+                                         f"c{clients}{n},{args.ledger_seconds},{start_at}"], stdout=subprocess.PIPE,
+                                        text=True) for n in range(clients)]
+            outcomes = [json.loads(worker.communicate(timeout=args.ledger_seconds + 120)[0].strip().splitlines()[-1])
+                        for worker in workers]
+            transitions = sum(o[0] for o in outcomes)
+            calls = sum(o[1] for o in outcomes)
+            span = max(o[2] for o in outcomes)
+            row("ledger", f"services: claim/finish with {rows:,} rows, {clients} client process(es)",
+                transitions / span, "trans/s", f"{calls / span:,.0f} calls/s incl. checkpoints")
+    finally:
+        stack.stop_all()
+    first_byte(args, workdir, database)
+
+
+def first_byte(args, workdir, database):
+    """Start the launch over the 100,000-row database (every row delivered) with one new file in the inbox."""
+    with sqlite3.connect(database) as db:  # what a long life leaves behind: every known file done
+        db.execute("UPDATE tasks SET state = 'done', owner = '', lease_until = 0")
+        db.execute("UPDATE files SET state = 'uploaded'")
+        count = db.execute("SELECT COUNT(*) FROM files").fetchone()[0]
+    base = os.path.join(workdir, "services")
+    server = FtpServerProcess(os.path.join(base, "ftp_root"), os.path.join(base, "ftp.log"))
+    with quiet_stderr(os.path.join(base, "ftp_server.log")):
+        server.start()
+    try:
+        inbox = os.path.join(base, "inbox")
+        write_random(os.path.join(inbox, "new.bin"), 4 * MiB, 3)
+        config = pipeline_config(base, server, inbox)
+        config["database"] = database
+        staged = os.path.join(base, "staging", "inbox", "new.bin")
+        launch = Launch(base, config, name="first_byte").start()
+        try:
+            started = launch.started_at
+            first = None
+            deadline = time.monotonic() + 120
+            while first is None and time.monotonic() < deadline:
+                for candidate in (staged + ".part", staged):
+                    try:
+                        if os.path.getsize(candidate) > 0:
+                            first = time.time()
+                            break
+                    except OSError:
+                        pass
+                time.sleep(0.005)
+            if first is None:
+                raise TimeoutError("no byte reached staging within 120 s")
+            row("ledger", f"launch start to first byte in staging, {count:,} rows", first - started, "s")
+        finally:
+            launch.stop()
+    finally:
+        server.stop()
+
+
+def machine():
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "kernel": platform.release(), "python": platform.python_version(),
+            "load_before": os.getloadavg()}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", default="ftp,ledger", help="comma-separated: ftp (with memory and idle), ledger")
+    parser.add_argument("--skip", default="", help="comma-separated parts of ftp to skip: nodes, local")
+    parser.add_argument("--large-mib", type=int, default=1024)
+    parser.add_argument("--small", type=int, default=1000)
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--ledger-seconds", type=float, default=15.0)
+    parser.add_argument("--idle-seconds", type=int, default=60)
+    parser.add_argument("--workdir", default="", help="default: a new folder under /var/tmp (removed at the end)")
+    parser.add_argument("--service-client", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--json", default=os.path.join(ROOT, "build", "bench", "results.json"))
+    args = parser.parse_args()
+    if args.service_client:
+        worker, seconds, start_at = args.service_client.split(",")
+        return service_client(worker, float(seconds), float(start_at))
+    workdir = args.workdir or tempfile.mkdtemp(prefix="filesync-bench-", dir="/var/tmp")
+    info = machine()
+    print(f"filesync bench on {info['cpu']}, {info['cores']} cores, {info['memory_gib']} GiB; workdir {workdir}")
+    master = RosMaster(workdir).start()
+    started = time.monotonic()
+    try:
+        for part in args.only.split(","):
+            {"ftp": bench_ftp, "ledger": bench_ledger}[part](args, workdir, master)
+    finally:
+        master.stop()
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"\n{'section':<8}{'measurement':<66}{'value':>12} {'unit':<8} note")
+    for section, what, value, unit, note in ROWS:
+        shown = f"{value:,.3f}" if isinstance(value, float) else f"{value:,}"
+        print(f"{section:<8}{what:<66}{shown:>12} {unit:<8} {note}")
+    print(f"total {time.monotonic() - started:.0f} s")
+    os.makedirs(os.path.dirname(args.json), exist_ok=True)
+    with open(args.json, "w", encoding="utf-8") as handle:
+        json.dump({"machine": info, "args": vars(args), "rows": ROWS}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()

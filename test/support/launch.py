@@ -1,0 +1,214 @@
+"""A private roscore and `roslaunch filesync sync.launch` as processes, for the benchmarks and the soak.
+
+Each gets its own master on a free port and its own ROS_HOME, so runs never meet other tests' nodes. Needs the catkin
+workspace's environment (source devel/setup.bash), as `make bench`, `make soak` and `make test` provide.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from xml.etree import ElementTree
+from contextlib import contextmanager
+
+import psutil
+import yaml
+
+
+
+def launch_nodes():
+    """The node names in the package's launch/sync.launch."""
+    tree = ElementTree.parse(os.path.join(os.path.dirname(__file__), "..", "..", "launch", "sync.launch"))
+    return [node.get("name") for node in tree.iter("node")]
+
+
+def free_port():
+    """A TCP port nobody listens on right now (bind to 0 and read it back)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _wait_port(port, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+class RosMaster:
+    """roscore on a free port; start() points this process's ROS_MASTER_URI (and its children's) at it."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.port = 0
+        self.process = None
+        self.environment = {}
+
+    def start(self, timeout=60):
+        """Start roscore and wait until it answers."""
+        self.port = free_port()
+        ros_home = os.path.join(self.workdir, "ros_home")
+        os.makedirs(ros_home, exist_ok=True)
+        self.environment = {"ROS_MASTER_URI": f"http://127.0.0.1:{self.port}", "ROS_HOME": ros_home,
+                            "ROS_IP": "127.0.0.1"}
+        os.environ.update(self.environment)
+        log = open(os.path.join(self.workdir, "roscore.log"), "a")
+        self.process = subprocess.Popen(["roscore", "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        _wait_port(self.port, timeout)
+        return self
+
+    def processes(self):
+        """rosmaster, rosout and roscore itself, for CPU accounting."""
+        if self.process is None:
+            return []
+        root = psutil.Process(self.process.pid)
+        return [root] + root.children(recursive=True)
+
+    def stop(self):
+        """Stop roscore and everything it started."""
+        if self.process is not None:
+            _end_group(self.process)
+            self.process = None
+
+
+def _end_group(process, timeout=20):
+    """SIGINT to the process group (roslaunch shuts its nodes down on it), then SIGKILL what is left."""
+    try:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(10)
+
+
+class Launch:
+    """`roslaunch filesync sync.launch config:=<file>` with the given config mapping; nodes respawn after a kill."""
+
+    def __init__(self, workdir, config, respawn_delay=1.0, name="launch"):
+        self.workdir, self.config = workdir, config
+        self.respawn_delay = respawn_delay
+        self.name = name
+        self.process = None
+        self.started_at = None
+
+    def start(self):
+        """Write the config file and start roslaunch (the master must run already)."""
+        path = os.path.join(self.workdir, f"{self.name}.yaml")
+        with open(path, "w", encoding="utf-8") as handle:
+            yaml.safe_dump(self.config, handle)
+        log = open(os.path.join(self.workdir, f"{self.name}.log"), "a")
+        self.started_at = time.time()
+        self.process = subprocess.Popen(
+            ["roslaunch", "--wait", "filesync", "sync.launch", f"config:={path}",
+             f"respawn_delay:={self.respawn_delay}"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def node_processes(self):
+        """{node name: psutil.Process} of the nodes running now."""
+        found = {}
+        if self.process is None:
+            return found
+        try:
+            children = psutil.Process(self.process.pid).children()
+        except psutil.NoSuchProcess:
+            return found
+        for child in children:
+            try:
+                arguments = child.cmdline()
+            except psutil.Error:
+                continue
+            for argument in arguments:
+                if argument.startswith("__name:="):
+                    found[argument.split("=", 1)[1]] = child
+        return found
+
+    def processes(self):
+        """roslaunch and its nodes, for CPU accounting."""
+        if self.process is None:
+            return []
+        root = psutil.Process(self.process.pid)
+        return [root] + root.children(recursive=True)
+
+    def wait_nodes(self, names=None, timeout=60):
+        """Wait until every named node process runs (default: all of sync.launch's)."""
+        names = names or launch_nodes()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if set(names) <= set(self.node_processes()):
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"roslaunch ended (rc {self.process.returncode}); see {self.name}.log")
+            time.sleep(0.1)
+        raise RuntimeError(f"nodes not all up after {timeout} s: {sorted(self.node_processes())}")
+
+    def kill_node(self, name):
+        """SIGKILL one node (roslaunch starts it again after respawn_delay). True if it was running."""
+        process = self.node_processes().get(name)
+        if process is None:
+            return False
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            return False
+        return True
+
+    def stop(self):
+        """Shut the launch down."""
+        if self.process is not None:
+            _end_group(self.process)
+            self.process = None
+
+
+def peak_rss(process):
+    """The process's peak resident set size in bytes (VmHWM), or None if it is gone."""
+    try:
+        with open(f"/proc/{process.pid}/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(processes):
+    """User + system CPU seconds of the processes (those gone are skipped)."""
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+@contextmanager
+def quiet_stderr(path):
+    """Send this process's stderr (and so that of children started inside) to `path` for the block.
+
+    The test FTP server logs every command to its inherited stderr; in a benchmark or a soak that floods the output.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
