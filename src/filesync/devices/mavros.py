@@ -152,15 +152,17 @@ class MavrosSource(Source):
         if not self.options["wait_disarmed"]:
             return False
         self._connect()
-        deadline = time.monotonic() + self.options["service_timeout"]
-        while self._state is None or time.monotonic() - self._state_time > self.options["service_timeout"]:
+        timeout = self.options["service_timeout"]
+        deadline = time.monotonic() + timeout
+        while True:
+            state, fresh = self._state, time.monotonic() - self._state_time <= timeout
+            if state is not None and fresh and state.connected:
+                return bool(state.armed)
             if time.monotonic() >= deadline:
-                raise DeviceUnavailable(f"no {self.options['namespace']}/state from MAVROS within "
-                                        f"{self.options['service_timeout']:g} s")
+                if state is None or not fresh:
+                    raise DeviceUnavailable(f"no {self.options['namespace']}/state from MAVROS within {timeout:g} s")
+                raise DeviceUnavailable(f"MAVROS ({self.options['namespace']}) is not connected to the vehicle")
             time.sleep(0.05)
-        if not self._state.connected:
-            raise DeviceUnavailable(f"MAVROS ({self.options['namespace']}) is not connected to the vehicle")
-        return bool(self._state.armed)
 
     def _remote(self, path: str) -> str:
         return posixpath.join(self.root, path) if path else self.root
