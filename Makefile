@@ -50,6 +50,7 @@ test-lib: setup
 
 test-ros: setup
 	$(ROS_ENV) && rostest filesync nodes.test
+	$(ROS_ENV) && rostest filesync status.test
 	$(MAVROS_ENV) && rostest filesync mavros.test
 
 clean:

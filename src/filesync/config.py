@@ -22,6 +22,13 @@ TOP_LEVEL = [
     Option("retry_cap", float, 300.0, positive),
     Option("max_attempts", int, 5, positive),
     Option("bwlimit", int, 0, not_negative),
+    Option("staging_min_free_bytes", int, 0, not_negative),
+    Option("retention", str, "keep", choices=("keep", "uploaded")),
+    Option("unreachable_warn_seconds", float, 30.0, not_negative),
+    Option("log_dir", str, ""),
+    Option("log_max_bytes", int, 1 << 20, positive),
+    Option("log_backup_count", int, 3, not_negative),
+    Option("ros_log_max_total_bytes", int, 200 << 20, positive),
     Option("sources", dict),
     Option("targets", dict),
     Option("pipelines", list),
@@ -71,6 +78,13 @@ class Config:
     targets: Dict[str, dict]
     pipelines: List[Pipeline]
     ftp_server: dict = field(default_factory=dict)
+    staging_min_free_bytes: int = 0
+    retention: str = "keep"
+    unreachable_warn_seconds: float = 30.0
+    log_dir: str = ""
+    log_max_bytes: int = 1 << 20
+    log_backup_count: int = 3
+    ros_log_max_total_bytes: int = 200 << 20
 
     def pipeline_of(self, source):
         """The pipeline that reads `source`."""
@@ -81,6 +95,14 @@ def default_database():
     """$ROS_HOME/filesync/ledger.db, with ROS's own default of ~/.ros for ROS_HOME."""
     ros_home = os.environ.get("ROS_HOME") or os.path.join(os.path.expanduser("~"), ".ros")
     return os.path.join(ros_home, "filesync", "ledger.db")
+
+
+def default_log_dir():
+    """$ROS_HOME/log/filesync, next to ROS's own node logs (ROS_LOG_DIR wins when set)."""
+    if os.environ.get("ROS_LOG_DIR"):
+        return os.path.join(os.environ["ROS_LOG_DIR"], "filesync")
+    ros_home = os.environ.get("ROS_HOME") or os.path.join(os.path.expanduser("~"), ".ros")
+    return os.path.join(ros_home, "log", "filesync")
 
 
 def _check_devices(mapping, section):
@@ -120,6 +142,7 @@ def load_config(raw) -> Config:
     values["ftp_server"] = server
     values["staging_dir"] = expand_path(values["staging_dir"])
     values["database"] = expand_path(values["database"]) if values["database"] else default_database()
+    values["log_dir"] = expand_path(values["log_dir"]) if values["log_dir"] else default_log_dir()
     values["pipelines"] = pipelines
     return Config(**values)
 

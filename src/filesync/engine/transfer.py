@@ -18,6 +18,38 @@ class LeaseLost(Exception):
     """The ledger gave this task to another worker (our lease ran out); stop without recording anything."""
 
 
+class StagingFull(Exception):
+    """Free space on the staging file system is under its floor: downloads wait (no attempt counted) for space."""
+
+
+def staging_free_bytes(staging_dir) -> int:
+    """Free bytes (for an unprivileged writer) on the file system holding `staging_dir` (or its nearest parent)."""
+    path = os.path.abspath(staging_dir)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    stats = os.statvfs(path)
+    return stats.f_bavail * stats.f_frsize
+
+
+def check_staging_space(settings):
+    """Raise StagingFull when free staging space is under settings.staging_min_free_bytes (0: no floor)."""
+    if settings.staging_min_free_bytes:
+        free = staging_free_bytes(settings.staging_dir)
+        if free < settings.staging_min_free_bytes:
+            raise StagingFull(f"staging has {free} bytes free, under the floor of {settings.staging_min_free_bytes}")
+
+
+def release_staged(settings, record):
+    """Remove the staged copy of a file every target holds, when settings.retention says so; True if removed."""
+    if settings.retention != "uploaded":
+        return False
+    try:
+        os.remove(staged_path(settings.staging_dir, record.source, record.path))
+    except FileNotFoundError:
+        return False
+    return True
+
+
 @dataclass
 class Settings:
     """The engine's knobs, from the configuration."""
@@ -28,13 +60,16 @@ class Settings:
     scan_interval: float = 5.0
     max_attempts: int = 5
     bwlimit: int = 0
+    staging_min_free_bytes: int = 0
+    retention: str = "keep"
 
     @classmethod
     def from_config(cls, config):
         """The settings of a filesync.config.Config."""
         return cls(staging_dir=config.staging_dir, checkpoint_bytes=config.checkpoint_bytes,
                    lease_seconds=config.lease_seconds, poll_interval=config.poll_interval,
-                   scan_interval=config.scan_interval, max_attempts=config.max_attempts, bwlimit=config.bwlimit)
+                   scan_interval=config.scan_interval, max_attempts=config.max_attempts, bwlimit=config.bwlimit,
+                   staging_min_free_bytes=config.staging_min_free_bytes, retention=config.retention)
 
 
 class Job:
@@ -46,9 +81,11 @@ class Job:
         self.on_progress = on_progress or (lambda job, done: None)
         self._recorded = task.offset
         self._rate_start = (time.monotonic(), task.offset)
+        self.done = task.offset  # bytes moved so far, updated on every chunk, for the status display
 
     def throttle(self, offset):
-        """Sleep as long as needed to keep this transfer under settings.bwlimit bytes/s (0: no limit)."""
+        """Note `offset` as moved; sleep as long as needed to stay under settings.bwlimit bytes/s (0: no limit)."""
+        self.done = offset
         if self.settings.bwlimit:
             started, first = self._rate_start
             ahead = (offset - first) / self.settings.bwlimit - (time.monotonic() - started)
@@ -121,6 +158,7 @@ def download(source, job) -> str:
                     raise _staging_error(error, part) from None
                 if due:
                     job.checkpoint(offset)
+                    check_staging_space(job.settings)  # stop at a durable offset; resumed once there is room
                 job.throttle(offset)
         try:
             staged.flush()

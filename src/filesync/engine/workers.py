@@ -8,7 +8,7 @@ import threading
 import time
 
 from filesync.engine import transfer
-from filesync.engine.transfer import Job, LeaseLost
+from filesync.engine.transfer import Job, LeaseLost, StagingFull, check_staging_space, release_staged
 from filesync.errors import DeviceUnavailable, FileError, PermanentError, SkipFile, TransientError, UnsafePath
 from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
 from filesync.paths import check_relative
@@ -99,9 +99,12 @@ class TaskWorker(Loop):
         self.link = LinkState()
         self.link_retry = 0
         self.current = None  # the Job in progress, for the status display
+        self.held_back = ""  # why this worker does not take work although the device answers (staging space)
 
     def step(self):
         if not self.link.up and not self._probe():
+            return False
+        if self.kind == DOWNLOAD and not self._staging_has_room():
             return False
         claimed = self.ledger.claim(self.kind, self.device.name, self.worker, self.settings.lease_seconds)
         if claimed is None:
@@ -118,6 +121,9 @@ class TaskWorker(Loop):
         except DeviceUnavailable as error:
             outcome, reason, location, delay = "wait", describe(error), "", None
             self._link_down(error)
+        except StagingFull as error:
+            outcome, reason, location, delay = "wait", str(error), "", None
+            self._hold_back(str(error))
         except SkipFile as error:
             outcome, reason, location, delay = "skip", describe(error), "", None
         except (PermanentError, UnsafePath) as error:
@@ -139,8 +145,27 @@ class TaskWorker(Loop):
         finished = self.ledger.finish(record.id, self.kind, self.device.name, self.worker, outcome, reason, location,
                                       delay)
         if finished is not None:
+            if self.kind == UPLOAD and finished.state in ("uploaded", "removed", "skipped"):
+                release_staged(self.settings, finished)  # every target holds it (or takes none): retention decides
             self.announce(finished, finished.task(self.kind, self.device.name), None)
         return outcome == "done"
+
+    def _staging_has_room(self):
+        """False (and held_back says why) while staging is under its free-space floor; uploads meanwhile free it."""
+        try:
+            check_staging_space(self.settings)
+        except StagingFull as error:
+            self._hold_back(str(error))
+            return False
+        if self.held_back:
+            log.info("%s: staging has room again; downloads go on", self.name)
+            self.held_back = ""
+        return True
+
+    def _hold_back(self, reason):
+        if not self.held_back:
+            log.warning("%s: downloads wait: %s", self.name, reason)
+        self.held_back = f"downloads wait: {reason}"
 
     def _progress(self, job, offset):
         if self.on_progress:

@@ -1,16 +1,35 @@
 """The ledger node: the only process that opens the database; offers it as services under /filesync/ledger."""
+import functools
+import threading
+
 import rospy
 
 from filesync.ledger.recovery import open_ledger, rebuild_from_staging
 from filesync.ros.convert import record_to_msg
 from filesync.ros.node import start_node
-from filesync.msg import FileRecord as FileRecordMsg, Task as TaskMsg
+from filesync.msg import FileRecord as FileRecordMsg, StateCount, Task as TaskMsg
 from filesync.ros.convert import task_to_msg
-from filesync.srv import (Checkpoint, CheckpointResponse, Claim, ClaimResponse, Finish, FinishResponse, Manage,
-                          ManageResponse, Query, QueryResponse, Register, RegisterResponse)
+from filesync.srv import (Checkpoint, CheckpointResponse, Claim, ClaimResponse, Counts, CountsResponse, Finish,
+                          FinishResponse, Manage, ManageResponse, Query, QueryResponse, Register, RegisterResponse)
 
 NAMESPACE = "/filesync/ledger"
 QUERY_LIMIT = 1000
+
+
+def _changes_state(handler):
+    """Mark a handler that may change a file's state: LedgerServices.changes goes up once the ledger committed
+    (a claim that found nothing changed nothing: idle workers asking for work cost the status no recount)."""
+    @functools.wraps(handler)
+    def wrapper(self, request):
+        reply = None
+        try:
+            reply = handler(self, request)
+            return reply
+        finally:
+            if getattr(reply, "found", True):
+                with self._changes_lock:
+                    self.changes += 1
+    return wrapper
 
 
 class LedgerServices:
@@ -18,12 +37,19 @@ class LedgerServices:
 
     def __init__(self, ledger):
         self.ledger = ledger
+        # counts every call that may change a file's state (bumped after the ledger committed), so counts() queries
+        # the ledger only after one: idle, the status costs no database reads
+        self.changes = 0
+        self._changes_lock = threading.Lock()
+        self._counts = (-1, None)
 
+    @_changes_state
     def register(self, request):
         changed = self.ledger.register(request.source, request.targets, request.delete_after_upload,
                                        [(f.path, f.size, f.mtime) for f in request.files])
         return RegisterResponse(changed=[record_to_msg(r) for r in changed])
 
+    @_changes_state
     def claim(self, request):
         claimed = self.ledger.claim(request.kind, request.device, request.worker, request.lease_seconds)
         if claimed is None:
@@ -35,6 +61,7 @@ class LedgerServices:
         return CheckpointResponse(held=self.ledger.checkpoint(request.file_id, request.kind, request.device,
                                                               request.worker, request.offset, request.lease_seconds))
 
+    @_changes_state
     def finish(self, request):
         record = self.ledger.finish(request.file_id, request.kind, request.device, request.worker, request.outcome,
                                     request.error, request.location, None if request.delay < 0 else request.delay)
@@ -50,6 +77,7 @@ class LedgerServices:
                                       min(request.limit or QUERY_LIMIT, QUERY_LIMIT))
         return QueryResponse(files=[record_to_msg(r) for r in found if r is not None])
 
+    @_changes_state
     def manage(self, request):
         if request.action == "retry":
             record = self.ledger.retry(request.file_id)
@@ -63,6 +91,31 @@ class LedgerServices:
             ok, record, message = False, None, f"unknown action {request.action!r} (retry or forget)"
         return ManageResponse(ok=ok, message=message, file=record_to_msg(record) if record else FileRecordMsg())
 
+    def counts(self, _request):
+        """Files and bytes per (source, state) and parked tasks per device; cached until the next change."""
+        changes, cached = self._counts
+        if changes != self.changes or cached is None:
+            changes = self.changes  # read first: a change during the queries makes the next call count again
+            parked = {}
+            after = 0
+            while True:  # parked files are few; page through them anyway
+                failed = self.ledger.files("failed", "", after, QUERY_LIMIT)
+                for record in failed:
+                    for task in record.tasks:
+                        if task.state == "parked":
+                            key = ("target" if task.kind == "upload" else "source", task.device)
+                            parked[key] = parked.get(key, 0) + 1
+                if len(failed) < QUERY_LIMIT:
+                    break
+                after = failed[-1].id
+            cached = CountsResponse(
+                counts=[StateCount(source=source, state=state, files=files, bytes=size)
+                        for (source, state), (files, size) in sorted(self.ledger.counts().items())],
+                parked_roles=[role for role, _ in parked], parked_devices=[device for _, device in parked],
+                parked_files=list(parked.values()))
+            self._counts = (changes, cached)
+        return cached
+
 
 def main():
     """Run the ledger node."""
@@ -74,7 +127,7 @@ def main():
     handlers = LedgerServices(ledger)
     services = [rospy.Service(f"{NAMESPACE}/{name}", kind, getattr(handlers, name))
                 for name, kind in (("register", Register), ("claim", Claim), ("checkpoint", Checkpoint),
-                                   ("finish", Finish), ("query", Query), ("manage", Manage))]
+                                   ("finish", Finish), ("query", Query), ("manage", Manage), ("counts", Counts))]
     rospy.loginfo(f"ledger at {config.database}: {len(ledger.counts())} source/state groups")
     rospy.spin()
     for service in services:

@@ -7,6 +7,7 @@ import rospy
 from filesync.config import load_config
 from filesync.errors import ConfigError, TransientError
 from filesync.lock import Grant
+from filesync.logs import replace_ros_file_handler, setup_file_logging
 from filesync.srv import Acquire, Release
 
 CONFIG_PARAM = "/filesync/config"
@@ -38,9 +39,13 @@ def start_node(name):
     if raw is None:
         fail(f"no configuration: the parameter {CONFIG_PARAM} is not set (load a YAML file into it)")
     try:
-        return load_config(raw)
+        config = load_config(raw)
     except ConfigError as error:
         fail(f"bad configuration: {error}")
+    # bounded files: filesync's own log per node name, and rospy's per-process file with the same bounds
+    setup_file_logging(config.log_dir, rospy.get_name(), config.log_max_bytes, config.log_backup_count)
+    replace_ros_file_handler(config.log_max_bytes, config.log_backup_count)
+    return config
 
 
 def fail(message):

@@ -1,14 +1,18 @@
 """The finder, downloader and uploader nodes: library loops wired to the ledger's services and the events topic."""
+import logging
+
 import rospy
 from std_srvs.srv import Trigger, TriggerResponse
 
 from filesync.devices.base import DeviceContext
 from filesync.engine.runner import build_workers
 from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
-from filesync.msg import FileEvent
+from filesync.msg import FileEvent, WorkerReport
 from filesync.ros.convert import file_event
 from filesync.ros.ledger_client import RosLedger
 from filesync.ros.node import EVENTS_TOPIC, RosLeaseClient, run_loops, start_node
+from filesync.ros.status_node import REPORT_PERIOD, WORKERS_TOPIC, report_to_msg
+from filesync.status import LastError, worker_report
 
 # Which file states announce work for which node.
 WAKES = {"finder": set(), "downloader": {"found", "uploaded"}, "uploader": {"downloaded"}}
@@ -38,4 +42,9 @@ def run(role):
     rospy.Subscriber(EVENTS_TOPIC, FileEvent, on_event, queue_size=200)
     if role == "finder":
         rospy.Service("/filesync/scan", Trigger, lambda _: wake_all() or TriggerResponse(True, "scanning"))
+    last_error = LastError()
+    logging.getLogger("filesync").addHandler(last_error)
+    reports = rospy.Publisher(WORKERS_TOPIC, WorkerReport, queue_size=2)
+    rospy.Timer(rospy.Duration(REPORT_PERIOD),
+                lambda _: reports.publish(report_to_msg(worker_report(rospy.get_name(), loops, last_error))))
     run_loops(loops)

@@ -1,0 +1,213 @@
+"""`rosrun filesync filesync status|ls|retry ID|forget ID`: look at filesync and act on single files.
+
+It talks to the ledger's services and listens to /filesync/status. Every wait has a short timeout: with no ROS master,
+no ledger or no status node it prints one line saying which, and exits 1, instead of hanging.
+"""
+import argparse
+import os
+import socket
+import sys
+import threading
+import time
+import xmlrpc.client
+
+import rosgraph
+import rospy
+
+from filesync.msg import Status
+from filesync.srv import Manage, Query
+from filesync.status import FILE_STATES, format_status, human_bytes
+
+LEDGER = "/filesync/ledger"
+STATUS_TOPIC = "/filesync/status"
+# states in the order a person wants to read them: what needs a person first, then what moves, then what is done
+LS_ORDER = ("failed", "downloading", "uploading", "found", "downloaded", "skipped", "uploaded", "removed")
+PAGE = 1000
+
+
+class Unavailable(Exception):
+    """The master, the ledger or the status node does not answer; the message says which."""
+
+
+def check_master(timeout):
+    """Raise Unavailable when no ROS master answers within `timeout` seconds."""
+    uri = rosgraph.get_master_uri()
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(timeout)  # the XML-RPC call to the master uses the default socket timeout
+    try:
+        rosgraph.Master("/filesync_cli").getPid()
+    except (OSError, xmlrpc.client.Error, rosgraph.MasterException) as error:
+        raise Unavailable(f"no ROS master at {uri} ({error}); start roscore or sync.launch") from None
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def call_with_timeout(function, timeout, what):
+    """Run function() in a thread and return its result; raise Unavailable if it takes longer than `timeout`."""
+    result = {}
+
+    def run():
+        try:
+            result["value"] = function()
+        except Exception as error:  # handed to the caller's thread below
+            result["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise Unavailable(f"{what} did not answer within {timeout:g} s")
+    if "error" in result:
+        error = result["error"]
+        if isinstance(error, (rospy.ServiceException, rospy.ROSException, OSError)):
+            raise Unavailable(f"{what} failed: {error}")
+        raise error
+    return result["value"]
+
+
+class LedgerClient:
+    """One-shot calls to the ledger's services, each with a timeout."""
+
+    def __init__(self, timeout):
+        self.timeout = timeout
+        service = f"{LEDGER}/query"
+        try:
+            rospy.wait_for_service(service, timeout=timeout)
+        except rospy.ROSException:
+            raise Unavailable(f"the ledger ({service}) does not answer: is sync.launch running?") from None
+
+    def _call(self, name, kind, **fields):
+        proxy = rospy.ServiceProxy(f"{LEDGER}/{name}", kind)
+        try:
+            return call_with_timeout(lambda: proxy(**fields), self.timeout, f"the ledger ({LEDGER}/{name})")
+        finally:
+            proxy.close()
+
+    def files(self, state="", source="", limit=0):
+        """Files in id order (paged through the query service), at most `limit` (0: all)."""
+        found, after = [], 0
+        while True:
+            page = min(PAGE, limit - len(found)) if limit else PAGE
+            reply = self._call("query", Query, state=state, source=source, after_id=after, limit=page)
+            found += reply.files
+            if len(reply.files) < page or (limit and len(found) >= limit):
+                return found
+            after = reply.files[-1].id
+
+    def manage(self, action, file_id):
+        """(ok, message, file message) of a retry or forget."""
+        reply = self._call("manage", Manage, action=action, file_id=file_id)
+        return reply.ok, reply.message, reply.file
+
+
+def command_ls(args, out):
+    """List files grouped by state (what needs a person first), with size, attempts and the last error."""
+    ledger = LedgerClient(args.timeout)
+    files = ledger.files(args.state, args.source, args.limit)
+    order = {state: index for index, state in enumerate(LS_ORDER)}
+    files.sort(key=lambda f: (order.get(f.state, len(order)), f.id))
+    if not files:
+        out.write("no files" + (f" in state {args.state}" if args.state else "") + "\n")
+        return 0
+    out.write(f"{'ID':>7}  {'STATE':<11}  {'SOURCE':<10}  {'SIZE':>10}  PATH\n")
+    for record in files:
+        line = f"{record.id:>7}  {record.state:<11}  {record.source:<10}  {human_bytes(record.size):>10}  {record.path}"
+        if record.error:
+            line += f"  ({record.error})"
+        out.write(line + "\n")
+    totals = {}
+    for record in files:
+        totals[record.state] = totals.get(record.state, 0) + 1
+    out.write(f"{len(files)} file(s): " + ", ".join(f"{state} {totals[state]}" for state in LS_ORDER
+                                                    if state in totals) + "\n")
+    return 0
+
+
+def command_manage(args, out):
+    """retry ID or forget ID."""
+    ledger = LedgerClient(args.timeout)
+    ok, message, record = ledger.manage(args.command, args.id)
+    if ok and args.command == "retry":
+        message += f" (now {record.state}: {record.path})"
+    out.write(message + "\n")
+    return 0 if ok else 1
+
+
+def command_status(args, out):
+    """Print the status once (--once) or redraw it on every message until Ctrl-C."""
+    rospy.init_node("filesync_cli", anonymous=True, disable_signals=True, disable_rosout=True,
+                    disable_rostime=True)
+    latest = {}
+    arrived = threading.Event()
+
+    def on_status(message):
+        latest["status"], latest["received"] = message, time.monotonic()
+        arrived.set()
+
+    subscriber = rospy.Subscriber(STATUS_TOPIC, Status, on_status, queue_size=1)
+    try:
+        if not arrived.wait(args.timeout):
+            raise Unavailable(f"no status on {STATUS_TOPIC} within {args.timeout:g} s: is the status node "
+                              "(sync.launch) running?")
+        redraw = out.isatty() and not args.once
+        while True:
+            arrived.clear()
+            status = latest["status"]
+            text = format_status(status, width=_terminal_width())
+            age = time.monotonic() - latest["received"]
+            if age > 3:
+                text += f"\n(no new status for {age:.0f} s)"
+            out.write(("\x1b[H\x1b[2J" if redraw else "") + text + "\n")
+            if not redraw and not args.once:
+                out.write("\n")
+            out.flush()
+            if args.once:
+                return 0
+            arrived.wait(2.0)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        subscriber.unregister()
+        rospy.signal_shutdown("done")  # rospy's threads would keep the process alive
+
+
+def _terminal_width():
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 100
+
+
+def parser():
+    """The argument parser."""
+    main = argparse.ArgumentParser(prog="filesync", description="Look at filesync and act on single files.")
+    main.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer (default 3)")
+    commands = main.add_subparsers(dest="command", required=True)
+    status = commands.add_parser("status", help="live view: counts, transfers with progress, links")
+    status.add_argument("--once", action="store_true", help="print one status and exit")
+    ls = commands.add_parser("ls", help="list files by state")
+    ls.add_argument("state", nargs="?", default="", choices=("",) + FILE_STATES, metavar="STATE",
+                    help=f"only this state ({', '.join(FILE_STATES)})")
+    ls.add_argument("--source", default="", help="only files of this source")
+    ls.add_argument("--limit", type=int, default=0, help="at most this many files (0: all)")
+    for name, text in (("retry", "put a parked (failed) file back in line"),
+                       ("forget", "drop a file from the ledger (found again if its source still has it)")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("id", type=int, help="the file's id (see `filesync ls`)")
+    return main
+
+
+def main(argv=None, out=None):
+    """Run the tool; returns the exit code (0 done, 1 something did not answer or refused, 2 bad usage)."""
+    out = out or sys.stdout
+    args = parser().parse_args(argv)
+    try:
+        check_master(args.timeout)
+        if args.command == "status":
+            return command_status(args, out)
+        if args.command == "ls":
+            return command_ls(args, out)
+        return command_manage(args, out)
+    except Unavailable as error:
+        sys.stderr.write(f"filesync: {error}\n")
+        return 1

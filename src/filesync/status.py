@@ -1,0 +1,355 @@
+"""What filesync is doing, as plain data: built from the ledger's grouped counts, the transfers in progress and the
+link states the workers report, with rates, ETAs and one diagnostic level per device. No ROS here: the status node
+turns these into messages, and the command-line tool renders the messages with format_status().
+
+Field names match the messages in msg/ (Status, PipelineStatus, TransferStatus, LinkStatus), so format_status() and
+diagnose() take either these dataclasses or the messages.
+"""
+import collections
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+from filesync.engine.workers import Finder, TaskWorker
+from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
+
+FILE_STATES = ("found", "downloading", "downloaded", "uploading", "uploaded", "removed", "failed", "skipped")
+WAITING_STATES = ("found", "downloading", "downloaded", "uploading")  # not yet at every target
+SOURCE, TARGET = "source", "target"
+# diagnostic_msgs/DiagnosticStatus levels
+OK, WARN, ERROR, STALE = 0, 1, 2, 3
+LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
+RATE_WINDOW = 5.0  # seconds of samples behind a transfer's rate
+
+
+@dataclass
+class TransferStatus:
+    """One transfer in progress."""
+    file_id: int
+    source: str
+    path: str
+    kind: str
+    device: str
+    bytes_done: int
+    bytes_total: int
+    rate: float = 0.0
+    eta: float = -1.0
+    worker: str = ""
+
+
+@dataclass
+class LinkStatus:
+    """Whether a source or target answers, and since when (wall-clock seconds)."""
+    name: str
+    role: str
+    up: bool = True
+    since: float = 0.0
+    reason: str = ""
+    reported: bool = True
+
+
+@dataclass
+class PipelineStatus:
+    """One pipeline's files per state and what is left to move."""
+    source: str
+    targets: List[str]
+    found: int = 0
+    downloading: int = 0
+    downloaded: int = 0
+    uploading: int = 0
+    uploaded: int = 0
+    removed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    files_waiting: int = 0
+    bytes_waiting: int = 0
+    rate: float = 0.0
+
+
+@dataclass
+class WorkerReport:
+    """What one worker process is doing: its transfers, the links it sees, why downloads wait, its last error."""
+    node: str
+    transfers: List[TransferStatus] = field(default_factory=list)
+    links: List[LinkStatus] = field(default_factory=list)
+    downloads_held: str = ""
+    last_error: str = ""
+    last_error_time: float = 0.0
+
+
+@dataclass
+class Status:
+    """The whole picture, published about once a second."""
+    stamp: float
+    pipelines: List[PipelineStatus]
+    transfers: List[TransferStatus]
+    links: List[LinkStatus]
+    rate: float = 0.0
+    bytes_waiting: int = 0
+    staging_free_bytes: int = 0
+    staging_min_free_bytes: int = 0
+    downloads_held: str = ""
+    ledger_ok: bool = True
+    last_error: str = ""
+    last_error_time: float = 0.0
+
+
+class LastError(logging.Handler):
+    """A logging handler that keeps the last warning or error (one line) and its wall-clock time."""
+
+    def __init__(self, level=logging.WARNING, clock=time.time):
+        super().__init__(level)
+        self._clock = clock
+        self.message, self.time = "", 0.0
+
+    def emit(self, record):
+        self.message = (record.getMessage().splitlines() or [""])[0]
+        self.time = self._clock()
+
+
+def worker_report(node, loops, last_error=None) -> WorkerReport:
+    """A WorkerReport of the loops of one process (finders and task workers), read without locks: a snapshot."""
+    report = WorkerReport(node=node)
+    for loop in loops:
+        if isinstance(loop, TaskWorker):
+            role = TARGET if loop.kind == UPLOAD else SOURCE
+            report.links.append(LinkStatus(loop.device.name, role, loop.link.up, loop.link.since, loop.link.reason))
+            job = loop.current
+            if job is not None:
+                report.transfers.append(TransferStatus(job.record.id, job.record.source, job.record.path, loop.kind,
+                                                       loop.device.name, job.done, job.record.size,
+                                                       worker=loop.worker))
+            if loop.held_back:
+                report.downloads_held = loop.held_back
+        elif isinstance(loop, Finder):
+            report.links.append(LinkStatus(loop.source.name, SOURCE, loop.link.up, loop.link.since, loop.link.reason))
+    if last_error is not None:
+        report.last_error, report.last_error_time = last_error.message, last_error.time
+    return report
+
+
+class RateMeter:
+    """Bytes per second over the last `window` seconds of (time, bytes done) samples."""
+
+    def __init__(self, window=RATE_WINDOW):
+        self.window = window
+        self.samples = collections.deque()
+
+    def add(self, now, done) -> float:
+        """Add a sample; return the rate (0 until two samples span some time)."""
+        if self.samples and done < self.samples[-1][1]:
+            self.samples.clear()  # started again from a checkpoint
+        self.samples.append((now, done))
+        while len(self.samples) > 2 and now - self.samples[1][0] >= self.window:
+            self.samples.popleft()
+        (first_time, first_done), (last_time, last_done) = self.samples[0], self.samples[-1]
+        return (last_done - first_done) / (last_time - first_time) if last_time > first_time else 0.0
+
+
+class StatusBuilder:
+    """Combines counts, reports and staging space into a Status; keeps a rate meter per running transfer."""
+
+    def __init__(self, config):
+        self.config = config
+        self._meters: Dict[tuple, RateMeter] = {}
+        self._lock = threading.Lock()
+
+    def devices(self):
+        """(role, name) of every source and target the pipelines use, in a stable order."""
+        sources = sorted({p.source for p in self.config.pipelines})
+        targets = sorted({t for p in self.config.pipelines for t in p.targets})
+        return [(SOURCE, name) for name in sources] + [(TARGET, name) for name in targets]
+
+    def build(self, counts, reports, staging_free, now=None, ledger_ok=True) -> Status:
+        """counts: {(source, state): (files, bytes)} (Ledger.counts()); reports: the live WorkerReports."""
+        now = time.time() if now is None else now
+        with self._lock:
+            transfers = self._transfers(reports, now)
+        pipelines = []
+        for pipeline in self.config.pipelines:
+            entry = PipelineStatus(pipeline.source, list(pipeline.targets))
+            for state in FILE_STATES:
+                files, size = counts.get((pipeline.source, state), (0, 0))
+                setattr(entry, state, files)
+                if state in WAITING_STATES:
+                    entry.files_waiting += files
+                    entry.bytes_waiting += size
+            entry.rate = sum(t.rate for t in transfers if t.source == pipeline.source)
+            pipelines.append(entry)
+        errors = [(r.last_error_time, r.last_error) for r in reports if r.last_error]
+        last_error_time, last_error = max(errors) if errors else (0.0, "")
+        return Status(stamp=now, pipelines=pipelines, transfers=transfers, links=self._links(reports),
+                      rate=sum(t.rate for t in transfers), bytes_waiting=sum(p.bytes_waiting for p in pipelines),
+                      staging_free_bytes=staging_free, staging_min_free_bytes=self.config.staging_min_free_bytes,
+                      downloads_held=next((r.downloads_held for r in reports if r.downloads_held), ""),
+                      ledger_ok=ledger_ok, last_error=last_error, last_error_time=last_error_time)
+
+    def _transfers(self, reports, now):
+        running = []
+        for report in reports:
+            for transfer in report.transfers:
+                key = (transfer.file_id, transfer.kind, transfer.device)
+                meter = self._meters.setdefault(key, RateMeter())
+                rate = meter.add(now, transfer.bytes_done)
+                left = transfer.bytes_total - transfer.bytes_done
+                eta = left / rate if rate > 0 else (0.0 if left <= 0 else -1.0)
+                running.append(TransferStatus(transfer.file_id, transfer.source, transfer.path, transfer.kind,
+                                              transfer.device, transfer.bytes_done, transfer.bytes_total, rate, eta,
+                                              transfer.worker))
+        live = {(t.file_id, t.kind, t.device) for t in running}
+        for key in list(self._meters):
+            if key not in live:
+                del self._meters[key]
+        return sorted(running, key=lambda t: (t.kind, t.device, t.file_id))
+
+    def _links(self, reports):
+        seen = collections.defaultdict(list)
+        for report in reports:
+            for link in report.links:
+                seen[(link.role, link.name)].append(link)
+        merged = []
+        for role, name in self.devices():
+            views = seen.get((role, name))
+            if not views:
+                merged.append(LinkStatus(name, role, up=True, since=0.0, reported=False))
+                continue
+            down = [v for v in views if not v.up]
+            if down:  # one worker that failed to reach it outweighs others that have not tried lately
+                first = min(down, key=lambda v: v.since)
+                merged.append(LinkStatus(name, role, False, first.since, first.reason))
+            else:
+                merged.append(LinkStatus(name, role, True, max(v.since for v in views)))
+        return merged
+
+
+@dataclass
+class Diagnosis:
+    """One diagnostic status: a name, a level (OK, WARN, ERROR, STALE), a one-line message and key/values."""
+    name: str
+    level: int
+    message: str
+    values: Dict[str, str] = field(default_factory=dict)
+
+
+def diagnose(status, parked, warn_after, now=None) -> List[Diagnosis]:
+    """One Diagnosis per source and target, one for staging and one for the ledger.
+
+    parked: {(role, device): files with a task parked there}. A source that is not reachable is WARN at once (a drive
+    not plugged in); a target only after `warn_after` seconds (short outages are normal on a radio link). Parked files
+    on a device and a staging disk under its floor are ERROR.
+    """
+    now = time.time() if now is None else now
+    results = []
+    for link in status.links:
+        name = f"{link.role} {link.name}"
+        files_parked = parked.get((link.role, link.name), 0)
+        moving = [t for t in status.transfers if t.device == link.name and (t.kind == UPLOAD) == (link.role == TARGET)]
+        values = {"reachable": str(link.up).lower(), "since": _clock_time(link.since), "parked files": str(files_parked),
+                  "transfers": str(len(moving)), "rate (bytes/s)": f"{sum(t.rate for t in moving):.0f}"}
+        if not link.reported:
+            level, message = STALE, "no running node uses it"
+        elif link.up:
+            level, message = OK, "reachable"
+        else:
+            down_for = max(0.0, now - link.since)
+            late = link.role == SOURCE or down_for >= warn_after
+            level = WARN if late else OK
+            message = f"unreachable for {down_for:.0f} s: {link.reason}" if link.reason else \
+                f"unreachable for {down_for:.0f} s"
+            values["reason"] = link.reason
+        if files_parked:
+            level = ERROR
+            message = f"{files_parked} file(s) parked (filesync ls failed; filesync retry ID); {message}"
+        results.append(Diagnosis(name, level, message, values))
+    floor = status.staging_min_free_bytes
+    values = {"free bytes": str(status.staging_free_bytes), "floor bytes": str(floor)}
+    if floor and status.staging_free_bytes < floor:
+        results.append(Diagnosis("staging", ERROR, status.downloads_held or
+                                 f"full: {human_bytes(status.staging_free_bytes)} free, under the floor of "
+                                 f"{human_bytes(floor)}; downloads wait", values))
+    else:
+        results.append(Diagnosis("staging", OK, f"{human_bytes(status.staging_free_bytes)} free", values))
+    if status.ledger_ok:
+        waiting = sum(p.files_waiting for p in status.pipelines)
+        results.append(Diagnosis("ledger", OK, f"{waiting} file(s) waiting, {human_bytes(status.bytes_waiting)}",
+                                 {"files waiting": str(waiting), "bytes waiting": str(status.bytes_waiting)}))
+    else:
+        results.append(Diagnosis("ledger", ERROR, "the ledger does not answer"))
+    return results
+
+
+def _clock_time(stamp):
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
+
+
+def human_bytes(count) -> str:
+    """1536 -> '1.5 KiB'."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(value) < 1024 or unit == "TiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
+def human_seconds(seconds) -> str:
+    """ETA text: '-' when unknown, else like '42s', '3m05s', '2h10m'."""
+    if seconds < 0:
+        return "-"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def progress_bar(done, total, width=20) -> str:
+    """'[#########-----------]  45%'."""
+    fraction = 1.0 if total <= 0 else min(1.0, max(0.0, done / total))
+    filled = int(round(fraction * width))
+    return f"[{'#' * filled}{'-' * (width - filled)}] {fraction * 100:3.0f}%"
+
+
+def format_status(status, now=None, width=100) -> str:
+    """The status as text for a terminal: pipelines, transfers with a progress bar, links, staging, last error."""
+    now = time.time() if now is None else now
+    lines = []
+    if not status.ledger_ok:
+        lines.append("ledger: NOT ANSWERING (counts below may be old)")
+    for pipeline in status.pipelines:
+        counts = ", ".join(f"{state} {getattr(pipeline, state)}" for state in FILE_STATES if getattr(pipeline, state))
+        lines.append(f"{pipeline.source} -> {', '.join(pipeline.targets)}: {counts or 'no files'}")
+        lines.append(f"  waiting {pipeline.files_waiting} file(s), {human_bytes(pipeline.bytes_waiting)}; "
+                     f"rate {human_bytes(pipeline.rate)}/s")
+    if status.transfers:
+        lines.append("transfers:")
+        for transfer in status.transfers:
+            label = f"  {transfer.kind:8} {transfer.device}: {transfer.path}"
+            if len(label) > width - 55:
+                label = label[:width - 58] + "..."
+            lines.append(f"{label:<{max(20, width - 55)}} {progress_bar(transfer.bytes_done, transfer.bytes_total)} "
+                         f"{human_bytes(transfer.bytes_done)}/{human_bytes(transfer.bytes_total)} "
+                         f"{human_bytes(transfer.rate)}/s eta {human_seconds(transfer.eta)}")
+    else:
+        lines.append("transfers: none")
+    lines.append("links:")
+    for link in status.links:
+        if not link.reported:
+            state = "unknown (no node uses it)"
+        elif link.up:
+            state = "up"
+        else:
+            state = f"DOWN for {human_seconds(max(0.0, now - link.since))}: {link.reason}"
+        lines.append(f"  {link.role} {link.name}: {state}")
+    staging = f"staging: {human_bytes(status.staging_free_bytes)} free"
+    if status.staging_min_free_bytes:
+        staging += f" (floor {human_bytes(status.staging_min_free_bytes)})"
+    lines.append(staging)
+    if status.downloads_held:
+        lines.append(status.downloads_held)
+    if status.last_error:
+        lines.append(f"last error ({_clock_time(status.last_error_time)}): {status.last_error}")
+    return "\n".join(lines)

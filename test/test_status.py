@@ -1,0 +1,195 @@
+"""The status library: counts per pipeline, bytes waiting, rates and ETAs, merged link states, diagnostic levels, the
+text view; and a worker report taken from real loops while a real transfer runs (LocalRunner, real FTP server)."""
+import logging
+import os
+import time
+
+import pytest
+
+from conftest import write_file
+from filesync.config import load_config
+from filesync.engine.runner import LocalRunner
+from filesync.errors import ConfigError
+from filesync.status import (ERROR, OK, SOURCE, STALE, TARGET, WARN, LastError, LinkStatus, RateMeter, StatusBuilder,
+                             TransferStatus, WorkerReport, diagnose, format_status, human_bytes, human_seconds,
+                             progress_bar, worker_report)
+
+MiB = 1 << 20
+
+
+def config(**extra):
+    raw = {"sources": {"inbox": {"kind": "folder", "path": "/tmp/in"}, "usb": {"kind": "folder", "path": "/tmp/u"}},
+           "targets": {"ftp": {"kind": "ftp", "host": "127.0.0.1"}, "web": {"kind": "ftp", "host": "127.0.0.1"}},
+           "pipelines": [{"source": "inbox", "targets": ["ftp"]}, {"source": "usb", "targets": ["ftp", "web"]}],
+           "staging_min_free_bytes": 1000}
+    raw.update(extra)
+    return load_config(raw)
+
+
+def test_counts_and_bytes_waiting_per_pipeline():
+    counts = {("inbox", "found"): (3, 300), ("inbox", "uploading"): (1, 50), ("inbox", "uploaded"): (10, 10_000),
+              ("inbox", "failed"): (2, 7), ("usb", "downloading"): (1, 4000), ("usb", "skipped"): (1, 1)}
+    status = StatusBuilder(config()).build(counts, [], staging_free=5000, now=100.0)
+    inbox, usb = status.pipelines
+    assert (inbox.source, inbox.targets, usb.targets) == ("inbox", ["ftp"], ["ftp", "web"])
+    assert (inbox.found, inbox.uploading, inbox.uploaded, inbox.failed, inbox.downloading) == (3, 1, 10, 2, 0)
+    assert (inbox.files_waiting, inbox.bytes_waiting) == (4, 350)  # failed and uploaded files wait for nothing
+    assert (usb.files_waiting, usb.bytes_waiting, usb.skipped) == (1, 4000, 1)
+    assert status.bytes_waiting == 4350
+    assert (status.staging_free_bytes, status.staging_min_free_bytes) == (5000, 1000)
+
+
+def test_rate_and_eta_from_successive_reports():
+    builder = StatusBuilder(config())
+
+    def report(done):
+        return WorkerReport("up", transfers=[TransferStatus(7, "inbox", "a.bin", "upload", "ftp", done, 10_000)])
+
+    first = builder.build({}, [report(1000)], 0, now=10.0).transfers[0]
+    assert (first.rate, first.eta) == (0.0, -1.0)  # one sample: no rate yet
+    second = builder.build({}, [report(3000)], 0, now=12.0)
+    transfer = second.transfers[0]
+    assert transfer.rate == pytest.approx(1000.0)
+    assert transfer.eta == pytest.approx(7.0)
+    assert second.rate == pytest.approx(1000.0) and second.pipelines[0].rate == pytest.approx(1000.0)
+    assert second.pipelines[1].rate == 0.0
+    # a transfer that ended and started again (resumed from a checkpoint) does not get a negative rate
+    restarted = builder.build({}, [report(500)], 0, now=13.0).transfers[0]
+    assert restarted.rate == 0.0
+    assert builder.build({}, [], 0, now=14.0).transfers == [] and not builder._meters
+
+
+def test_rate_meter_forgets_samples_older_than_its_window():
+    meter = RateMeter(window=5.0)
+    for second in range(10):  # 100 B/s, then 1000 B/s
+        meter.add(float(second), second * 100)
+    for second in range(10, 20):
+        rate = meter.add(float(second), 900 + (second - 9) * 1000)
+    assert rate == pytest.approx(1000.0)
+
+
+def test_links_merge_down_wins_and_unreported_devices_are_marked():
+    builder = StatusBuilder(config())
+    reports = [WorkerReport("finder", links=[LinkStatus("inbox", SOURCE, True, 50.0),
+                                             LinkStatus("usb", SOURCE, False, 40.0, "no drive")]),
+               WorkerReport("downloader", links=[LinkStatus("inbox", SOURCE, True, 60.0),
+                                                 LinkStatus("usb", SOURCE, True, 10.0)]),
+               WorkerReport("uploader", links=[LinkStatus("ftp", TARGET, False, 90.0, "refused")],
+                            last_error="upload x: refused", last_error_time=91.0, downloads_held="")]
+    status = builder.build({}, reports, 0, now=100.0)
+    links = {(link.role, link.name): link for link in status.links}
+    assert [(link.role, link.name) for link in status.links] == [(SOURCE, "inbox"), (SOURCE, "usb"),
+                                                                  (TARGET, "ftp"), (TARGET, "web")]
+    assert links[(SOURCE, "inbox")].up and links[(SOURCE, "inbox")].since == 60.0
+    assert not links[(SOURCE, "usb")].up and links[(SOURCE, "usb")].reason == "no drive"
+    assert not links[(TARGET, "ftp")].up and links[(TARGET, "ftp")].since == 90.0
+    assert not links[(TARGET, "web")].reported
+    assert (status.last_error, status.last_error_time) == ("upload x: refused", 91.0)
+
+
+def test_diagnostic_levels():
+    builder = StatusBuilder(config(staging_min_free_bytes=1000))
+    reports = [WorkerReport("w", links=[LinkStatus("inbox", SOURCE, True, 0.0), LinkStatus("usb", SOURCE, False, 95.0,
+                                                                                          "no drive"),
+                                        LinkStatus("ftp", TARGET, False, 95.0, "refused"),
+                                        LinkStatus("web", TARGET, False, 40.0, "timed out")],
+                            downloads_held="downloads wait: staging has 10 bytes free")]
+    status = builder.build({}, reports, staging_free=10, now=100.0)
+    levels = {d.name: d for d in diagnose(status, {(SOURCE, "inbox"): 2}, warn_after=30.0, now=100.0)}
+    assert levels["source inbox"].level == ERROR and "2 file(s) parked" in levels["source inbox"].message
+    assert levels["source usb"].level == WARN  # a source that is not there warns at once
+    assert levels["target ftp"].level == OK and "unreachable for 5 s" in levels["target ftp"].message
+    assert levels["target web"].level == WARN and "timed out" in levels["target web"].message
+    assert levels["staging"].level == ERROR and "downloads wait" in levels["staging"].message
+    assert levels["ledger"].level == OK
+    status = builder.build({}, [], staging_free=5000, now=100.0, ledger_ok=False)
+    levels = {d.name: d for d in diagnose(status, {}, warn_after=30.0, now=100.0)}
+    assert levels["staging"].level == OK and levels["ledger"].level == ERROR
+    assert levels["target web"].level == STALE
+
+
+def test_text_view_has_counts_progress_links_and_last_error():
+    builder = StatusBuilder(config())
+    report = WorkerReport("up", transfers=[TransferStatus(7, "inbox", "day1/a.bin", "upload", "ftp", 0, 4 * MiB)],
+                          links=[LinkStatus("usb", SOURCE, False, 70.0, "no drive")],
+                          last_error="upload day1/a.bin: 421 busy", last_error_time=time.time())
+    builder.build({}, [report], 0, now=10.0)
+    report.transfers[0].bytes_done = MiB
+    status = builder.build({("inbox", "uploading"): (1, 4 * MiB), ("inbox", "failed"): (1, 5)}, [report],
+                           3 * 1 << 30, now=11.0)
+    text = format_status(status, now=100.0)
+    assert "inbox -> ftp: uploading 1, failed 1" in text
+    assert "waiting 1 file(s), 4.0 MiB" in text
+    assert "day1/a.bin" in text and "[#####---------------]  25%" in text and "1.0 MiB/4.0 MiB" in text
+    assert "1.0 MiB/s eta 3s" in text
+    assert "source usb: DOWN for 30s: no drive" in text
+    assert "target web: unknown" in text
+    assert "staging: 3.0 GiB free (floor 1000 B)" in text
+    assert "last error (" in text and "421 busy" in text
+
+
+def test_formatting_helpers():
+    assert human_bytes(0) == "0 B" and human_bytes(1536) == "1.5 KiB" and human_bytes(5 * 1 << 40) == "5.0 TiB"
+    assert human_seconds(-1) == "-" and human_seconds(42) == "42s" and human_seconds(185) == "3m05s"
+    assert human_seconds(7800) == "2h10m"
+    assert progress_bar(0, 0) == "[####################] 100%"
+    assert progress_bar(5, 10, width=10) == "[#####-----]  50%"
+
+
+def test_last_error_handler_keeps_the_last_warning_line():
+    handler = LastError(clock=lambda: 42.0)
+    logger = logging.getLogger("filesync.test_status")
+    logger.addHandler(handler)
+    try:
+        logger.info("not an error")
+        assert handler.message == ""
+        logger.warning("first\nsecond line")
+        assert (handler.message, handler.time) == ("first", 42.0)
+    finally:
+        logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("staging_min_free_bytes", -1, "staging_min_free_bytes: must be 0 or more"),
+    ("retention", "sometimes", "retention: 'sometimes' is not one of keep, uploaded"),
+    ("unreachable_warn_seconds", "soon", "unreachable_warn_seconds: expected a number"),
+    ("log_max_bytes", 0, "log_max_bytes: must be above 0"),
+    ("log_backup_count", -2, "log_backup_count: must be 0 or more"),
+    ("ros_log_max_total_bytes", 0, "ros_log_max_total_bytes: must be above 0"),
+])
+def test_bad_status_settings_name_the_key(key, value, message):
+    with pytest.raises(ConfigError) as error:
+        config(**{key: value})
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_worker_report_of_real_loops_during_a_real_transfer(tmp_path, ftp_server):
+    """A slow (bwlimit) transfer through LocalRunner: the report names it with its live byte count."""
+    write_file(str(tmp_path / "inbox" / "slow.bin"), 3 * MiB)
+    runner = LocalRunner({"staging_dir": str(tmp_path / "staging"), "database": str(tmp_path / "db" / "ledger.db"),
+                          "checkpoint_bytes": 256 * 1024, "scan_interval": 0.5, "poll_interval": 1.0,
+                          "bwlimit": MiB,
+                          "sources": {"inbox": {"kind": "folder", "path": str(tmp_path / "inbox"), "min_age": 0.0}},
+                          "targets": {"ftp": ftp_server.target_options("/in")},
+                          "pipelines": [{"source": "inbox", "targets": ["ftp"]}]})
+    builder = StatusBuilder(runner.config)
+    seen = []
+    try:
+        runner.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            report = worker_report("local", runner.loops)
+            status = builder.build(runner.ledger.counts(), [report], 0)
+            seen += [(t.kind, t.bytes_done, t.bytes_total, t.rate) for t in status.transfers]
+            if status.pipelines[0].uploaded == 1:
+                break
+            time.sleep(0.25)
+        runner.run_until_settled(timeout=60)
+    finally:
+        runner.close()
+    kinds = {kind for kind, _, _, _ in seen}
+    assert kinds == {"download", "upload"}, seen
+    partial = [done for _, done, total, _ in seen if 0 < done < total]
+    assert partial and all(total == 3 * MiB for _, _, total, _ in seen)
+    assert any(rate > 0 for _, _, _, rate in seen)
+    assert os.path.getsize(os.path.join(ftp_server.root, "in", "slow.bin")) == 3 * MiB
