@@ -15,7 +15,7 @@ APT_PACKAGES := ros-core-dev python3-rospy python3-rostest python3-roslaunch pyt
   python3-diagnostic-updater python3-genpy python3-yaml python3-requests python3-pyudev python3-pytest \
   python3-venv python3-pip exfatprogs exfat-fuse util-linux mount iproute2 curl lftp procps openssl
 
-.PHONY: setup run test test-lib test-ros soak bench clean
+.PHONY: setup run test test-lib test-ros soak bench clean install-service
 
 setup: $(STAMPS)/build
 
@@ -52,6 +52,15 @@ test-ros: setup
 	$(ROS_ENV) && rostest filesync nodes.test
 	$(ROS_ENV) && rostest filesync status.test
 	$(MAVROS_ENV) && rostest filesync mavros.test
+
+# Start filesync at boot: `make install-service [SERVICE_CONFIG=/path/to/your.yaml]` (as root).
+SERVICE_CONFIG ?= $(ROOT)/config/default.yaml
+UNIT := /etc/systemd/system/filesync.service
+install-service: setup
+	PYTHONPATH=$(ROOT)/src $(PY) -m filesync.service --config $(SERVICE_CONFIG) --workspace $(WS) --output $(UNIT)
+	if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
+	  systemctl daemon-reload && systemctl enable --now filesync.service; \
+	else echo "systemd is not running here: $(UNIT) is written; enable it with systemctl enable --now filesync"; fi
 
 clean:
 	rm -rf build $(WS)

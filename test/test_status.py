@@ -193,3 +193,26 @@ def test_worker_report_of_real_loops_during_a_real_transfer(tmp_path, ftp_server
     assert partial and all(total == 3 * MiB for _, _, total, _ in seen)
     assert any(rate > 0 for _, _, _, rate in seen)
     assert os.path.getsize(os.path.join(ftp_server.root, "in", "slow.bin")) == 3 * MiB
+
+
+def test_the_rqt_perspective_plots_plain_number_fields_of_the_status():
+    """config/filesync.perspective: topic monitor, two plots, robot monitor; every plotted field is a number field
+    of msg/Status.msg (rqt_plot plots only numbers)."""
+    import ast
+    import json
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    with open(os.path.join(root, "config", "filesync.perspective"), encoding="utf-8") as handle:
+        manager = json.load(handle)["groups"]["pluginmanager"]
+    running = ast.literal_eval(manager["keys"]["running-plugins"]["repr"])
+    assert running == {"rqt_topic/TopicPlugin": [1], "rqt_plot/Plot": [1, 2], "rqt_robot_monitor/RobotMonitor": [1]}
+    fields = {}
+    with open(os.path.join(root, "msg", "Status.msg"), encoding="utf-8") as handle:
+        for line in handle:
+            words = line.split("#")[0].split()
+            if len(words) == 2:
+                fields[words[1]] = words[0]
+    plotted = [topic for serial in (1, 2) for topic in ast.literal_eval(
+        manager["groups"][f"plugin__rqt_plot__Plot__{serial}"]["groups"]["plugin"]["keys"]["topics"]["repr"])]
+    assert plotted == ["/filesync/status/rate", "/filesync/status/bytes_waiting"]
+    for topic in plotted:
+        assert fields[topic.rsplit("/", 1)[1]] in ("float64", "uint64")
