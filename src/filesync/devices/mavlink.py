@@ -43,11 +43,13 @@ def _component_id(value):
     return None if 0 <= value <= 255 else f"must be from 0 to 255, got {value}"
 
 
-def _absolute(value):
+def absolute_vehicle_path(value):
+    """Option check: an absolute path on the vehicle's file system."""
     return None if value.startswith("/") else f"must be an absolute path on the vehicle, got {value!r}"
 
 
-def _globs(value):
+def file_patterns(value):
+    """Option check: a non-empty list of file name patterns."""
     if not value or not all(isinstance(item, str) and item for item in value):
         return f"expected a list of file name patterns like ['*.ulg'], got {value!r}"
     return None
@@ -75,8 +77,8 @@ class MavlinkSource(Source):
         Option("source_component", int, 191, _system_id),
         Option("target_system", int, 1, _system_id),
         Option("target_component", int, 1, _component_id),
-        Option("root", str, "/fs/microsd/log", _absolute),
-        Option("include", list, ["*.ulg"], _globs),
+        Option("root", str, "/fs/microsd/log", absolute_vehicle_path),
+        Option("include", list, ["*.ulg"], file_patterns),
         Option("wait_disarmed", bool, True),
         Option("settle", bool, True),
         Option("timeout", float, 1.0, positive),  # longest wait for one reply before resending
@@ -85,7 +87,8 @@ class MavlinkSource(Source):
         Option("heartbeat_timeout", float, 5.0, positive),
         # silence before a second open when the session is taken: PX4 frees an abandoned one after 10 s (newer: 30 s)
         Option("session_idle", float, 31.0, not_negative),
-        Option("lock_name", str, ""),  # the lease's resource name; default mavlink:<url>
+        Option("vehicle", str, "1"),  # sources naming the same vehicle (mavlink, mavros) share its one FTP session
+        Option("lock_name", str, ""),  # the lease's resource name; default vehicle:<vehicle>
         Option("lock_wait", float, 120.0, not_negative),  # how long to wait for the vehicle's lease
     ]
 
@@ -96,7 +99,7 @@ class MavlinkSource(Source):
             raise ConfigError(f"{key}.source_system: {options['source_system']} is taken by the vehicle or MAVROS "
                               f"(which answers FTP replies to its id with ResetSessions); use another, e.g. 245")
         self.root = posixpath.normpath(options["root"])
-        self.lock_name = options["lock_name"] or f"mavlink:{options['url']}"
+        self.lock_name = options["lock_name"] or f"vehicle:{options['vehicle']}"
         self.client = MavFtpClient(options["url"], baud=options["baud"], source_system=options["source_system"],
                                    source_component=options["source_component"],
                                    target_system=options["target_system"],

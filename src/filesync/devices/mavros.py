@@ -16,7 +16,7 @@ from contextlib import ExitStack, contextmanager
 from typing import Iterator, List, Optional
 
 from filesync.devices.base import Checksum, RemoteFile, Source
-from filesync.devices.mavlink import _absolute, _globs, log_time
+from filesync.devices.mavlink import absolute_vehicle_path, file_patterns, log_time
 from filesync.errors import ConfigError, DeviceUnavailable, FileError, PermanentError, TransientError
 from filesync.lock import Lease
 from filesync.options import Option, not_negative, positive
@@ -44,8 +44,8 @@ class MavrosSource(Source):
     kind = "mavros"
     OPTIONS = [
         Option("namespace", str, "/mavros", _namespace),
-        Option("root", str, "/fs/microsd/log", _absolute),
-        Option("include", list, ["*.ulg"], _globs),
+        Option("root", str, "/fs/microsd/log", absolute_vehicle_path),
+        Option("include", list, ["*.ulg"], file_patterns),
         Option("wait_disarmed", bool, True),
         Option("settle", bool, True),
         Option("chunk_bytes", int, 64 * MAX_DATA, _chunk),  # bytes per /ftp/read call (MAVROS: 200 ms per 239)
