@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List
 
 from filesync.engine.workers import Finder, TaskWorker
-from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
+from filesync.ledger.store import UPLOAD
 
 FILE_STATES = ("found", "downloading", "downloaded", "uploading", "uploaded", "removed", "failed", "skipped")
 WAITING_STATES = ("found", "downloading", "downloaded", "uploading")  # not yet at every target
