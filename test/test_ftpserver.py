@@ -26,16 +26,24 @@ def settings(tmp_path, **users):
 def serve():
     servers = []
 
+    stop = threading.Event()
+
+    def run(server):
+        # serve and close in the same thread: pyftpdlib's loop is not safe to close from another one
+        while not stop.is_set():
+            server.serve_forever(timeout=0.1, blocking=False)
+        server.close_all()
+
     def start(server_settings):
         server = build_server(server_settings)
-        thread = threading.Thread(target=server.serve_forever, kwargs={"timeout": 0.2}, daemon=True)
+        thread = threading.Thread(target=run, args=(server,), daemon=True)
         thread.start()
-        servers.append((server, thread))
+        servers.append(thread)
         return server.address
 
     yield start
-    for server, thread in servers:
-        server.close_all()
+    stop.set()
+    for thread in servers:
         thread.join(5)
 
 
