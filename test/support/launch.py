@@ -57,6 +57,7 @@ class RosMaster:
         os.makedirs(ros_home, exist_ok=True)
         self.environment = {"ROS_MASTER_URI": f"http://127.0.0.1:{self.port}", "ROS_HOME": ros_home,
                             "ROS_IP": "127.0.0.1"}
+        self._saved = {name: os.environ.get(name) for name in self.environment}
         os.environ.update(self.environment)
         log = open(os.path.join(self.workdir, "roscore.log"), "a")
         self.process = subprocess.Popen(["roscore", "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT,
@@ -76,6 +77,11 @@ class RosMaster:
         if self.process is not None:
             _end_group(self.process)
             self.process = None
+            for name, value in self._saved.items():  # give later code in this process its own ROS setting back
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def _end_group(process, timeout=20):

@@ -25,8 +25,10 @@ class RosLedger:
     def __init__(self, namespace="/filesync/ledger", wait=None):
         self.namespace = namespace.rstrip("/")
         self.wait = wait  # seconds to keep trying; None: until shutdown
-        self._proxies = {}
-        self._lock = threading.Lock()
+        # One set of connections per thread: a rospy ServiceProxy has no lock, so threads sharing a persistent one
+        # interleave requests and replies, and a worker could act on another worker's claim (a remove worker got a
+        # download's claim and deleted the source before it was copied).
+        self._local = threading.local()
 
     def _call(self, name, **fields):
         service = f"{self.namespace}/{name}"
@@ -36,9 +38,8 @@ class RosLedger:
             try:
                 return proxy(**fields)
             except (rospy.ServiceException, rospy.ROSException, OSError) as error:
-                with self._lock:
-                    self._proxies.pop(name, None)
-                    proxy.close()
+                self._proxies().pop(name, None)
+                proxy.close()
                 if deadline is not None and rospy.get_time() > deadline:
                     raise LedgerUnavailable(f"ledger service {service} did not answer: {error}") from None
                 try:
@@ -47,12 +48,17 @@ class RosLedger:
                     rospy.logwarn_throttle(30, f"waiting for the ledger ({service})")
         raise LedgerUnavailable("shutting down")
 
+    def _proxies(self):
+        if not hasattr(self._local, "proxies"):
+            self._local.proxies = {}
+        return self._local.proxies
+
     def _proxy(self, name):
-        with self._lock:
-            if name not in self._proxies:
-                # persistent: one TCP connection per service instead of one per call
-                self._proxies[name] = rospy.ServiceProxy(f"{self.namespace}/{name}", SERVICES[name], persistent=True)
-            return self._proxies[name]
+        proxies = self._proxies()
+        if name not in proxies:
+            # persistent: one TCP connection per service (and thread) instead of one per call
+            proxies[name] = rospy.ServiceProxy(f"{self.namespace}/{name}", SERVICES[name], persistent=True)
+        return proxies[name]
 
     def register(self, source, targets, delete_after_upload, entries, downloaded=False):
         """See Ledger.register."""

@@ -1,0 +1,92 @@
+"""The ledger's ROS client used from several threads at once, as the downloader and uploader nodes do (one thread per
+source or target): every thread must get the reply to its own call.
+
+rospy's ServiceProxy has no lock; threads that shared one persistent connection got each other's replies, so a remove
+worker could act on a download's claim and delete a source file before it was copied (found by the soak).
+Runs a real roscore and ledger node; the client runs in a subprocess with the workspace's Python path (pytest's
+src/ path would hide the generated messages).
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from support.launch import RosMaster
+
+SOURCES, FILES = 4, 150
+
+CLIENT = r"""
+import json, sys, threading
+import rospy
+from filesync.ros.ledger_client import RosLedger
+
+sources, files = int(sys.argv[1]), int(sys.argv[2])
+rospy.init_node("ledger_threads_test", anonymous=True, disable_signals=True)
+ledger = RosLedger(wait=60)
+for index in range(sources):
+    ledger.register(f"s{index}", ["t"], True, [(f"f{n:04d}", 10, 1.0) for n in range(files)])
+claimed, wrong = [], []
+
+def work(index):
+    source, worker = f"s{index}", f"w{index}"
+    while True:
+        result = ledger.claim("download", source, worker, 30)
+        if result is None:
+            return
+        record, task = result
+        if record.source != source or task is None or task.owner != worker or task.state != "active":
+            wrong.append([source, record.source, record.path, None if task is None else task.owner])
+            return
+        claimed.append([source, record.path])
+        ledger.checkpoint(record.id, "download", source, worker, 10, 30)
+        ledger.finish(record.id, "download", source, worker, "done")
+
+threads = [threading.Thread(target=work, args=(i,)) for i in range(sources)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join(300)
+print(json.dumps({"claimed": claimed, "wrong": wrong[:10]}), flush=True)
+"""
+
+
+def _ros_workspace_sourced():
+    """The catkin workspace's devel space is sourced (make test does that)."""
+    if not (shutil.which("roscore") and shutil.which("catkin_find")):
+        return False
+    return subprocess.run(["catkin_find", "--first-only", "--libexec", "filesync", "ledger_node"],
+                          capture_output=True, text=True, timeout=60).stdout.strip() != ""
+
+
+@pytest.mark.skipif(not _ros_workspace_sourced(), reason="needs the catkin workspace sourced (make test does that)")
+def test_threads_sharing_a_ledger_client_each_get_their_own_replies(tmp_path):
+    master = RosMaster(str(tmp_path)).start()
+    ledger = None
+    try:
+        config = {"staging_dir": str(tmp_path / "staging"), "database": str(tmp_path / "db" / "ledger.db"),
+                  "sources": {f"s{i}": {"kind": "folder", "path": str(tmp_path)} for i in range(SOURCES)},
+                  "targets": {"t": {"kind": "ftp", "host": "127.0.0.1", "password": "x"}},
+                  "pipelines": [{"source": f"s{i}", "targets": ["t"]} for i in range(SOURCES)]}
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+        subprocess.run(["rosparam", "load", str(tmp_path / "config.yaml"), "/filesync/config"], check=True,
+                       timeout=60)
+        relay = subprocess.run(["catkin_find", "--first-only", "--libexec", "filesync", "ledger_node"],
+                               capture_output=True, text=True, timeout=60).stdout.strip()
+        ledger = subprocess.Popen([relay, "__ns:=/filesync", "__name:=ledger"], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
+        result = subprocess.run([sys.executable, "-c", CLIENT, str(SOURCES), str(FILES)], capture_output=True,
+                                text=True, timeout=300, cwd=str(tmp_path))
+        assert result.returncode == 0, result.stderr[-2000:]
+        outcome = json.loads(result.stdout.strip().splitlines()[-1])
+        assert outcome["wrong"] == [], "a thread got another thread's reply"
+        assert sorted(map(tuple, outcome["claimed"])) == sorted(
+            (f"s{i}", f"f{n:04d}") for i in range(SOURCES) for n in range(FILES))
+    finally:
+        if ledger is not None:
+            ledger.kill()
+            ledger.wait(10)
+        master.stop()
