@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (kind, device, state, file_id);
 DROP INDEX IF EXISTS tasks_ready;
 CREATE INDEX IF NOT EXISTS files_state ON files (state);
+CREATE INDEX IF NOT EXISTS files_counts ON files (source, state, size);
 """
 
 DOWNLOAD, UPLOAD, REMOVE = "download", "upload", "remove"
