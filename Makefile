@@ -15,7 +15,7 @@ APT_PACKAGES := ros-core-dev python3-rospy python3-rostest python3-roslaunch pyt
   python3-diagnostic-updater python3-genpy python3-yaml python3-requests python3-pyudev python3-pytest \
   python3-venv python3-pip exfatprogs exfat-fuse util-linux mount iproute2 curl lftp procps openssl
 
-.PHONY: setup run test test-lib test-ros soak bench clean install-service
+.PHONY: setup run test test-lib test-ros test-long soak bench clean install-service
 
 setup: $(STAMPS)/build
 
@@ -61,6 +61,10 @@ install-service: setup
 	if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
 	  systemctl daemon-reload && systemctl enable --now filesync.service; \
 	else echo "systemd is not running here: $(UNIT) is written; enable it with systemctl enable --now filesync"; fi
+
+# Tests too long for every CI run: the 50 MB log over MAVLink FTP (about 7 minutes at MAVSDK's pace).
+test-long: setup
+	$(ROS_ENV) && cd $(ROOT) && FILESYNC_LONG_TESTS=1 $(PY) -m pytest -q test/test_mavlink_source.py
 
 clean:
 	rm -rf build $(WS)
