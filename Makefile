@@ -66,6 +66,16 @@ install-service: setup
 test-long: setup
 	$(ROS_ENV) && cd $(ROOT) && FILESYNC_LONG_TESTS=1 $(PY) -m pytest -q test/test_mavlink_source.py
 
+# Benchmarks against curl and lftp, node memory, idle CPU, the ledger at 100,000 files: one table (docs/benchmarks.md).
+bench: setup
+	$(ROS_ENV) && cd $(ROOT) && timeout -k 30 900 $(PY) bench/run.py
+
+# The 20-minute fault soak (kill -9 of nodes, FTP server restarts, a full staging disk); prints its seed.
+# Replay one: make soak SOAK_SEED=1234
+SOAK_SEED ?=
+soak: setup
+	$(ROS_ENV) && cd $(ROOT) && timeout -k 30 1230 $(PY) test/support/soak.py --minutes 20 $(if $(SOAK_SEED),--seed $(SOAK_SEED))
+
 clean:
 	rm -rf build $(WS)
 

@@ -162,7 +162,7 @@ def node_memory(launch):
     return {name: peak_rss(process) for name, process in sorted(launch.node_processes().items())}
 
 
-def bench_nodes(workdir, master, server, files, curl_large, idle_seconds):
+def bench_nodes(workdir, master, server, files, curl_runs, idle_seconds):
     """Move the files through roslaunch's nodes; memory after each; then the idle minute."""
     import rospy
     inbox = os.path.join(workdir, "inbox")
@@ -175,27 +175,34 @@ def bench_nodes(workdir, master, server, files, curl_large, idle_seconds):
         deadline = time.monotonic() + 60
         while clock.subscriber.get_num_connections() < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
-        for label, paths in (("10 MiB", [files["medium"]]), ("large", [files["large"]])):
+        legs = {"total": [], "download": [], "upload": []}
+        for label, paths in (("10 MiB", [files["medium"]]), ("large", [files["large"]]), ("large2", [files["large"]])):
             relative = drop(paths, inbox, label.replace(" ", ""))
+            os.sync()
             started = time.time()
             scan()
             finished = clock.wait(relative)
-            size = os.path.getsize(paths[0])
-            if label == "large":
-                if sha256(os.path.join(server.root, "filesync", relative[0])) != files["large_sha256"]:
-                    raise AssertionError("the large file arrived different")
+            if label.startswith("large"):
                 path = relative[0]
-                download = clock.get(path, "download", "done") - clock.get(path, "download", "active")
-                upload = clock.get(path, "upload", "done") - clock.get(path, "upload", "active")
-                total = finished - started
-                row("ftp", "nodes: large, end to end (scan, staging copy, upload)", mibps(size, total), "MiB/s",
-                    f"{total:.2f} s; {mibps(size, total) / mibps(size, curl_large):.2f} of curl")
-                row("ftp", "nodes: large, staging copy leg (fsync per checkpoint)", mibps(size, download), "MiB/s",
-                    f"{download:.2f} s")
-                row("ftp", "nodes: large, upload leg alone", mibps(size, upload), "MiB/s",
-                    f"{upload:.2f} s; {mibps(size, upload) / mibps(size, curl_large):.2f} of curl")
-            for name, peak in node_memory(launch).items():
-                row("memory", f"peak RSS {name} after the {label} file", round(peak / MiB, 1), "MiB")
+                arrived = os.path.join(server.root, "filesync", path)
+                if sha256(arrived) != files["large_sha256"]:
+                    raise AssertionError("the large file arrived different")
+                os.remove(arrived)
+                legs["total"].append(finished - started)
+                legs["download"].append(clock.get(path, "download", "done") - clock.get(path, "download", "active"))
+                legs["upload"].append(clock.get(path, "upload", "done") - clock.get(path, "upload", "active"))
+            if label != "large2":
+                for name, peak in node_memory(launch).items():
+                    row("memory", f"peak RSS {name} after the {label} file", round(peak / MiB, 1), "MiB")
+        size = os.path.getsize(files["large"])
+        nodes_large = {name: median(values) for name, values in legs.items()}
+        curl_now = median(curl_runs)
+        for key, what in (("total", "end to end (scan, staging copy, upload)"),
+                          ("download", "staging copy leg (fsync per checkpoint)"), ("upload", "upload leg alone")):
+            seconds = nodes_large[key]
+            ratio = "" if key == "download" else f"; {curl_now / seconds:.2f} of curl"
+            row("ftp", f"nodes: large, {what}, median of 2", mibps(size, seconds), "MiB/s",
+                "runs " + ", ".join(f"{mibps(size, t):.0f}" for t in legs[key]) + ratio)
         relative = drop(files["small"], inbox, "small")
         started = time.time()
         scan()
@@ -208,17 +215,26 @@ def bench_nodes(workdir, master, server, files, curl_large, idle_seconds):
         for name, peak in node_memory(launch).items():
             row("memory", f"peak RSS {name} after all", round(peak / MiB, 1), "MiB")
         time.sleep(12)  # let the last announcements and lease releases pass
-        processes = launch.processes() + master.processes()
-        before, wall = cpu_seconds(processes), time.monotonic()
+        processes = {f"node {name}": process for name, process in launch.node_processes().items()}
+        processes["roslaunch"] = psutil.Process(launch.process.pid)
+        for process in master.processes():
+            try:
+                command = " ".join(process.cmdline())
+            except psutil.Error:
+                continue
+            name = "rosmaster" if "rosmaster" in command else "rosout" if "rosout" in command else "roscore"
+            processes[name] = process
+        before = {name: cpu_seconds([p]) for name, p in processes.items()}
+        wall = time.monotonic()
         time.sleep(idle_seconds)
-        used, wall = cpu_seconds(processes) - before, time.monotonic() - wall
-        row("idle", f"CPU of launch + roscore ({len(processes)} processes), {idle_seconds} s idle",
-            used / wall * 100, "% core")
-        nodes = list(launch.node_processes().values())
-        before, wall = cpu_seconds(nodes), time.monotonic()
-        time.sleep(min(idle_seconds, 20))
-        row("idle", "CPU of the six nodes alone", (cpu_seconds(nodes) - before) / (time.monotonic() - wall) * 100,
-            "% core")
+        wall = time.monotonic() - wall
+        used = {name: (cpu_seconds([p]) - before[name]) / wall * 100 for name, p in processes.items()}
+        row("idle", f"CPU of the whole launch + roscore ({len(processes)} processes), {idle_seconds} s idle",
+            sum(used.values()), "% core")
+        nodes = [name for name in used if name.startswith("node ")]
+        row("idle", f"  of which the {len(nodes)} filesync nodes", sum(used[n] for n in nodes), "% core")
+        for name in sorted(used):
+            row("idle", f"  {name}", used[name], "% core")
         clock.subscriber.unregister()
     finally:
         launch.stop()
@@ -266,8 +282,24 @@ def bench_local(workdir, server, files, curl_large):
                 "ms/file", f"{total:.1f} s (settled after {settled - started:.1f} s)")
 
 
+def mount_tmpfs(path, size):
+    """A tmpfs at `path` (so the server's writes never wait on the disk's writeback); False if it cannot be had."""
+    os.makedirs(path, exist_ok=True)
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "filesync-bench", path],
+                          capture_output=True).returncode == 0
+
+
+def median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def bench_ftp(args, workdir, master):
-    server = FtpServerProcess(os.path.join(workdir, "ftp_root"), os.path.join(workdir, "ftp.log"))
+    ftp_root = os.path.join(workdir, "ftp_root")
+    on_tmpfs = mount_tmpfs(ftp_root, args.large_mib * 3 * MiB + 512 * MiB)
+    print(f"FTP root on {'tmpfs' if on_tmpfs else 'disk (no tmpfs: figures depend on writeback)'}; staging on disk")
+    server = FtpServerProcess(ftp_root, os.path.join(workdir, "ftp.log"))
     with quiet_stderr(os.path.join(workdir, "ftp_server.log")):
         server.start()
     try:
@@ -282,10 +314,20 @@ def bench_ftp(args, workdir, master):
             path = os.path.join(source, "small", f"s{index:05d}.bin")
             write_random(path, SMALL_SIZE, 100 + index)
             files["small"].append(path)
-        curl_large = curl_upload(server, [files["large"]], "curl")
-        row("ftp", f"curl -T: {args.large_mib} MiB file", mibps(size, curl_large), "MiB/s", f"{curl_large:.2f} s")
+        def curl_once():
+            os.sync()
+            seconds = curl_upload(server, [files["large"]], "curl")
+            os.remove(os.path.join(server.root, "curl", "large.bin"))
+            curl_runs.append(seconds)
+            return seconds
+
+        curl_runs = []
+        curl_once()
+        os.sync()
         lftp_large = lftp_upload(server, files["large"], "lftp")
-        row("ftp", f"lftp put: {args.large_mib} MiB file", mibps(size, lftp_large), "MiB/s", f"{lftp_large:.2f} s")
+        os.remove(os.path.join(server.root, "lftp", "large.bin"))
+        curl_once()
+        curl_large = median(curl_runs)
         small_dir = os.path.join(source, "small")
         names = [os.path.basename(p) for p in files["small"]]
         seconds = curl_upload(server, names, "curl_small", cwd=small_dir)
@@ -295,11 +337,19 @@ def bench_ftp(args, workdir, master):
         row("ftp", f"lftp mput: {args.small} x {SMALL_SIZE} B files", seconds / args.small * 1000, "ms/file",
             f"{seconds:.1f} s")
         if "nodes" not in args.skip:
-            bench_nodes(workdir, master, server, files, curl_large, args.idle_seconds)
+            bench_nodes(workdir, master, server, files, curl_runs, args.idle_seconds)
+        curl_once()
+        curl_large = median(curl_runs)
+        row("ftp", f"curl -T: {args.large_mib} MiB file (median of 3: before, between, after)", mibps(size, curl_large),
+            "MiB/s", "runs " + ", ".join(f"{mibps(size, t):.0f}" for t in curl_runs))
+        row("ftp", f"lftp put: {args.large_mib} MiB file", mibps(size, lftp_large), "MiB/s",
+            f"{lftp_large:.2f} s; {curl_large / lftp_large:.2f} of curl")
         if "local" not in args.skip:
             bench_local(workdir, server, files, curl_large)
     finally:
         server.stop()
+        if on_tmpfs:
+            subprocess.run(["umount", "-l", ftp_root], capture_output=True)
 
 
 # The ledger at scale ----------------------------------------------------------------------------------------------

@@ -105,7 +105,7 @@ class Soak:
         return {
             "staging_dir": self.staging, "database": self.database, "checkpoint_bytes": CHECKPOINT,
             "scan_interval": 1.0, "poll_interval": 2.0, "lease_seconds": 5.0, "retry_base": 0.2, "retry_cap": 3.0,
-            "bwlimit": 8 * MiB, "max_attempts": 5,
+            "bwlimit": 3 * MiB, "max_attempts": 5,
             "sources": {p: {"kind": "folder", "path": path, "min_age": 0.0} for p, path in self.inboxes.items()},
             "targets": targets,
             "pipelines": [{"source": p, "targets": TARGETS[p], "delete_after_upload": p == "del"} for p in TARGETS],
