@@ -5,7 +5,6 @@ installed here) relaying to a real MAVLink FTP server: MAVSDK acting as an autop
 Runs in the test workspace of test/mavros_msgs (make test-mavros-msgs-ws), whose md5sums equal mavros_msgs 1.21.0's.
 The test node is the supervisor: it starts the autopilots, the MAVROS stand-ins and the filesync nodes as processes.
 """
-import errno
 import hashlib
 import os
 import shutil
@@ -24,35 +23,15 @@ sys.path.insert(0, HERE)  # filesync itself comes from the workspace (devel spac
 
 from filesync.devices import create_source  # noqa: E402
 from filesync.devices.base import DeviceContext, local_checksum, mavftp_crc32  # noqa: E402
-from filesync.devices.mavros import MavrosEmptyRead  # noqa: E402
 from filesync.errors import ConfigError, PermanentError, TransientError  # noqa: E402
 from filesync.lock import LeaseTable  # noqa: E402
+from support.ulog import write_log  # noqa: E402
 from filesync.ros.ledger_client import RosLedger  # noqa: E402
 from rostest_nodes import Stack  # noqa: E402
 from support.mavsdk_autopilot import MavsdkAutopilot  # noqa: E402
 
 SIZES = [0, 1, 239, 240, 478, 35_000, 35_001, 5_000_000]
-ULOG_MAGIC = b"ULog\x01\x12\x35"
 FAKE_MAVROS = os.path.join(HERE, "support", "fake_mavros.py")
-
-
-def write_log(path, size, seed=0):
-    """A file that starts like a ULog, with deterministic content; returns its sha256."""
-    import random
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    generator = random.Random(f"{seed}:{size}")
-    digest = hashlib.sha256()
-    with open(path, "wb") as handle:
-        left, first = size, True
-        while left:
-            block = generator.randbytes(min(left, 1 << 20))
-            if first:
-                block = (ULOG_MAGIC + block[len(ULOG_MAGIC):])[:len(block)]
-                first = False
-            handle.write(block)
-            digest.update(block)
-            left -= len(block)
-    return digest.hexdigest()
 
 
 class Vehicle:

@@ -17,30 +17,11 @@ from filesync.devices.base import DeviceContext, local_checksum, mavftp_crc32
 from filesync.devices.mavftp import MavFtpClient, SessionRefused, VehicleFileNotFound
 from filesync.errors import ConfigError, DeviceUnavailable, PermanentError, TransientError
 from filesync.lock import LeaseTable
+from support.ulog import write_log
 from support.linkemu import LinkEmulator
 from support.mavsdk_autopilot import MavsdkAutopilot, Px4SessionRule
 
 SERIAL_921600 = 92160  # bytes/s of a 921600-baud 8N1 line
-ULOG_MAGIC = b"ULog\x01\x12\x35"
-
-
-def write_log(path, size, seed=0):
-    """A file that starts like a ULog and continues with deterministic bytes; returns its content's sha256."""
-    import random
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    generator = random.Random(f"{seed}:{size}")
-    digest = hashlib.sha256()
-    with open(path, "wb") as handle:
-        left, first = size, True
-        while left:
-            block = generator.randbytes(min(left, 1 << 20))
-            if first:
-                block = (ULOG_MAGIC + block[len(ULOG_MAGIC):])[:len(block)]
-                first = False
-            handle.write(block)
-            digest.update(block)
-            left -= len(block)
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")

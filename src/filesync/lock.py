@@ -8,6 +8,7 @@ import json
 import os
 import threading
 import time
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from filesync.errors import TransientError
@@ -121,3 +122,15 @@ class Lease:
         except Exception:  # an unreleased lease simply runs out
             pass
         return False
+
+
+@contextmanager
+def exclusive(local_lock, context, resource, timeout):
+    """Hold `local_lock` (threads of this process) and, when `context` has a lock service, the lease on `resource`
+    (other processes); yields the Lease, or None without a lock service. For devices that serve one session."""
+    with ExitStack() as stack:
+        stack.enter_context(local_lock)
+        lease = None
+        if context is not None and context.lock is not None:
+            lease = stack.enter_context(Lease(context.lock, resource, context.owner, timeout=timeout))
+        yield lease

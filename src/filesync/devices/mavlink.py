@@ -10,13 +10,12 @@ import fnmatch
 import posixpath
 import re
 import threading
-from contextlib import ExitStack, contextmanager
 from typing import Iterator, List, Optional
 
 from filesync.devices.base import Checksum, RemoteFile, Source
 from filesync.devices.mavftp import CommandUnsupported, MavFtpClient, VehicleFileNotFound
 from filesync.errors import ConfigError, DeviceUnavailable, TransientError
-from filesync.lock import Lease
+from filesync.lock import exclusive
 from filesync.options import Option, not_negative, positive
 
 MAVROS_SYSTEM_ID = 1
@@ -112,16 +111,9 @@ class MavlinkSource(Source):
 
     # ----- helpers -----
 
-    @contextmanager
     def _vehicle(self):
         """Hold this object's lock and the vehicle's lease; yields the lease (or None without a lock service)."""
-        with ExitStack() as stack:
-            stack.enter_context(self._lock)
-            lease = None
-            if self.context is not None and self.context.lock is not None:
-                lease = stack.enter_context(Lease(self.context.lock, self.lock_name, self.context.owner,
-                                                  timeout=self.options["lock_wait"]))
-            yield lease
+        return exclusive(self._lock, self.context, self.lock_name, self.options["lock_wait"])
 
     def _heartbeat(self):
         timeout = self.options["heartbeat_timeout"]

@@ -12,13 +12,12 @@ import fnmatch
 import posixpath
 import threading
 import time
-from contextlib import ExitStack, contextmanager
 from typing import Iterator, List, Optional
 
 from filesync.devices.base import Checksum, RemoteFile, Source
 from filesync.devices.mavlink import absolute_vehicle_path, file_patterns, log_time
 from filesync.errors import ConfigError, DeviceUnavailable, FileError, PermanentError, TransientError
-from filesync.lock import Lease
+from filesync.lock import exclusive
 from filesync.options import Option, not_negative, positive
 
 MAX_DATA = 239  # bytes per ReadFile: a read of N bytes takes N/239 round trips through MAVROS
@@ -136,16 +135,9 @@ class MavrosSource(Source):
         except rospy.ROSException:
             return True
 
-    @contextmanager
     def _vehicle(self):
         """Hold this object's lock and the vehicle's lease; yields the lease (None without a lock service)."""
-        with ExitStack() as stack:
-            stack.enter_context(self._lock)
-            lease = None
-            if self.context is not None and self.context.lock is not None:
-                lease = stack.enter_context(Lease(self.context.lock, self.lock_name, self.context.owner,
-                                                  timeout=self.options["lock_wait"]))
-            yield lease
+        return exclusive(self._lock, self.context, self.lock_name, self.options["lock_wait"])
 
     def _armed(self) -> bool:
         """True when reads must wait: wait_disarmed is set and /state says armed. No /state: DeviceUnavailable."""
