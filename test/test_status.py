@@ -185,6 +185,12 @@ def test_worker_report_of_real_loops_during_a_real_transfer(tmp_path, ftp_server
                 break
             time.sleep(0.25)
         runner.run_until_settled(timeout=60)
+        # where the upload landed reaches the status (for Flight Review, the log's URL)
+        final = builder.build(runner.ledger.counts(), [worker_report("local", runner.loops)], 0)
+        ftp_link = next(link for link in final.links if link.name == "ftp")
+        assert ftp_link.last_location == f"ftp://127.0.0.1:{ftp_server.port}/in/slow.bin"
+        assert ftp_link.last_location_time > 0
+        assert f"last published ftp://127.0.0.1:{ftp_server.port}/in/slow.bin" in format_status(final)
     finally:
         runner.close()
     kinds = {kind for kind, _, _, _ in seen}

@@ -48,6 +48,8 @@ class LinkStatus:
     since: float = 0.0
     reason: str = ""
     reported: bool = True
+    last_location: str = ""  # where this target last published a file (a URL for web targets)
+    last_location_time: float = 0.0
 
 
 @dataclass
@@ -115,7 +117,9 @@ def worker_report(node, loops, last_error=None) -> WorkerReport:
     for loop in loops:
         if isinstance(loop, TaskWorker):
             role = TARGET if loop.kind == UPLOAD else SOURCE
-            report.links.append(LinkStatus(loop.device.name, role, loop.link.up, loop.link.since, loop.link.reason))
+            report.links.append(LinkStatus(loop.device.name, role, loop.link.up, loop.link.since, loop.link.reason,
+                                           last_location=loop.last_location[0],
+                                           last_location_time=loop.last_location[1]))
             job = loop.current
             if job is not None:
                 report.transfers.append(TransferStatus(job.record.id, job.record.source, job.record.path, loop.kind,
@@ -215,12 +219,15 @@ class StatusBuilder:
             if not views:
                 merged.append(LinkStatus(name, role, up=True, since=0.0, reported=False))
                 continue
+            latest = max(views, key=lambda v: v.last_location_time)
             down = [v for v in views if not v.up]
             if down:  # one worker that failed to reach it outweighs others that have not tried lately
                 first = min(down, key=lambda v: v.since)
-                merged.append(LinkStatus(name, role, False, first.since, first.reason))
+                link = LinkStatus(name, role, False, first.since, first.reason)
             else:
-                merged.append(LinkStatus(name, role, True, max(v.since for v in views)))
+                link = LinkStatus(name, role, True, max(v.since for v in views))
+            link.last_location, link.last_location_time = latest.last_location, latest.last_location_time
+            merged.append(link)
         return merged
 
 
@@ -343,6 +350,8 @@ def format_status(status, now=None, width=100) -> str:
             state = "up"
         else:
             state = f"DOWN for {human_seconds(max(0.0, now - link.since))}: {link.reason}"
+        if link.last_location:
+            state += f"; last published {link.last_location}"
         lines.append(f"  {link.role} {link.name}: {state}")
     staging = f"staging: {human_bytes(status.staging_free_bytes)} free"
     if status.staging_min_free_bytes:

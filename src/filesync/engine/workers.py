@@ -99,6 +99,7 @@ class TaskWorker(Loop):
         self.link = LinkState()
         self.link_retry = 0
         self.current = None  # the Job in progress, for the status display
+        self.last_location = ("", 0.0)  # where the last finished upload landed, and when (for the status)
         self.held_back = ""  # why this worker does not take work although the device answers (staging space)
 
     def step(self):
@@ -145,6 +146,8 @@ class TaskWorker(Loop):
         finished = self.ledger.finish(record.id, self.kind, self.device.name, self.worker, outcome, reason, location,
                                       delay)
         if finished is not None:
+            if self.kind == UPLOAD and outcome == "done":
+                self.last_location = (location, time.time())
             if self.kind == UPLOAD and finished.state in ("uploaded", "removed", "skipped"):
                 release_staged(self.settings, finished)  # every target holds it (or takes none): retention decides
             self.announce(finished, finished.task(self.kind, self.device.name), None)
