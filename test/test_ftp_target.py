@@ -70,9 +70,10 @@ def test_a_final_name_with_the_same_bytes_counts_as_done(ftp_server, tmp_path):
 
 
 def test_wrong_password_and_absent_server_mean_unavailable(ftp_server, tmp_path):
-    target = target_for(ftp_server, password="wrong")
-    with pytest.raises(DeviceUnavailable, match="530"):
+    target = target_for(ftp_server, password="wrong-Pa55word")
+    with pytest.raises(DeviceUnavailable, match="530") as refused:
         target.probe()
+    assert "wrong-Pa55word" not in str(refused.value)
     ftp_server.stop()
     with pytest.raises(DeviceUnavailable):
         target_for(ftp_server).held("a.bin")

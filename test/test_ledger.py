@@ -191,3 +191,32 @@ def test_unreadable_database_file_is_an_error_we_recover_from(tmp_path):
         bad = tmp_path / "bad.db"
         bad.write_bytes(b"garbage" * 1000)
         Ledger(str(bad))
+
+
+def test_a_worker_never_acts_on_a_claim_it_does_not_hold(tmp_path):
+    """A crossed reply (another worker's claim) must not make a remove worker delete anything."""
+    from filesync.engine.transfer import Settings
+    from filesync.engine.workers import TaskWorker
+    from filesync.ledger.store import Ledger
+
+    store = Ledger(str(tmp_path / "l.db"))
+    store.register("cam", ["ftp"], True, [("a", 10, 1.0)])
+    other_claim = store.claim("download", "cam", "downloader", 30)
+
+    class CrossedReplies:
+        """Answers every claim with the downloader's claim, as a shared connection did."""
+        def claim(self, kind, device, worker, lease_seconds):
+            record = store.get(other_claim[0].id)
+            return record, record.task("remove")
+
+    class Source:
+        name = "cam"
+        deleted = []
+
+        def delete(self, path):
+            self.deleted.append(path)
+
+    worker = TaskWorker("remove", Source(), CrossedReplies(), "remover", Settings(staging_dir=str(tmp_path)))
+    assert worker.step() is False
+    assert Source.deleted == []
+    store.close()

@@ -74,6 +74,9 @@ def test_delete_after_upload_removes_the_source_only_when_verified(tmp_path, ftp
         runner.close()
     assert os.listdir(tmp_path / "inbox") == []
     assert sorted(os.listdir(os.path.join(ftp_server.root, "incoming"))) == ["f0.bin", "f1.bin", "f2.bin"]
+    for name in os.listdir(tmp_path / "db"):  # the ledger (and its WAL) never holds the password
+        with open(tmp_path / "db" / name, "rb") as stored:
+            assert ftp_server.password.encode() not in stored.read(), name
 
 
 def test_unsafe_names_are_refused_and_the_rest_moves(tmp_path, ftp_server, caplog):

@@ -111,6 +111,10 @@ class TaskWorker(Loop):
         if claimed is None:
             return False
         record, task = claimed
+        if task is None or task.state != "active" or task.owner != self.worker:
+            # never act (above all, never delete) on a claim that is not ours: a crossed or stale reply
+            log.error("%s: the ledger answered a claim with a task this worker does not hold: %s", self.name, task)
+            return False
         job = Job(self.ledger, self.worker, self.settings, record, task, self._progress)
         self.current = job
         self.announce(record, task, task.offset)
