@@ -8,7 +8,6 @@ identical, with at most one checkpoint interval sent again per interruption.
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -29,53 +28,13 @@ from filesync.msg import FileEvent  # noqa: E402
 from filesync.ros.ledger_client import RosLedger  # noqa: E402
 from filesync.ros.node import RosLeaseClient  # noqa: E402
 from support.ftp_server import FtpServerProcess  # noqa: E402
+from support.nodes import Stack, node_command  # noqa: E402,F401 (Stack: also imported from here by others)
 from filesync.devices.base import local_checksum
 
 MiB = 1 << 20
 CHECKPOINT = 256 * 1024
 SEED = int(os.environ.get("FILESYNC_TEST_SEED", "11"))
 
-
-
-def node_command(node_type):
-    """The devel-space relay of a node: it runs under the interpreter the workspace was built with."""
-    relay = subprocess.run(["catkin_find", "--first-only", "--libexec", "filesync", node_type],
-                           capture_output=True, text=True).stdout.strip()
-    return [relay or shutil.which(node_type)]
-
-
-class Stack:
-    """The filesync nodes as processes under /filesync, each startable and killable on its own."""
-
-    TYPES = {"ledger": "ledger_node", "lock": "lock_node", "finder": "finder_node", "downloader": "downloader_node",
-             "uploader": "uploader_node"}
-
-    def __init__(self, workdir):
-        self.workdir = workdir
-        self.processes = {}
-
-    def start(self, name):
-        log = open(os.path.join(self.workdir, f"{name}.log"), "a")
-        self.processes[name] = subprocess.Popen(
-            node_command(self.TYPES[name]) + ["__ns:=/filesync", f"__name:={name}"], stdout=log,
-            stderr=subprocess.STDOUT)
-
-    def kill(self, name):
-        process = self.processes.pop(name, None)
-        if process and process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            process.wait(10)
-
-    def stop_all(self):
-        for name in list(self.processes):
-            process = self.processes.pop(name)
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
 
 
 class NodesTest(unittest.TestCase):

@@ -21,7 +21,7 @@ sys.path.insert(0, HERE)  # filesync itself comes from the workspace (devel spac
 
 from conftest import write_file  # noqa: E402
 from filesync.msg import Status  # noqa: E402
-from rostest_nodes import Stack  # noqa: E402
+from support.nodes import Stack  # noqa: E402
 from support.ftp_server import FtpServerProcess  # noqa: E402
 
 MiB = 1 << 20

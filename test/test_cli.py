@@ -5,7 +5,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,8 @@ import pytest
 from conftest import write_file
 from filesync.ledger.store import Ledger
 from support.ftp_server import FtpServerProcess
+from support.launch import free_port
+from support.nodes import Stack
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -37,12 +38,6 @@ ENVIRONMENT = ros_environment()
 pytestmark = pytest.mark.skipif(ENVIRONMENT is None, reason="the catkin workspace is not built: run `make setup`")
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class Ros:
     """A rosmaster on its own port, nodes started as processes, and the tool run against them."""
 
@@ -52,6 +47,7 @@ class Ros:
         self.environment = dict(ENVIRONMENT, ROS_MASTER_URI=self.uri, ROS_HOME=os.path.join(workdir, "ros_home"),
                                 ROS_LOG_DIR=os.path.join(workdir, "ros_log"), ROS_HOSTNAME="127.0.0.1")
         self.processes = {}
+        self.nodes = Stack(workdir, self.environment)
 
     def start_master(self):
         port = self.uri.rsplit(":", 1)[1]
@@ -69,25 +65,19 @@ class Ros:
             yaml.safe_dump(config, handle)
         subprocess.run(["rosparam", "load", path, "/filesync/config"], env=self.environment, check=True, timeout=30)
 
-    def start_node(self, name, node_type):
-        relay = subprocess.run(["catkin_find", "--first-only", "--libexec", "filesync", node_type],
-                               env=self.environment, capture_output=True, text=True, timeout=30).stdout.strip()
-        self._start(name, [relay, "__ns:=/filesync", f"__name:={name}"])
+    def start_node(self, name):
+        self.nodes.start(name)
 
     def _start(self, name, command):
         log = open(os.path.join(self.workdir, f"{name}.log"), "a")
         self.processes[name] = subprocess.Popen(command, env=self.environment, stdout=log, stderr=subprocess.STDOUT)
 
     def stop_all(self):
-        for name in reversed(list(self.processes)):
-            process = self.processes.pop(name)
-            if process.poll() is None:
-                process.send_signal(signal.SIGINT)
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+        self.nodes.stop_all()
+        for process in self.processes.values():  # the master, after the nodes
+            process.send_signal(signal.SIGINT)
+            process.wait(15)
+        self.processes.clear()
 
     def tool(self, *arguments, timeout=60):
         """Run `filesync ARGUMENTS` the way rosrun does; returns the CompletedProcess."""
@@ -161,7 +151,7 @@ def test_ls_retry_forget_and_the_live_status(ros, tmp_path):
         assert result.returncode == 1
         assert result.stderr.strip().startswith("filesync: no status on /filesync/status within 2 s")
 
-        ros.start_node("ledger", "ledger_node")
+        ros.start_node("ledger")
         result = ros.tool("--timeout", "30", "ls")
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
@@ -187,9 +177,8 @@ def test_ls_retry_forget_and_the_live_status(ros, tmp_path):
         # the live view, while real workers move a file at 512 KiB/s
         write_file(str(tmp_path / "inbox" / "new.bin"), 300)  # the seeded file, so its download works
         write_file(str(tmp_path / "inbox" / "flight.ulg"), 4 * MiB)
-        for name, node_type in (("status", "status_node"), ("finder", "finder_node"),
-                                ("downloader", "downloader_node"), ("uploader", "uploader_node")):
-            ros.start_node(name, node_type)
+        for name in ("status", "finder", "downloader", "uploader"):
+            ros.start_node(name)
         deadline = time.monotonic() + 120
         seen = ""
         while time.monotonic() < deadline:
