@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """rostest: the `mavros` source against MAVROS's FTP service API, offered by support/fake_mavros.py (MAVROS cannot be
 installed here) relaying to a real MAVLink FTP server: MAVSDK acting as an autopilot (support.mavsdk_autopilot).
+Some vehicles put the user-space link emulator (support.linkemu) between the stand-in and MAVSDK, with PX4's
+one-session rule in front of the server (support.mavsdk_autopilot.Px4SessionRule): a lossy or a 921600-baud link.
 
 Runs in the test workspace of test/mavros_msgs (make test-mavros-msgs-ws), whose md5sums equal mavros_msgs 1.21.0's.
 The test node is the supervisor: it starts the autopilots, the MAVROS stand-ins and the filesync nodes as processes.
@@ -27,25 +29,43 @@ from filesync.errors import ConfigError, PermanentError, TransientError  # noqa:
 from filesync.lock import LeaseTable  # noqa: E402
 from support.ulog import write_log  # noqa: E402
 from filesync.ros.ledger_client import RosLedger  # noqa: E402
-from rostest_nodes import Stack  # noqa: E402
-from support.mavsdk_autopilot import MavsdkAutopilot  # noqa: E402
+from support.nodes import Stack  # noqa: E402
+from support.linkemu import LinkEmulator  # noqa: E402
+from support.mavsdk_autopilot import MavsdkAutopilot, Px4SessionRule  # noqa: E402
 
 SIZES = [0, 1, 239, 240, 478, 35_000, 35_001, 5_000_000]
 FAKE_MAVROS = os.path.join(HERE, "support", "fake_mavros.py")
+SERIAL = 92160  # bytes/s of a 921600-baud 8N1 serial link
 
 
 class Vehicle:
-    """A MAVSDK autopilot serving `root` and a MAVROS stand-in named `name` (services under /<name>/ftp)."""
+    """A MAVSDK autopilot serving `root` and a MAVROS stand-in named `name` (services under /<name>/ftp).
 
-    def __init__(self, workdir, name, mode):
+    `link`: LinkEmulator options for a link between the two (PX4's session rule in front of the server), or None
+    for plain loopback. The stand-in appends every /ftp/read call to `read_log` ("path offset size" lines).
+    """
+
+    def __init__(self, workdir, name, mode, link=None):
         self.name = name
         self.root = os.path.join(workdir, f"{name}-fs")
+        self.read_log = os.path.join(workdir, f"{name}-reads.txt")
         os.makedirs(self.root)
         self.autopilot = MavsdkAutopilot(self.root, log_path=os.path.join(workdir, f"{name}-mavsdk.log")).start()
+        self.link = None
+        if link is not None:
+            self.link = LinkEmulator(("127.0.0.1", self.autopilot.port), filters=[Px4SessionRule()], **link).start()
         self.log = open(os.path.join(workdir, f"{name}.log"), "ab")
-        self.process = subprocess.Popen([sys.executable, FAKE_MAVROS, self.autopilot.url, mode, f"__name:={name}"],
-                                        stdout=self.log, stderr=subprocess.STDOUT)
+        url = self.link.url if self.link else self.autopilot.url
+        self.process = subprocess.Popen([sys.executable, FAKE_MAVROS, url, mode, f"__name:={name}",
+                                         f"_read_log:={self.read_log}"], stdout=self.log, stderr=subprocess.STDOUT)
         rospy.wait_for_service(f"/{name}/ftp/list", timeout=60)
+
+    def reads(self):
+        """The /ftp/read calls so far: [(path, offset, size)]."""
+        if not os.path.exists(self.read_log):
+            return []
+        with open(self.read_log) as log:
+            return [(path, int(offset), int(size)) for path, offset, size in (line.split() for line in log)]
 
     def stop(self):
         try:
@@ -57,6 +77,8 @@ class Vehicle:
                     self.process.kill()
                     self.process.wait()
         finally:
+            if self.link is not None:
+                self.link.stop()
             self.autopilot.stop()
             self.log.close()
 
@@ -133,6 +155,17 @@ class MavrosSourceTest(unittest.TestCase):
             handle.seek(20_000)
             rest = handle.read()
         self.assertEqual(read_all(source, path, 20_000), (hashlib.sha256(rest).hexdigest(), len(rest)))
+
+    @unittest.skipUnless(os.environ.get("FILESYNC_LONG_TESTS"), "set FILESYNC_LONG_TESTS=1 (make test-long)")
+    def test_a_50_mb_log_arrives_identical_and_crc_verified(self):
+        path = "2024-05-03/12_00_00.ulg"
+        local = os.path.join(self.area, path)
+        digest = write_log(local, 50_000_000, seed=50)
+        source = self.source()
+        started = time.monotonic()
+        self.assertEqual(read_all(source, path), (digest, 50_000_000))
+        rospy.loginfo("mavros source: 50 MB in %.1f s", time.monotonic() - started)
+        self.assertEqual(source.checksum(path).value, local_checksum(local, "mavftp-crc32"))
 
     def test_crc_is_the_mavlink_ftp_variant(self):
         with open(os.path.join(self.area, "check.ulg"), "wb") as handle:
@@ -253,14 +286,40 @@ class MavrosSourceTest(unittest.TestCase):
             message = str(caught.exception)
             self.assertTrue(message.startswith(f"sources.fc.{key}:") and "\n" not in message, message)
 
+    def test_a_lossy_link_5_and_20_percent_each_way(self):
+        """MAVROS never resends: every lost packet fails a call with r_errno 110, and the source must carry on."""
+        workdir = tempfile.mkdtemp(prefix="filesync-mavros-lossy-", dir=self.workdir)
+        vehicle = Vehicle(workdir, "mavros_lossy", "fixed", link=dict(latency=0.001, seed=3))
+        self.addCleanup(vehicle.stop)
+        sizes = [0, 1, 239, 240, 478, 35_001]  # MAVROS at 20% loss: about 2 KB/s
+        expected = {f"2024-07-01/10_00_{i:02d}.ulg": write_log(os.path.join(vehicle.root, "log", "2024-07-01",
+                                                                            f"10_00_{i:02d}.ulg"), size, seed=i)
+                    for i, size in enumerate(sizes)}
+        for loss in (0.05, 0.20):
+            vehicle.link.set_loss(loss)
+            lost_before = vehicle.link.up.lost + vehicle.link.down.lost
+            source = create_source("fc", {"kind": "mavros", "namespace": "/mavros_lossy", "root": "/log",
+                                          "settle": False}, DeviceContext(LeaseTable(), "test"))
+            started = time.monotonic()
+            self.assertEqual({f.path: f.size for f in source.list()}, dict(zip(expected, sizes)))
+            for path, digest in expected.items():
+                local = os.path.join(vehicle.root, "log", path)
+                self.assertEqual(read_all(source, path), (digest, os.path.getsize(local)), (loss, path))
+                self.assertEqual(source.checksum(path).value, local_checksum(local, "mavftp-crc32"), (loss, path))
+            lost = vehicle.link.up.lost + vehicle.link.down.lost - lost_before
+            rospy.loginfo("mavros source, %d%% loss each way: %d bytes in %.1f s, %d packets lost (up %d, down %d)",
+                          loss * 100, sum(sizes), time.monotonic() - started, lost, vehicle.link.up.lost,
+                          vehicle.link.down.lost)
+            self.assertGreater(lost, 20, "the link lost too little to prove anything")
+
     # ----- through the real filesync nodes (ledger, lock, finder, downloader, uploader) -----
 
-    def start_nodes(self, name, mode, sizes):
+    def start_nodes(self, name, mode, sizes, link=None):
         """A second vehicle with its own MAVROS stand-in `name`, logs of `sizes`, and the filesync nodes."""
         workdir = tempfile.mkdtemp(prefix="filesync-mavros-nodes-", dir=self.workdir)
         self.out = os.path.join(workdir, "out")
         os.makedirs(self.out)
-        vehicle = Vehicle(workdir, name, mode)
+        self.nodes_vehicle = vehicle = Vehicle(workdir, name, mode, link)
         self.addCleanup(vehicle.stop)
         digests = {f"2024-06-0{1 + i % 3}/13_00_{i:02d}.ulg":
                    write_log(os.path.join(vehicle.root, "log", f"2024-06-0{1 + i % 3}", f"13_00_{i:02d}.ulg"),
@@ -273,7 +332,7 @@ class MavrosSourceTest(unittest.TestCase):
                   "targets": {"out": {"kind": "folder", "path": self.out}},
                   "pipelines": [{"source": "fc", "targets": ["out"]}]}
         rospy.set_param("/filesync/config", config)
-        stack = Stack(workdir)
+        self.stack = stack = Stack(workdir)
         self.addCleanup(stack.stop_all)  # runs before vehicle.stop
         for node in ("ledger", "lock", "finder", "downloader", "uploader"):
             stack.start(node)
@@ -288,7 +347,10 @@ class MavrosSourceTest(unittest.TestCase):
 
     def test_logs_arrive_through_the_nodes(self):
         digests = self.start_nodes("mavros_nodes", "fixed", [0, 1, 239, 240, 35_001, 600_000])
-        deadline = time.monotonic() + 120
+        self.wait_uploaded(digests, 120)
+
+    def wait_uploaded(self, digests, timeout):
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             records = self.records()
             if len(records) == len(digests) and all(r.state == "uploaded" for r in records.values()):
@@ -298,6 +360,40 @@ class MavrosSourceTest(unittest.TestCase):
                          [(r.path, r.state, r.error) for r in records.values()])
         for path, digest in digests.items():
             self.assertEqual(local_checksum(os.path.join(self.out, path), "sha256"), digest, path)
+
+    def test_kill_9_of_the_downloader_goes_on_from_its_checkpoint(self):
+        """Over a 921600-baud link (slow enough to kill mid-log); the restarted downloader's first read starts at the
+        ledger's checkpoint, and only the rest of the file is read again."""
+        size = 1_000_000
+        digests = self.start_nodes("mavros_kill", "fixed", [size], link=dict(bandwidth=SERIAL, latency=0.001))
+        path = next(iter(digests))
+        remote = "/log/" + path
+        vehicle = self.nodes_vehicle
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            record = self.records().get(path)
+            if record is not None and record.task("download").offset >= 3 * 64 * 1024:
+                break
+            time.sleep(0.1)
+        else:
+            self.fail(f"the download never got past 192 KB: {record}")
+        self.stack.kill("downloader")
+        time.sleep(1.0)  # a read call sent just before the kill is served and logged now
+        checkpoint = self.records()[path].task("download").offset
+        reads_before = len(vehicle.reads())
+        served_before = sum(size for name, _, size in vehicle.reads() if name == remote)
+        self.assertGreater(checkpoint, 0)
+        self.assertLess(checkpoint, size, "the download ended before the kill: the test proved nothing")
+        self.stack.start("downloader")
+        self.wait_uploaded(digests, 180)
+        after = [(offset, wanted) for name, offset, wanted in vehicle.reads()[reads_before:] if name == remote]
+        rospy.loginfo("kill -9 at checkpoint %d of %d; %d bytes asked before, %d after the restart, first read at %d",
+                      checkpoint, size, served_before, sum(w for _, w in after), after[0][0] if after else -1)
+        self.assertTrue(after, "no read after the restart")
+        self.assertEqual(after[0][0], checkpoint, "the restarted downloader did not start at its checkpoint")
+        self.assertEqual(min(offset for offset, _ in after), checkpoint)
+        self.assertLess(sum(wanted for _, wanted in after), size - checkpoint + 64 * 1024,
+                        "the restarted downloader read much more than the rest of the file")
 
     def test_empty_read_bug_gives_the_clear_error_and_keeps_the_file_waiting(self):
         digests = self.start_nodes("mavros_legacy", "legacy", [35_001])

@@ -25,6 +25,8 @@ What it reproduces of MAVROS 1.x (mavros/src/plugins/ftp.cpp and the observation
   and still answer success=False, r_errno=110.
 - /mavros/state (mavros_msgs/State): connected and armed from the vehicle's HEARTBEAT, as MAVROS publishes them. The
   test arms the MAVSDK autopilot itself (MavsdkAutopilot.set_armed).
+- For tests, not MAVROS: the parameter ~read_log (a file path) makes every /ftp/read call append a line
+  "<file_path> <offset> <size>" to that file, so a test can see where reads start (resume after a crash).
 Not reproduced: MAVROS answering a stray ACK while idle with ResetSessions, and the write/mkdir/rename services.
 """
 import errno
@@ -209,7 +211,12 @@ class FakeMavros:
             ok, err, _ = self._run("close", lambda: self.close(req.file_path))
             return FileCloseResponse(success=ok, r_errno=err)
 
+        read_log = rospy.get_param("~read_log", "")
+
         def on_read(req):
+            if read_log:
+                with open(read_log, "a") as log:
+                    log.write(f"{req.file_path} {req.offset} {req.size}\n")
             if req.file_path not in self.sessions:
                 not_open(req.file_path, "Read")
             ok, err, data = self._run("read", lambda: self.read(req.file_path, req.offset, req.size))

@@ -1,7 +1,8 @@
 """Source `mavros`: PX4 flight logs through MAVROS's FTP services (/mavros/ftp/*), when MAVROS owns the link.
 
 MAVROS reads with sequential 239-byte ReadFile requests (no burst), does one operation at a time ("FTP: Busy": the
-next call fails), never resends, and answers a timeout with r_errno 110. MAVROS up to 1.21.0 asks PX4 >= v1.13 for
+next call fails), never resends, and answers a timeout with r_errno 110: on a lossy link this source retries, with smaller reads
+after a timeout (each lost packet costs a whole call's timeout). MAVROS up to 1.21.0 asks PX4 >= v1.13 for
 0 bytes per read and gets them: this source detects that and refuses to call such a file read (the `mavlink` source,
 which speaks MAVLink FTP itself, avoids the bug). Every FTP use holds the vehicle's lease, shared with a `mavlink`
 source for the same vehicle through the option `vehicle`. rospy and mavros_msgs are imported only when this source is
@@ -21,6 +22,8 @@ from filesync.lock import exclusive
 from filesync.options import Option, not_negative, positive
 
 MAX_DATA = 239  # bytes per ReadFile: a read of N bytes takes N/239 round trips through MAVROS
+# MAVROS reads on while a reply carries a full 239 bytes, so a call for k * 239 bytes costs k + 1 round trips and one
+# for k * 239 - 1 bytes costs k: reads ask for the latter.
 _MISSING = (0, errno.ENOENT)  # MAVROS 1.x leaves r_errno 0 for NAK FileNotFound, which it does not know
 
 
@@ -47,9 +50,11 @@ class MavrosSource(Source):
         Option("include", list, ["*.ulg"], file_patterns),
         Option("wait_disarmed", bool, True),
         Option("settle", bool, True),
-        Option("chunk_bytes", int, 64 * MAX_DATA, _chunk),  # bytes per /ftp/read call (MAVROS: 200 ms per 239)
-        Option("retries", int, 5, positive),  # tries of one call that answers Busy or ETIMEDOUT
-        Option("retry_wait", float, 0.2, not_negative),  # pause before such a retry
+        Option("chunk_bytes", int, 64 * MAX_DATA, _chunk),  # most bytes per /ftp/read call (MAVROS: 200 ms per 239)
+        Option("retries", int, 10, positive),  # tries of one call that answers Busy or ETIMEDOUT
+        Option("retry_wait", float, 0.2, not_negative),  # pause before retrying a call MAVROS refused as busy
+        # a read that gets no byte for this long fails; until then timed-out reads are retried with smaller calls
+        Option("stall_timeout", float, 60.0, positive),
         Option("service_timeout", float, 5.0, positive),  # wait for MAVROS's services / its first /state
         # the lease's resource is vehicle:<vehicle>; give a `mavlink` source for the same vehicle the same name
         Option("vehicle", str, "1"),
@@ -68,6 +73,8 @@ class MavrosSource(Source):
         self._state = None  # the last mavros_msgs/State
         self._state_time = 0.0
         self._subscriber = None
+        # an open or close of ours timed out: the vehicle may still hold a session MAVROS has forgotten
+        self._session_unsure = False
 
     # ----- ROS plumbing -----
 
@@ -108,9 +115,7 @@ class MavrosSource(Source):
         """Call service `name`; retry Busy (the call fails) and ETIMEDOUT; return the response (success or not)."""
         rospy, _, proxies = self._connect()
         response = None
-        for attempt in range(self.options["retries"]):
-            if attempt:
-                time.sleep(self.options["retry_wait"])
+        for _ in range(self.options["retries"]):
             try:
                 response = proxies[name](*args)
             except rospy.ServiceException as error:
@@ -119,6 +124,7 @@ class MavrosSource(Source):
                                             "service went away") from None
                 last = f"{what}: MAVROS refused the call ({error}): busy with another request, or it does not " \
                        "hold the file open"
+                time.sleep(self.options["retry_wait"])
                 continue
             if response.success or response.r_errno != errno.ETIMEDOUT:
                 return response
@@ -203,36 +209,46 @@ class MavrosSource(Source):
         """Close `remote` in MAVROS; it may not hold it open (the call then fails), which is fine."""
         rospy, _, proxies = self._connect()
         try:
-            proxies["close"](remote)
+            response = proxies["close"](remote)
         except rospy.ServiceException:
-            pass
+            return
+        if not response.success and response.r_errno == errno.ETIMEDOUT:
+            # MAVROS forgets the file before the vehicle answers: if the request was lost the session stays open
+            self._session_unsure = True
 
     def _open(self, path: str) -> int:
         """Open the file through MAVROS and return its size. A timed-out open may have opened it: close, retry."""
         remote = self._remote(path)
         rospy, _, proxies = self._connect()
-        for attempt in range(self.options["retries"]):
-            if attempt:
-                time.sleep(self.options["retry_wait"])
+        for _ in range(self.options["retries"]):
             try:
                 response = proxies["open"](remote, 0)  # MODE_READ
             except rospy.ServiceException:  # busy, or MAVROS holds it open from an earlier call: close it
+                time.sleep(self.options["retry_wait"])
                 self._close(remote)
                 continue
             if response.success:
+                self._session_unsure = False
                 return response.size
             if response.r_errno == errno.ETIMEDOUT:
-                self._close(remote)  # the reply may have come before MAVROS waited for it: the file is open
+                # the request or its reply was lost, or the reply came before MAVROS waited for it: then the file
+                # is open in MAVROS (close it) or only on the vehicle (a reset frees it, see EMFILE)
+                self._session_unsure = True
+                self._close(remote)
                 continue
             if response.r_errno in _MISSING and self._listed_size(path) is None:
                 raise self._gone(path)
             if response.r_errno == errno.EMFILE:
+                if self._session_unsure:  # most likely our own session, whose open or close reply was lost
+                    proxies["reset"]()  # MAVROS does not wait for its answer: it may be lost too; try again
+                    continue
                 raise TransientError(f"open {remote}: the vehicle refused an FTP session (NoSessionsAvailable): "
                                      "another client (QGroundControl, a `mavlink` source) holds it")
             raise FileError(f"open {remote}: MAVROS failed with r_errno {response.r_errno} "
                             f"({errno.errorcode.get(response.r_errno, '?')})")
         # still failing: a session MAVROS lost track of may be holding the vehicle's only one
         proxies["reset"]()
+        self._session_unsure = False
         raise TransientError(f"open {remote}: MAVROS kept failing (busy or timed out) in "
                              f"{self.options['retries']} tries; reset its FTP sessions")
 
@@ -266,7 +282,9 @@ class MavrosSource(Source):
         return RemoteFile(path, size, log_time(path), True)
 
     def read(self, path: str, offset: int) -> Iterator[bytes]:
-        """Yield the file's bytes from `offset` on in chunk_bytes calls; the file is closed however this ends."""
+        """Yield the file's bytes from `offset` on in calls of at most chunk_bytes; the file is closed however this
+        ends. Timed-out calls (a lost packet: MAVROS never resends) are retried with smaller calls until stall_timeout
+        passes without a byte."""
         remote = self._remote(path)
         with self._vehicle() as lease:
             self._wait_services()
@@ -277,14 +295,26 @@ class MavrosSource(Source):
                 if offset > size:
                     raise FileError(f"{path}: asked to resume at byte {offset} but the vehicle's file has {size} "
                                     "bytes")
+                # Call size in 239-byte round trips, sized as TCP sizes its window: one lost packet fails a
+                # whole call and costs its full timeout (200 ms per round trip), so after a timeout calls start
+                # again at one round trip, double up to half the size that failed, then grow by one.
+                most = self.options["chunk_bytes"] // MAX_DATA
+                units, threshold = 1, most
+                progress_time = time.monotonic()
                 while offset < size:
                     if lease is not None and lease.lost.is_set():
                         raise TransientError(f"{path}: lost the lease on {self.lock_name}")
                     if self.options["wait_disarmed"] and self._state is not None and self._state.armed:
                         raise TransientError(f"{path}: the vehicle armed during the download; it goes on after "
                                              "it disarms")
-                    wanted = min(self.options["chunk_bytes"], size - offset)
-                    response = self._call("read", f"read {remote} at {offset}", remote, offset, wanted)
+                    response = self._read_call(remote, offset, min(units * MAX_DATA - 1, size - offset))
+                    if response is None:  # timed out: MAVROS lost a packet and never resends one
+                        if time.monotonic() - progress_time > self.options["stall_timeout"]:
+                            raise TransientError(f"{path}: no byte at offset {offset} for "
+                                                 f"{self.options['stall_timeout']:g} s: MAVROS's reads keep timing "
+                                                 "out (r_errno 110); a lossy link?")
+                        units, threshold = 1, max(1, units // 2)
+                        continue
                     if not response.success:
                         raise self._read_failed(path, response.r_errno, offset)
                     if not response.data:
@@ -292,10 +322,31 @@ class MavrosSource(Source):
                             f"{path}: MAVROS read 0 bytes at offset {offset} of {size}: the empty-read bug of MAVROS "
                             "<= 1.21.0 with PX4 >= v1.13 (it asks for 0 bytes); update MAVROS or use the `mavlink` "
                             "source (kind: mavlink, direct MAVLink FTP), which avoids it")
+                    units = min(most, units * 2 if units < threshold else units + 1)
+                    progress_time = time.monotonic()
                     offset += len(response.data)
                     yield bytes(response.data)
             finally:
                 self._close(remote)
+
+    def _read_call(self, remote, offset, wanted):
+        """One /ftp/read call: its response, or None when it timed out. Busy refusals are retried after a pause."""
+        rospy, _, proxies = self._connect()
+        for _ in range(self.options["retries"]):
+            try:
+                response = proxies["read"](remote, offset, wanted)
+            except rospy.ServiceException as error:
+                if self._service_gone("read"):
+                    raise DeviceUnavailable(f"read {remote}: MAVROS's {self.options['namespace']}/ftp/read "
+                                            "service went away") from None
+                refusal = error
+                time.sleep(self.options["retry_wait"])
+                continue
+            if not response.success and response.r_errno == errno.ETIMEDOUT:
+                return None
+            return response
+        raise TransientError(f"read {remote} at {offset}: MAVROS refused the call {self.options['retries']} times "
+                             f"({refusal}): busy with another request, or it does not hold the file open")
 
     def _read_failed(self, path, r_errno, offset) -> Exception:
         if r_errno == errno.EBADFD:  # NAK InvalidSession: the vehicle dropped the session (idle, reset)
