@@ -13,10 +13,15 @@ Readers:
 Every reader's bytes are checked against the file's sha256 (bare only counts).
 
 Run: .venv/bin/python bench/mavftp_bench.py [--size BYTES] [--links serial,loopback,serial5] [--readers ...]
+     .venv/bin/python bench/mavftp_bench.py --peak-rss 5000000,20000000
+The second form reads a log of each size with our `mavlink` source on loopback in a child process of its own and
+reports that process's peak RSS (ru_maxrss) before and after the read: the downloader's memory, flat in the log's size.
 """
 import argparse
 import hashlib
 import os
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -120,27 +125,66 @@ LINKS = {"serial": dict(bandwidth=SERIAL, latency=0.001), "loopback": None,
          "serial5": dict(bandwidth=SERIAL, latency=0.001, loss=0.05)}
 
 
+def write_log(root, size):
+    """A log of `size` random bytes at REMOTE under `root`; returns its sha256."""
+    path = os.path.join(root, REMOTE.lstrip("/"))
+    os.makedirs(os.path.dirname(path))
+    hasher = hashlib.sha256()
+    with open(path, "wb") as handle:
+        handle.write(b"ULog\x01\x12\x35")
+        left = size - 7
+        while left > 0:
+            block = os.urandom(min(left, 1 << 20))
+            handle.write(block)
+            left -= len(block)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def peak_rss_child(url, size, digest):
+    """In the child: peak RSS (KiB) after imports and after reading the log with our source, one line of JSON."""
+    import json
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    started = time.monotonic()
+    count, correct = ours(url, size, digest)
+    print(json.dumps({"before_kib": before, "after_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                      "bytes": count, "identical": correct, "seconds": time.monotonic() - started}))
+
+
+def peak_rss(sizes):
+    """Peak RSS of a process reading a log of each size through our `mavlink` source (loopback)."""
+    import json
+    print("| log | bytes read | identical | peak RSS after imports | peak RSS after the read |")
+    print("|---:|---:|---|---:|---:|")
+    for size in sizes:
+        with tempfile.TemporaryDirectory() as root:
+            digest = write_log(root, size)
+            with MavsdkAutopilot(root) as vehicle:
+                output = subprocess.run([sys.executable, os.path.abspath(__file__), "--child-rss", vehicle.url,
+                                         str(size), digest], capture_output=True, text=True, check=True,
+                                        timeout=3600).stdout
+        result = json.loads(output.strip().splitlines()[-1])
+        print(f"| {size:,} B | {result['bytes']:,} | {'yes' if result['identical'] else 'NO'} | "
+              f"{result['before_kib'] / 1024:.1f} MiB | {result['after_kib'] / 1024:.1f} MiB |", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=20_000_000)
     parser.add_argument("--links", default="serial,loopback,serial5")
     parser.add_argument("--readers", default="ours,pymavlink,mavros,bare")
+    parser.add_argument("--peak-rss", help="comma-separated log sizes: measure the reader's peak memory instead")
+    parser.add_argument("--child-rss", nargs=3, metavar=("URL", "SIZE", "SHA256"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child_rss:
+        url, size, digest = args.child_rss
+        return peak_rss_child(url, int(size), digest)
+    if args.peak_rss:
+        return peak_rss([int(size) for size in args.peak_rss.split(",")])
     with tempfile.TemporaryDirectory() as root:
-        path = os.path.join(root, REMOTE.lstrip("/"))
-        os.makedirs(os.path.dirname(path))
-        hasher = hashlib.sha256()
-        with open(path, "wb") as handle:
-            handle.write(b"ULog\x01\x12\x35")
-            left = args.size - 7
-            while left > 0:
-                block = os.urandom(min(left, 1 << 20))
-                handle.write(block)
-                left -= len(block)
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                hasher.update(block)
-        digest = hasher.hexdigest()
+        digest = write_log(root, args.size)
         rows = []
         with MavsdkAutopilot(root) as vehicle:
             for link_name in args.links.split(","):
