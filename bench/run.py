@@ -162,8 +162,12 @@ def node_memory(launch):
     return {name: peak_rss(process) for name, process in sorted(launch.node_processes().items())}
 
 
-def bench_nodes(workdir, master, server, files, curl_runs, idle_seconds):
-    """Move the files through roslaunch's nodes; memory after each; then the idle minute."""
+def bench_nodes(workdir, master, server, files, curl_once, idle_seconds, rounds=3):
+    """Move the files through roslaunch's nodes; memory after each; then the idle minute.
+
+    The large file goes `rounds` times, each right after a curl run of the same file (paired, so that load from
+    elsewhere on the machine hits both alike); the ratios are per pair.
+    """
     import rospy
     inbox = os.path.join(workdir, "inbox")
     os.makedirs(inbox)
@@ -175,8 +179,12 @@ def bench_nodes(workdir, master, server, files, curl_runs, idle_seconds):
         deadline = time.monotonic() + 60
         while clock.subscriber.get_num_connections() < 3 and time.monotonic() < deadline:
             time.sleep(0.1)
-        legs = {"total": [], "download": [], "upload": []}
-        for label, paths in (("10 MiB", [files["medium"]]), ("large", [files["large"]]), ("large2", [files["large"]])):
+        legs = {"total": [], "download": [], "upload": [], "curl": []}
+        labels = ["10 MiB"] + [f"large{n}" for n in range(1, rounds + 1)]
+        for label in labels:
+            paths = [files["medium"] if label == "10 MiB" else files["large"]]
+            if label.startswith("large"):
+                legs["curl"].append(curl_once())
             relative = drop(paths, inbox, label.replace(" ", ""))
             os.sync()
             started = time.time()
@@ -191,18 +199,19 @@ def bench_nodes(workdir, master, server, files, curl_runs, idle_seconds):
                 legs["total"].append(finished - started)
                 legs["download"].append(clock.get(path, "download", "done") - clock.get(path, "download", "active"))
                 legs["upload"].append(clock.get(path, "upload", "done") - clock.get(path, "upload", "active"))
-            if label != "large2":
+            if label in ("10 MiB", "large1"):
                 for name, peak in node_memory(launch).items():
-                    row("memory", f"peak RSS {name} after the {label} file", round(peak / MiB, 1), "MiB")
+                    row("memory", f"peak RSS {name} after the {label.rstrip('1')} file", round(peak / MiB, 1), "MiB")
         size = os.path.getsize(files["large"])
-        nodes_large = {name: median(values) for name, values in legs.items()}
-        curl_now = median(curl_runs)
+        row("ftp", f"curl -T: large, paired with the node runs, median of {rounds}",
+            mibps(size, median(legs["curl"])), "MiB/s", "runs " + ", ".join(f"{mibps(size, t):.0f}" for t in legs["curl"]))
         for key, what in (("total", "end to end (scan, staging copy, upload)"),
                           ("download", "staging copy leg (fsync per checkpoint)"), ("upload", "upload leg alone")):
-            seconds = nodes_large[key]
-            ratio = "" if key == "download" else f"; {curl_now / seconds:.2f} of curl"
-            row("ftp", f"nodes: large, {what}, median of 2", mibps(size, seconds), "MiB/s",
-                "runs " + ", ".join(f"{mibps(size, t):.0f}" for t in legs[key]) + ratio)
+            ratios = [c / t for c, t in zip(legs["curl"], legs[key])]
+            note = "runs " + ", ".join(f"{mibps(size, t):.0f}" for t in legs[key])
+            if key != "download":
+                note += f"; {median(ratios):.2f} of curl (pairs: " + ", ".join(f"{r:.2f}" for r in ratios) + ")"
+            row("ftp", f"nodes: large, {what}, median of {rounds}", mibps(size, median(legs[key])), "MiB/s", note)
         relative = drop(files["small"], inbox, "small")
         started = time.time()
         scan()
@@ -240,7 +249,7 @@ def bench_nodes(workdir, master, server, files, curl_runs, idle_seconds):
         launch.stop()
 
 
-def bench_local(workdir, server, files, curl_large):
+def bench_local(workdir, server, files, curl_once):
     """The same pipeline in one process without ROS (LocalRunner); the legs from announcement times."""
     from filesync.engine.runner import LocalRunner
     inbox = os.path.join(workdir, "local_inbox")
@@ -250,7 +259,9 @@ def bench_local(workdir, server, files, curl_large):
     stamps = {}
 
     for label, paths in (("large", [files["large"]]), ("small", files["small"])):
+        curl_large = curl_once() if label == "large" else None
         relative = drop(paths, inbox, label)
+        os.sync()
         runner = LocalRunner(config)
         for loop in runner.loops:
             original = loop.announce
@@ -272,10 +283,10 @@ def bench_local(workdir, server, files, curl_large):
             upload = stamps[(path, "upload", "done")] - stamps[(path, "upload", "active")]
             download = stamps[(path, "download", "done")] - stamps[(path, "download", "active")]
             row("ftp", "LocalRunner: large, end to end", mibps(size, total), "MiB/s",
-                f"{total:.2f} s; {mibps(size, total) / mibps(size, curl_large):.2f} of curl")
+                f"{total:.2f} s; {curl_large / total:.2f} of the curl run just before ({mibps(size, curl_large):.0f})")
             row("ftp", "LocalRunner: large, staging copy leg", mibps(size, download), "MiB/s", f"{download:.2f} s")
             row("ftp", "LocalRunner: large, upload leg alone", mibps(size, upload), "MiB/s",
-                f"{upload:.2f} s; {mibps(size, upload) / mibps(size, curl_large):.2f} of curl")
+                f"{upload:.2f} s; {curl_large / upload:.2f} of that curl run")
         else:
             total = max(stamps[(p, "upload", "done")] for p in relative) - started
             row("ftp", f"LocalRunner: {len(relative)} small files, end to end", total / len(relative) * 1000,
@@ -314,6 +325,7 @@ def bench_ftp(args, workdir, master):
             path = os.path.join(source, "small", f"s{index:05d}.bin")
             write_random(path, SMALL_SIZE, 100 + index)
             files["small"].append(path)
+
         def curl_once():
             os.sync()
             seconds = curl_upload(server, [files["large"]], "curl")
@@ -327,7 +339,10 @@ def bench_ftp(args, workdir, master):
         lftp_large = lftp_upload(server, files["large"], "lftp")
         os.remove(os.path.join(server.root, "lftp", "large.bin"))
         curl_once()
-        curl_large = median(curl_runs)
+        row("ftp", f"curl -T: {args.large_mib} MiB file, alone", mibps(size, median(curl_runs)), "MiB/s",
+            "runs " + ", ".join(f"{mibps(size, t):.0f}" for t in curl_runs))
+        row("ftp", f"lftp put: {args.large_mib} MiB file, between those", mibps(size, lftp_large), "MiB/s",
+            f"{lftp_large:.2f} s; {median(curl_runs) / lftp_large:.2f} of curl")
         small_dir = os.path.join(source, "small")
         names = [os.path.basename(p) for p in files["small"]]
         seconds = curl_upload(server, names, "curl_small", cwd=small_dir)
@@ -337,15 +352,9 @@ def bench_ftp(args, workdir, master):
         row("ftp", f"lftp mput: {args.small} x {SMALL_SIZE} B files", seconds / args.small * 1000, "ms/file",
             f"{seconds:.1f} s")
         if "nodes" not in args.skip:
-            bench_nodes(workdir, master, server, files, curl_runs, args.idle_seconds)
-        curl_once()
-        curl_large = median(curl_runs)
-        row("ftp", f"curl -T: {args.large_mib} MiB file (median of 3: before, between, after)", mibps(size, curl_large),
-            "MiB/s", "runs " + ", ".join(f"{mibps(size, t):.0f}" for t in curl_runs))
-        row("ftp", f"lftp put: {args.large_mib} MiB file", mibps(size, lftp_large), "MiB/s",
-            f"{lftp_large:.2f} s; {curl_large / lftp_large:.2f} of curl")
+            bench_nodes(workdir, master, server, files, curl_once, args.idle_seconds)
         if "local" not in args.skip:
-            bench_local(workdir, server, files, curl_large)
+            bench_local(workdir, server, files, curl_once)
     finally:
         server.stop()
         if on_tmpfs:

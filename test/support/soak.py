@@ -11,7 +11,8 @@ interval per interruption; nothing parked or left waiting, with no person involv
 times) comes from the seed, printed first and on failure; replaying a seed repeats the plan (process timing differs).
 
   make soak                                                 # 20 minutes, a new seed
-  .venv/bin/python test/support/soak.py --minutes 20 --seed 1234   # replay (workspace environment sourced)
+  make soak SOAK_SEED=1234                                  # replay a seed
+  .venv/bin/python test/support/soak.py --minutes 3 --seed 1234   # shorter (workspace environment sourced)
 """
 import argparse
 import hashlib
@@ -341,17 +342,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=20.0, help="the whole run, setup and checks included")
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--kills", type=int, default=220)
-    parser.add_argument("--restarts", type=int, default=50)
-    parser.add_argument("--fills", type=int, default=20)
+    parser.add_argument("--kills", type=int, default=None, help="default: 220 in 20 minutes, fewer in less")
+    parser.add_argument("--restarts", type=int, default=None, help="default: 50 in 20 minutes")
+    parser.add_argument("--fills", type=int, default=None, help="default: 20 in 20 minutes")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
-    settle = 180.0
-    inject = args.minutes * 60 - settle - 60  # startup, teardown and the checks take the last minute
+    settle = min(180.0, args.minutes * 15)
+    inject = args.minutes * 60 - settle - min(60.0, args.minutes * 10)  # startup, teardown and the checks
+    share = inject / 960  # the counts of the 20-minute soak, in proportion
+    kills = args.kills if args.kills is not None else round(220 * share)
+    restarts = args.restarts if args.restarts is not None else round(50 * share)
+    fills = args.fills if args.fills is not None else round(20 * share)
     workdir = tempfile.mkdtemp(prefix="filesync-soak-", dir="/var/tmp")
     try:
-        _, failures = run_soak(workdir, seed, inject, args.kills, args.restarts, args.fills, settle)
+        _, failures = run_soak(workdir, seed, inject, kills, restarts, fills, settle)
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
