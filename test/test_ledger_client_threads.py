@@ -7,7 +7,6 @@ Runs a real roscore and ledger node; the client runs in a subprocess with the wo
 src/ path would hide the generated messages).
 """
 import json
-import os
 import shutil
 import subprocess
 import sys
