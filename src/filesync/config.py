@@ -15,7 +15,7 @@ TOP_LEVEL = [
     Option("staging_dir", str, "~/filesync/staging"),
     Option("database", str, ""),
     Option("checkpoint_bytes", int, 1 << 20, positive),
-    Option("scan_interval", float, 5.0, positive),
+    Option("scan_interval", float, 10.0, positive),
     Option("poll_interval", float, 10.0, positive),
     Option("lease_seconds", float, 30.0, positive),
     Option("retry_base", float, 2.0, positive),

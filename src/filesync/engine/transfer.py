@@ -14,6 +14,9 @@ from filesync.errors import FileError, PermanentError, TransientError
 from filesync.paths import PART_SUFFIX, check_relative, staged_path
 
 
+UPLOAD_CHECKPOINT_SECONDS = 1.0
+
+
 class LeaseLost(Exception):
     """The ledger gave this task to another worker (our lease ran out); stop without recording anything."""
 
@@ -57,7 +60,7 @@ class Settings:
     checkpoint_bytes: int = 1 << 20
     lease_seconds: float = 30.0
     poll_interval: float = 10.0
-    scan_interval: float = 5.0
+    scan_interval: float = 10.0
     max_attempts: int = 5
     bwlimit: int = 0
     staging_min_free_bytes: int = 0
@@ -80,6 +83,7 @@ class Job:
         self.record, self.task = record, task
         self.on_progress = on_progress or (lambda job, done: None)
         self._recorded = task.offset
+        self._checkpointed_at = time.monotonic()
         self._rate_start = (time.monotonic(), task.offset)
         self.done = task.offset  # bytes moved so far, updated on every chunk, for the status display
 
@@ -98,6 +102,7 @@ class Job:
                                       self.settings.lease_seconds):
             raise LeaseLost(f"{self.task.kind} of {self.record.path} was given to another worker")
         self._recorded = offset
+        self._checkpointed_at = time.monotonic()
         self.on_progress(self, offset)
 
     def due(self, offset):
@@ -105,9 +110,10 @@ class Job:
         return offset - self._recorded >= self.settings.checkpoint_bytes
 
     def progress(self, offset):
-        """Checkpoint `offset` if one is due (for targets, whose bytes are stored once they are sent)."""
+        """Checkpoint `offset` if one is due, at most once a second: for uploads, whose resume point is what the target
+        holds (Target.held), so the ledger's offset shows progress and renews the lease but bounds no re-sending."""
         self.throttle(offset)
-        if self.due(offset):
+        if self.due(offset) and time.monotonic() - self._checkpointed_at >= UPLOAD_CHECKPOINT_SECONDS:
             self.checkpoint(offset)
 
 

@@ -23,8 +23,9 @@ STATUS_TOPIC = "/filesync/status"
 WORKERS_TOPIC = "/filesync/workers"
 COUNTS_SERVICE = "/filesync/ledger/counts"
 PERIOD = 1.0
-REPORT_PERIOD = 1.0  # how often each worker node reports
-REPORT_STALE = 5.0  # seconds without a report after which a worker node counts as gone
+REPORT_PERIOD = 1.0  # how often each worker node reports while it moves a file or something changed
+IDLE_REPORT_PERIOD = 4.0  # how often an idle worker node reports that it is still there
+REPORT_STALE = 10.0  # seconds without a report after which a worker node counts as gone
 PRUNE_PERIOD = 600.0  # seconds between checks of the ROS log directory's total size
 
 

@@ -1,5 +1,6 @@
 """The finder, downloader and uploader nodes: library loops wired to the ledger's services and the events topic."""
 import logging
+import time
 
 import rospy
 from std_srvs.srv import Trigger, TriggerResponse
@@ -11,7 +12,7 @@ from filesync.msg import FileEvent, WorkerReport
 from filesync.ros.convert import file_event
 from filesync.ros.ledger_client import RosLedger
 from filesync.ros.node import EVENTS_TOPIC, RosLeaseClient, run_loops, start_node
-from filesync.ros.status_node import REPORT_PERIOD, WORKERS_TOPIC, report_to_msg
+from filesync.ros.status_node import IDLE_REPORT_PERIOD, REPORT_PERIOD, WORKERS_TOPIC, report_to_msg
 from filesync.status import LastError, worker_report
 
 # Which file states announce work for which node.
@@ -45,6 +46,15 @@ def run(role):
     last_error = LastError()
     logging.getLogger("filesync").addHandler(last_error)
     reports = rospy.Publisher(WORKERS_TOPIC, WorkerReport, queue_size=2)
-    rospy.Timer(rospy.Duration(REPORT_PERIOD),
-                lambda _: reports.publish(report_to_msg(worker_report(rospy.get_name(), loops, last_error))))
+    last_sent = {"report": None, "time": 0.0}
+
+    def report(_event):
+        # every second while something moves or changed; when idle only a heartbeat, to keep the idle stack quiet
+        current = worker_report(rospy.get_name(), loops, last_error)
+        now = time.monotonic()
+        if current.transfers or current != last_sent["report"] or now - last_sent["time"] >= IDLE_REPORT_PERIOD:
+            reports.publish(report_to_msg(current))
+            last_sent.update(report=current, time=now)
+
+    rospy.Timer(rospy.Duration(REPORT_PERIOD), report)
     run_loops(loops)
