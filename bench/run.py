@@ -14,7 +14,6 @@ Run (inside the workspace's environment; `make bench` does that):
   .venv/bin/python bench/run.py [--only ftp,ledger] [--large-mib 1024] [--small 1000] [--rows 100000]
 """
 import argparse
-import hashlib
 import json
 import os
 import platform
@@ -40,6 +39,7 @@ import psutil  # noqa: E402
 
 from support.ftp_server import FtpServerProcess  # noqa: E402
 from support.launch import Launch, RosMaster, cpu_seconds, peak_rss, quiet_stderr  # noqa: E402
+from filesync.devices.base import local_checksum  # noqa: E402
 
 MiB = 1 << 20
 SMALL_SIZE = 4096
@@ -64,14 +64,6 @@ def write_random(path, size, seed):
             block = min(left, MiB)
             handle.write(generator.randbytes(block))
             left -= block
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(MiB), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def timed(command, **kwargs):
@@ -193,7 +185,7 @@ def bench_nodes(workdir, master, server, files, curl_once, idle_seconds, rounds=
             if label.startswith("large"):
                 path = relative[0]
                 arrived = os.path.join(server.root, "filesync", path)
-                if sha256(arrived) != files["large_sha256"]:
+                if local_checksum(arrived, "sha256") != files["large_sha256"]:
                     raise AssertionError("the large file arrived different")
                 os.remove(arrived)
                 legs["total"].append(finished - started)
@@ -319,7 +311,7 @@ def bench_ftp(args, workdir, master):
         size = args.large_mib * MiB
         write_random(files["large"], size, 1)
         write_random(files["medium"], 10 * MiB, 2)
-        files["large_sha256"] = sha256(files["large"])
+        files["large_sha256"] = local_checksum(files["large"], "sha256")
         files["small"] = []
         for index in range(args.small):
             path = os.path.join(source, "small", f"s{index:05d}.bin")

@@ -12,6 +12,7 @@ from contextlib import closing
 import pytest
 
 from conftest import write_file
+from filesync.devices.base import local_checksum
 from filesync.devices import create_source
 from filesync.devices.ftp.source import FtpSource, parse_ftp_time
 from filesync.engine.runner import LocalRunner
@@ -21,14 +22,6 @@ MiB = 1 << 20
 TREE = {"flight1/log.ulg": 3 * MiB + 11, "flight1/photos/a b.jpg": 70_000, "flight2/empty.bin": 0,
         "top.txt": 5, "deep/er/still/x.bin": 1234}
 IGNORED = {"flight1/.hidden": 3, "flight1/upload.bin.part": 9}
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(MiB), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def sha256_of(chunks):
@@ -42,7 +35,7 @@ def make_tree(root, files):
     for path, size in files.items():
         write_file(os.path.join(root, *path.split("/")), size)
     os.makedirs(os.path.join(root, "empty_dir"), exist_ok=True)
-    return {path: sha256_file(os.path.join(root, *path.split("/"))) for path in files}
+    return {path: local_checksum(os.path.join(root, *path.split("/")), "sha256") for path in files}
 
 
 def source_options(port, root="/", **extra):
@@ -318,7 +311,7 @@ def test_pipeline_from_an_ftp_server_that_restarts_mid_download(tmp_path, ftp_se
     assert sorted(r.path for r in records) == sorted(files)
     assert {r.state for r in records} == {"uploaded"}, [(r.path, r.state, r.error) for r in records]
     for path, digest in digests.items():
-        assert sha256_file(tmp_path / "target" / path) == digest
+        assert local_checksum(tmp_path / "target" / path, "sha256") == digest
     offsets = [offset for path, offset in reads.offsets if path == big]
     assert len(offsets) >= 2 and offsets[0] == 0 and offsets[1] > 2 * MiB - 256 * 1024, offsets  # went on
     # What was in flight beyond the last checkpoint when the server died is all that is read twice.

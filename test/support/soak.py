@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # test/, for `support`
 
+from filesync.devices.base import local_checksum  # noqa: E402
 from support.ftp_server import FtpServerProcess  # noqa: E402
 from support.launch import Launch, RosMaster, launch_nodes, quiet_stderr  # noqa: E402
 
@@ -75,14 +76,6 @@ class Plan:
 
     def staging_bytes(self):
         return sum(size for _, _, _, size in self.drops)
-
-
-def sha256_file(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(MiB), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Soak:
@@ -157,7 +150,7 @@ class Soak:
                 checked.add(name)
                 for target in TARGETS["del"]:
                     held = os.path.join(self.server.root, ROOTS[target].lstrip("/"), name)
-                    if not os.path.exists(held) or os.path.getsize(held) != size or sha256_file(held) != digest:
+                    if not os.path.exists(held) or os.path.getsize(held) != size or local_checksum(held, "sha256") != digest:
                         self.deleted_early.append((name, target))
         self.counts["deletions_seen"] = len(checked)
 
@@ -276,7 +269,7 @@ class Soak:
                 held = os.path.join(self.server.root, remote)
                 if not os.path.exists(held):
                     missing.append(remote)
-                elif os.path.getsize(held) != size or sha256_file(held) != digest:
+                elif os.path.getsize(held) != size or local_checksum(held, "sha256") != digest:
                     wrong.append(remote)
                 count = publications.get(remote, 0)
                 if count > 1:
