@@ -24,6 +24,7 @@ class Option:
         self.choices = choices
 
     def parse(self, raw, key):
+        """The checked value of `raw` (None: the default); raises ConfigError naming `key`."""
         if raw is None:
             if self.default is REQUIRED:
                 raise ConfigError(f"{key}: required but missing")
