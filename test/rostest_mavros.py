@@ -83,12 +83,32 @@ class Vehicle:
             self.log.close()
 
 
-def read_all(source, path, offset=0):
+def read_all(source, path, offset=0, transient_retries=0):
+    """Read `path` from `offset`; (sha256, bytes). Like the engine, a TransientError (after the source's own retries)
+    may be met by reading on from the bytes already received, up to `transient_retries` times."""
     digest, count = hashlib.sha256(), 0
-    for chunk in source.read(path, offset):
-        digest.update(chunk)
-        count += len(chunk)
-    return digest.hexdigest(), count
+    while True:
+        try:
+            for chunk in source.read(path, offset + count):
+                digest.update(chunk)
+                count += len(chunk)
+            return digest.hexdigest(), count
+        except TransientError as error:
+            if transient_retries <= 0:
+                raise
+            transient_retries -= 1
+            rospy.logwarn("%s: %s; reading on from %d as the engine would", path, error, offset + count)
+
+
+def engine_retried(call, retries=5):
+    """`call()`, tried again after a TransientError up to `retries` times, as the engine retries a listing or a step."""
+    for attempt in range(retries + 1):
+        try:
+            return call()
+        except TransientError as error:
+            if attempt == retries:
+                raise
+            rospy.logwarn("%s; trying again as the engine would", error)
 
 
 class MavrosSourceTest(unittest.TestCase):
@@ -301,11 +321,14 @@ class MavrosSourceTest(unittest.TestCase):
             source = create_source("fc", {"kind": "mavros", "namespace": "/mavros_lossy", "root": "/log",
                                           "settle": False}, DeviceContext(LeaseTable(), "test"))
             started = time.monotonic()
-            self.assertEqual({f.path: f.size for f in source.list()}, dict(zip(expected, sizes)))
+            listed = engine_retried(lambda: {f.path: f.size for f in source.list()})
+            self.assertEqual(listed, dict(zip(expected, sizes)))
             for path, digest in expected.items():
                 local = os.path.join(vehicle.root, "log", path)
-                self.assertEqual(read_all(source, path), (digest, os.path.getsize(local)), (loss, path))
-                self.assertEqual(source.checksum(path).value, local_checksum(local, "mavftp-crc32"), (loss, path))
+                self.assertEqual(read_all(source, path, transient_retries=5), (digest, os.path.getsize(local)),
+                                 (loss, path))
+                self.assertEqual(engine_retried(lambda: source.checksum(path)).value,
+                                 local_checksum(local, "mavftp-crc32"), (loss, path))
             lost = vehicle.link.up.lost + vehicle.link.down.lost - lost_before
             rospy.loginfo("mavros source, %d%% loss each way: %d bytes in %.1f s, %d packets lost (up %d, down %d)",
                           loss * 100, sum(sizes), time.monotonic() - started, lost, vehicle.link.up.lost,
