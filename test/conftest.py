@@ -28,3 +28,13 @@ def write_file(path, size, seed=0):
             block = min(left, 1 << 20)
             handle.write(generator.randbytes(block))
             left -= block
+
+
+def assert_config_error(build, key, text=""):
+    """`build()` raises ConfigError in one line that starts with `key:` and holds `text`; returns the message."""
+    from filesync.errors import ConfigError
+    with pytest.raises(ConfigError) as raised:
+        build()
+    message = str(raised.value)
+    assert message.startswith(key + ":") and text in message and "\n" not in message, message
+    return message

@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import unittest
 from collections import Counter
@@ -23,11 +22,11 @@ HERE = os.path.dirname(os.path.realpath(__file__))
 sys.path.insert(0, HERE)  # filesync itself comes from the workspace (devel space), which adds the messages
 
 from conftest import write_file  # noqa: E402
-from filesync.lock import Lease  # noqa: E402
 from filesync.msg import FileEvent  # noqa: E402
 from filesync.ros.ledger_client import RosLedger  # noqa: E402
 from filesync.ros.node import RosLeaseClient  # noqa: E402
 from support.ftp_server import FtpServerProcess  # noqa: E402
+from support.leases import overlaps_between  # noqa: E402
 from support.nodes import Stack, node_command  # noqa: E402,F401 (Stack: also imported from here by others)
 from filesync.devices.base import local_checksum
 
@@ -154,23 +153,8 @@ class NodesTest(unittest.TestCase):
         self.stack.start("lock")
         client = RosLeaseClient()
         rospy.wait_for_service("/filesync/lock/acquire", 30)
-        inside, overlaps = [], []
-
-        def use(owner):
-            for _ in range(8):
-                with Lease(client, "px4:1", owner, ttl=5, timeout=60, poll=0.02):
-                    inside.append(owner)
-                    if len(inside) > 1:
-                        overlaps.append(tuple(inside))
-                    time.sleep(0.01)
-                    inside.remove(owner)
-
-        threads = [threading.Thread(target=use, args=(f"client{i}",)) for i in range(3)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
-        self.assertEqual(overlaps, [])
+        owners = [f"client{i}" for i in range(3)]
+        self.assertEqual(overlaps_between(client, "px4:1", owners, rounds=8, hold=0.01, poll=0.02, timeout=60), [])
         holder = subprocess.Popen([sys.executable, "-c", (
             "import rospy, time\n"
             "from filesync.srv import Acquire\n"

@@ -14,10 +14,11 @@ from contextlib import closing
 
 import pytest
 
+from conftest import assert_config_error
 from filesync.devices import create_source
 from filesync.devices.drive import DriveSource, mounts
 from filesync.engine.runner import LocalRunner
-from filesync.errors import ConfigError, DeviceUnavailable, FileError, PermanentError, TransientError
+from filesync.errors import DeviceUnavailable, FileError, PermanentError, TransientError
 from support.exfat_drive import (break_cluster_chain, end_fuse_mount, exfat_drive, fragment_file, lazy_unmount,
                                  missing_tools, mounted_at, unavailable_reason)
 
@@ -232,10 +233,7 @@ def test_a_file_with_a_broken_cluster_chain_fails_alone(tmp_path):
     ({"uuid": "1234-ABCD", "device": "/dev/sda1"}, "sources.cam.device", "unknown key"),
 ])
 def test_bad_config_is_one_line_naming_the_key(options, key, text):
-    with pytest.raises(ConfigError) as raised:
-        create_source("cam", {"kind": "drive", **options})
-    message = str(raised.value)
-    assert message.startswith(key + ":") and text in message and "\n" not in message
+    assert_config_error(lambda: create_source("cam", {"kind": "drive", **options}), key, text)
 
 
 def test_registry_builds_the_drive_source():

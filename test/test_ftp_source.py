@@ -11,12 +11,12 @@ from contextlib import closing
 
 import pytest
 
-from conftest import write_file
+from conftest import assert_config_error, write_file
 from filesync.devices.base import local_checksum
 from filesync.devices import create_source
 from filesync.devices.ftp.source import FtpSource, parse_ftp_time
 from filesync.engine.runner import LocalRunner
-from filesync.errors import ConfigError, DeviceUnavailable, PermanentError, TransientError
+from filesync.errors import DeviceUnavailable, PermanentError, TransientError
 
 MiB = 1 << 20
 TREE = {"flight1/log.ulg": 3 * MiB + 11, "flight1/photos/a b.jpg": 70_000, "flight2/empty.bin": 0,
@@ -242,10 +242,7 @@ def test_parse_ftp_time():
     ({"host": "127.0.0.1", "path": "/logs"}, "sources.src.path", "unknown key"),
 ])
 def test_bad_config_is_one_line_naming_the_key(options, key, text):
-    with pytest.raises(ConfigError) as raised:
-        create_source("src", {"kind": "ftp", **options})
-    message = str(raised.value)
-    assert message.startswith(key + ":") and text in message and "\n" not in message
+    assert_config_error(lambda: create_source("src", {"kind": "ftp", **options}), key, text)
 
 
 def test_registry_builds_the_ftp_source():

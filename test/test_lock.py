@@ -1,8 +1,8 @@
 """Leases: one holder at a time, expiry of a dead holder, increasing tokens, persistence across a restart."""
-import threading
 import time
 
 from filesync.lock import Lease, LeaseTable
+from support.leases import overlaps_between
 
 
 def test_one_holder_at_a_time_and_expiry():
@@ -33,25 +33,8 @@ def test_tokens_and_leases_survive_a_restart(tmp_path):
 
 
 def test_lease_blocks_never_overlap():
-    table = LeaseTable()
-    inside = []
-    overlaps = []
-
-    def client(name):
-        for _ in range(20):
-            with Lease(table, "px4", name, ttl=5, timeout=30, poll=0.001):
-                inside.append(name)
-                if len(inside) > 1:
-                    overlaps.append(tuple(inside))
-                time.sleep(0.001)
-                inside.remove(name)
-
-    threads = [threading.Thread(target=client, args=(f"c{i}",)) for i in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
-    assert overlaps == []
+    owners = [f"c{i}" for i in range(4)]
+    assert overlaps_between(LeaseTable(), "px4", owners, rounds=20, hold=0.001, poll=0.001, timeout=30, join=60) == []
 
 
 def test_lease_is_renewed_while_held():

@@ -12,10 +12,11 @@ import time
 
 import pytest
 
+from conftest import assert_config_error
 from filesync.devices import create_source
 from filesync.devices.base import DeviceContext, local_checksum, mavftp_crc32
 from filesync.devices.mavftp import MavFtpClient, SessionRefused, VehicleFileNotFound
-from filesync.errors import ConfigError, DeviceUnavailable, PermanentError, TransientError
+from filesync.errors import DeviceUnavailable, PermanentError, TransientError
 from filesync.lock import LeaseTable
 from support.ulog import write_log
 from support.linkemu import LinkEmulator
@@ -395,10 +396,7 @@ def test_bad_options_give_one_line_naming_the_key(options, key):
     config = {"kind": "mavlink", "url": "udpout:127.0.0.1:14540"}
     config.update(options)
     config = {name: value for name, value in config.items() if value is not None}
-    with pytest.raises(ConfigError) as caught:
-        create_source("fc", config)
-    message = str(caught.value)
-    assert message.startswith(f"sources.fc.{key}:") and "\n" not in message, message
+    assert_config_error(lambda: create_source("fc", config), f"sources.fc.{key}")
 
 
 def test_pipeline_brings_logs_to_a_folder_target(vehicle, area, tmp_path):

@@ -80,9 +80,7 @@ class LocalRunner:
         finders = [loop for loop in self.loops if isinstance(loop, Finder)]
         if any(f.scans == 0 for f in finders):
             return False
-        # a failed file's later tasks wait for a person's retry, so they do not count as work left
-        return all(record.state == "failed" or task.state not in ("waiting", "active")
-                   for record in self.ledger.files() for task in record.tasks)
+        return self.ledger.work_left() == 0
 
     def run_until_settled(self, timeout=120.0):
         """Start (if needed) and wait until settled(); raises TimeoutError with what is left."""

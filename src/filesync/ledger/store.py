@@ -316,6 +316,13 @@ class Ledger:
             ids = [row["id"] for row in self._db.execute(sql, values)]
             return [self._get(self._db, file_id) for file_id in ids]
 
+    def work_left(self) -> int:
+        """Tasks waiting or moving, leaving out those of failed files (they wait for a person's retry)."""
+        with self._lock:
+            return self._db.execute(
+                "SELECT COUNT(*) FROM tasks t JOIN files f ON f.id = t.file_id "
+                "WHERE t.state IN ('waiting', 'active') AND f.state != 'failed'").fetchone()[0]
+
     def counts(self) -> dict:
         """{(source, state): (files, bytes)} for the status display."""
         with self._lock:
