@@ -70,7 +70,8 @@ test-long: setup
 bench: setup
 	$(ROS_ENV) && cd $(ROOT) && timeout -k 30 900 $(PY) bench/run.py
 
-# The 20-minute fault soak (kill -9 of nodes, FTP server restarts, a full staging disk); prints its seed.
+# The 20-minute fault soak through every device (folders, an exFAT drive, MAVLink FTP, FTP, Flight Review): kill -9
+# of nodes, FTP and web server outages, drive unplugs, 20% MAVLink loss, HTTP 5xx, a full staging disk; prints its seed.
 # Replay one: make soak SOAK_SEED=1234
 SOAK_SEED ?=
 soak: setup

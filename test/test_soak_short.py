@@ -1,5 +1,7 @@
-"""A short soak on every CI run: kill -9 of the launch's nodes, FTP server restarts and a full staging disk while
-files flow folder -> FTP through roslaunch; every file must arrive once and identical, and nothing be deleted early.
+"""A short soak on every CI run, through roslaunch and every kind of device: folders, a real exFAT drive, a MAVSDK
+autopilot over an emulated serial link, FTP servers and the Flight Review stand-in. Faults: kill -9 of the launch's
+nodes, FTP server restarts, drive unplugs, 20% MAVLink loss, HTTP 5xx bursts, a Flight Review outage and a full
+staging disk. Every file must arrive identical (once on FTP), and nothing be deleted early.
 
 The full one is `make soak` (20 minutes). A failure names the seed; replay it with
 `.venv/bin/python test/support/soak.py --minutes 3 --seed N` in the workspace's environment.
@@ -11,9 +13,10 @@ import subprocess
 
 import pytest
 
-from support.soak import run_soak
+from support.soak import drive_unavailable, run_soak
 
 SEED = int(os.environ.get("FILESYNC_SOAK_SEED", random.SystemRandom().randrange(1 << 31)))
+FAULTS = {"kill": 30, "ftp_restart": 5, "fill": 3, "unplug": 6, "link_loss": 2, "http_5xx": 4, "http_restart": 1}
 
 
 def _ros_workspace_sourced():
@@ -26,9 +29,13 @@ def _ros_workspace_sourced():
 @pytest.mark.skipif(not _ros_workspace_sourced(), reason="needs the catkin workspace sourced (make test does that)")
 def test_short_soak_every_file_arrives_once_identical_and_nothing_is_deleted_early(tmp_path):
     lines = []
-    figures, failures = run_soak(str(tmp_path), SEED, inject_seconds=80, kills=30, restarts=5, fills=3,
-                                 settle_seconds=60, files_per_second=1.0, log=lines.append)
+    figures, failures = run_soak(str(tmp_path), SEED, inject_seconds=80, faults=FAULTS, settle_seconds=90,
+                                 files_per_second=1.0, log=lines.append)
     print("\n".join(lines))
     assert not failures, f"seed {SEED} (FILESYNC_SOAK_SEED={SEED} to replay): {failures}"
     assert figures["kills"] >= 25 and figures["ftp_restarts"] == 5, figures
     assert figures["deletions_seen"] > 0, figures
+    assert figures["files px4"] > 0 and figures["link_loss_episodes"] == 2 and figures["http_restarts"] == 1, figures
+    assert figures["http_5xx_answered"] > 0, figures  # a burst comes before the last log, which meets it
+    if drive_unavailable() is None:  # CI runs as root with loop devices and FUSE
+        assert figures["unplugs"] == 6 and figures["files drive"] > 0, figures
