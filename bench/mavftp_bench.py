@@ -183,12 +183,20 @@ def main():
         return peak_rss_child(url, int(size), digest)
     if args.peak_rss:
         return peak_rss([int(size) for size in args.peak_rss.split(",")])
+    print_table(measure(args.size, args.links.split(","), args.readers.split(",")), args.size)
+
+
+def measure(size, links, readers, log=sys.stderr):
+    """Fetch one log of `size` bytes from a MAVSDK autopilot with each reader over each link.
+
+    Returns rows (link, reader, bytes, seconds, KB/s, identical: True, None when only counted, or an error text).
+    """
+    rows = []
     with tempfile.TemporaryDirectory() as root:
-        digest = write_log(root, args.size)
-        rows = []
+        digest = write_log(root, size)
         with MavsdkAutopilot(root) as vehicle:
-            for link_name in args.links.split(","):
-                for reader_name in args.readers.split(","):
+            for link_name in links:
+                for reader_name in readers:
                     if link_name == "serial5" and reader_name == "bare":
                         continue
                     link = None
@@ -197,7 +205,7 @@ def main():
                     url = link.url if link else vehicle.url
                     started = time.monotonic()
                     try:
-                        count, correct = READERS[reader_name](url, args.size, digest)
+                        count, correct = READERS[reader_name](url, size, digest)
                     except Exception as error:  # a reader that fails is reported, not fatal
                         count, correct = 0, f"error: {error}"
                     elapsed = time.monotonic() - started
@@ -206,8 +214,8 @@ def main():
                     rate = count / elapsed / 1000
                     rows.append((link_name, reader_name, count, elapsed, rate, correct))
                     print(f"{link_name:9} {reader_name:10} {count:>10} B {elapsed:8.1f} s {rate:7.1f} KB/s "
-                          f"{'' if correct is None else correct}", file=sys.stderr, flush=True)
-        print_table(rows, args.size)
+                          f"{'' if correct is None else correct}", file=log, flush=True)
+    return rows
 
 
 def print_table(rows, size):
