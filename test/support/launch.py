@@ -101,32 +101,48 @@ def _end_group(process, timeout=20):
 
 
 class Launch:
-    """`roslaunch filesync sync.launch config:=<file>` with the given config mapping; nodes respawn after a kill."""
+    """`roslaunch filesync sync.launch config:=<file>` with the given config mapping; nodes respawn after a kill.
 
-    def __init__(self, workdir, config, respawn_delay=1.0, name="launch"):
+    By default it joins the master this process points at (a RosMaster started before). With own_master=True it is
+    started the way users start it: roslaunch brings up its own rosmaster and rosout on a free port (and its own
+    ROS_HOME under workdir); this process's ROS settings stay as they are.
+    """
+
+    def __init__(self, workdir, config, respawn_delay=1.0, name="launch", own_master=False):
         self.workdir, self.config = workdir, config
         self.respawn_delay = respawn_delay
         self.name = name
+        self.own_master = own_master
         self.process = None
         self.started_at = None
 
     def start(self):
-        """Write the config file and start roslaunch (the master must run already)."""
+        """Write the config file and start roslaunch (without own_master the master must run already)."""
         path = os.path.join(self.workdir, f"{self.name}.yaml")
         with open(path, "w", encoding="utf-8") as handle:
             yaml.safe_dump(self.config, handle)
         log = open(os.path.join(self.workdir, f"{self.name}.log"), "a")
+        command = ["roslaunch", "--wait", "filesync", "sync.launch"]
+        environment = None
+        if self.own_master:
+            port = free_port()
+            ros_home = os.path.join(self.workdir, f"{self.name}_ros_home")
+            os.makedirs(ros_home, exist_ok=True)
+            environment = dict(os.environ, ROS_MASTER_URI=f"http://127.0.0.1:{port}", ROS_HOME=ros_home,
+                               ROS_IP="127.0.0.1")
+            command = ["roslaunch", "-p", str(port), "filesync", "sync.launch"]
         self.started_at = time.time()
         self.process = subprocess.Popen(
-            ["roslaunch", "--wait", "filesync", "sync.launch", f"config:={path}",
-             f"respawn_delay:={self.respawn_delay}"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            command + [f"config:={path}", f"respawn_delay:={self.respawn_delay}"], stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True, env=environment)
         return self
 
     def node_processes(self):
-        """{node name: psutil.Process} of the nodes running now."""
+        """{node name: psutil.Process} of sync.launch's nodes running now (not rosout, with own_master)."""
         found = {}
         if self.process is None:
             return found
+        names = set(launch_nodes())
         try:
             children = psutil.Process(self.process.pid).children()
         except psutil.NoSuchProcess:
@@ -137,7 +153,7 @@ class Launch:
             except psutil.Error:
                 continue
             for argument in arguments:
-                if argument.startswith("__name:="):
+                if argument.startswith("__name:=") and argument.split("=", 1)[1] in names:
                     found[argument.split("=", 1)[1]] = child
         return found
 
