@@ -3,7 +3,7 @@ import rospy
 
 from filesync.errors import ConfigError
 from filesync.ftpserver import build_server
-from filesync.ros.node import fail, start_node
+from filesync.ros.node import fail, start_node, wait_for_shutdown
 
 
 def main():
@@ -11,7 +11,7 @@ def main():
     config = start_node("ftp_server")
     if not config.ftp_server["enabled"]:
         rospy.loginfo("ftp_server.enabled is false: nothing to serve")
-        rospy.spin()
+        wait_for_shutdown()
         return
     try:
         server = build_server(config.ftp_server)

@@ -4,7 +4,7 @@ import os
 import rospy
 
 from filesync.lock import LeaseTable
-from filesync.ros.node import LOCK_NAMESPACE, start_node
+from filesync.ros.node import LOCK_NAMESPACE, start_node, wait_for_shutdown
 from filesync.srv import Acquire, AcquireResponse, Release, ReleaseResponse
 
 
@@ -24,4 +24,4 @@ def main():
 
     rospy.Service(f"{LOCK_NAMESPACE}/acquire", Acquire, acquire)
     rospy.Service(f"{LOCK_NAMESPACE}/release", Release, release)
-    rospy.spin()
+    wait_for_shutdown()

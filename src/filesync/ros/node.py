@@ -1,6 +1,7 @@
 """What every filesync node does at start: read the config param, route library logs to rosout, run loops."""
 import logging
 import sys
+import threading
 
 import rospy
 
@@ -78,11 +79,27 @@ class RosLeaseClient:
             return False
 
 
+def wait_for_shutdown():
+    """Block until the node shuts down, like rospy.spin() but asleep on an event instead of waking twice a second.
+
+    rospy runs the shutdown hooks on SIGINT/SIGTERM (in this, the main thread, whose wait a signal interrupts) and on
+    a shutdown request from the master (in another thread); either sets the event.
+    """
+    if not rospy.core.is_initialized():
+        raise rospy.exceptions.ROSInitException("client code must call rospy.init_node() first")
+    finished = threading.Event()
+    rospy.on_shutdown(finished.set)  # called at once if the node is already shutting down
+    try:
+        finished.wait()
+    except KeyboardInterrupt:
+        rospy.signal_shutdown("keyboard interrupt")
+
+
 def run_loops(loops):
-    """Start the loops, spin until shutdown, then stop them and wait."""
+    """Start the loops, wait until shutdown, then stop them and wait."""
     for loop in loops:
         loop.start()
-    rospy.spin()
+    wait_for_shutdown()
     for loop in loops:
         loop.stop()
     for loop in loops:

@@ -16,7 +16,7 @@ from filesync import status as status_lib
 from filesync.engine.transfer import staging_free_bytes
 from filesync.logs import prune_logs
 from filesync.msg import (LinkStatus, PipelineStatus, Status, TransferStatus, WorkerReport)
-from filesync.ros.node import start_node
+from filesync.ros.node import start_node, wait_for_shutdown
 from filesync.srv import Counts
 
 STATUS_TOPIC = "/filesync/status"
@@ -75,7 +75,7 @@ class StatusNode:
         self.reports = {}  # node -> (received monotonic time, status.WorkerReport)
         self._lock = threading.Lock()
         self.counts, self.parked, self.ledger_ok = {}, {}, False
-        self._counts_proxy = rospy.ServiceProxy(COUNTS_SERVICE, Counts)
+        self._counts_proxy = None  # persistent: asking once a second costs no master lookup and no new connection
         self.publisher = rospy.Publisher(STATUS_TOPIC, Status, queue_size=1, latch=True)
         self.diagnoses = {}
         self.updater = Updater()
@@ -102,9 +102,22 @@ class StatusNode:
         with self._lock:
             self.reports[message.node] = (time.monotonic(), report_from_msg(message))
 
+    def _call_counts(self):
+        """One counts call on the persistent connection; a broken one (the ledger restarted) is opened again once."""
+        for attempt in (1, 2):
+            if self._counts_proxy is None:
+                self._counts_proxy = rospy.ServiceProxy(COUNTS_SERVICE, Counts, persistent=True)
+            try:
+                return self._counts_proxy()
+            except (rospy.ServiceException, rospy.ROSException, OSError):
+                self._counts_proxy.close()
+                self._counts_proxy = None
+                if attempt == 2:
+                    raise
+
     def _fetch_counts(self):
         try:
-            reply = self._counts_proxy()
+            reply = self._call_counts()
         except (rospy.ServiceException, rospy.ROSException, OSError) as error:
             if self.ledger_ok:
                 rospy.logwarn(f"status: the ledger does not answer ({error}); showing the last counts")
@@ -148,4 +161,4 @@ def main():
 
     prune()
     rospy.Timer(rospy.Duration(PRUNE_PERIOD), prune)
-    rospy.spin()
+    wait_for_shutdown()
