@@ -2,6 +2,8 @@
 import errno
 import fnmatch
 import os
+import re
+import stat as stat_mode
 import time
 
 from filesync.devices.base import RemoteFile, Source, Target, local_checksum
@@ -17,9 +19,16 @@ def _under(root, path):
     return os.path.join(root, *path.split("/"))
 
 
-def _matches(path, patterns):
-    name = path.rsplit("/", 1)[-1]
-    return any(fnmatch.fnmatchcase(path, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+def _matcher(patterns):
+    """A function telling whether a relative path or its file name matches any of the glob patterns.
+
+    One compiled expression for the whole list: the finder tests every file of the folder every scan_interval.
+    """
+    expression = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns) or "(?!)")
+
+    def matches(path):
+        return expression.match(path) is not None or expression.match(path.rsplit("/", 1)[-1]) is not None
+    return matches
 
 
 class FolderSource(Source):
@@ -36,26 +45,46 @@ class FolderSource(Source):
     def __init__(self, name, raw_options, key, context=None):
         super().__init__(name, raw_options, key, context)
         self.root = expand_path(self.options["path"])
+        self._included = _matcher(self.options["include"])
+        self._excluded = _matcher(self.options["exclude"])
 
     def list(self):
         if not os.path.isdir(self.root):
             raise DeviceUnavailable(f"folder {self.root} does not exist")
-        now = time.time()
-        for directory, subdirectories, names in os.walk(self.root):
-            subdirectories.sort()
-            for name in sorted(names):
-                full = os.path.join(directory, name)
-                relative = os.path.relpath(full, self.root).replace(os.sep, "/")
-                if not _matches(relative, self.options["include"]) or _matches(relative, self.options["exclude"]):
+        return self._list(self.root, "", time.time())
+
+    def _list(self, directory, prefix, now):
+        """The files of `directory` (sorted), then those of its subfolders (sorted; links to folders not followed).
+
+        One stat per file (scandir knows folders from files without one), no path arithmetic beyond a join.
+        """
+        try:
+            with os.scandir(directory) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+        except OSError:  # removed or unreadable meanwhile: as os.walk, skip it
+            return
+        subdirectories = []
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    if not entry.is_symlink():
+                        subdirectories.append(entry)
                     continue
-                try:
-                    status = os.stat(full)
-                except FileNotFoundError:
-                    continue
-                if not os.path.isfile(full):
-                    continue
-                yield RemoteFile(relative, status.st_size, status.st_mtime,
-                                 complete=now - status.st_mtime >= self.options["min_age"])
+            except OSError:
+                continue
+            relative = prefix + entry.name
+            if not self._included(relative) or self._excluded(relative):
+                continue
+            try:
+                status = entry.stat()  # follows a link to a file, as the upload's open() will
+            except OSError:
+                continue
+            if not stat_mode.S_ISREG(status.st_mode):
+                continue
+            yield RemoteFile(relative, status.st_size, status.st_mtime,
+                             complete=now - status.st_mtime >= self.options["min_age"])
+        for entry in subdirectories:
+            yield from self._list(entry.path, prefix + entry.name + "/", now)
 
     def stat(self, path):
         try:
