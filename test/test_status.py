@@ -2,17 +2,21 @@
 text view; and a worker report taken from real loops while a real transfer runs (LocalRunner, real FTP server)."""
 import logging
 import os
+import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
 from conftest import write_file
 from filesync.config import load_config
+from filesync.devices.folder import FolderSource
 from filesync.engine.runner import LocalRunner
+from filesync.engine.workers import Finder
 from filesync.errors import ConfigError
-from filesync.status import (ERROR, OK, SOURCE, STALE, TARGET, WARN, LastError, LinkStatus, RateMeter, StatusBuilder,
-                             TransferStatus, WorkerReport, diagnose, format_status, human_bytes, human_seconds,
-                             progress_bar, worker_report)
+from filesync.status import (ERROR, OK, SOURCE, STALE, TARGET, WARN, LastError, LinkStatus, RateMeter, ReportPacer,
+                             StatusBuilder, TransferStatus, WorkerReport, diagnose, format_status, human_bytes,
+                             human_seconds, progress_bar, worker_report)
 
 MiB = 1 << 20
 
@@ -222,3 +226,74 @@ def test_the_rqt_perspective_plots_plain_number_fields_of_the_status():
     assert plotted == ["/filesync/status/rate", "/filesync/status/bytes_waiting"]
     for topic in plotted:
         assert fields[topic.rsplit("/", 1)[1]] in ("float64", "uint64")
+
+
+def _wait_until(predicate, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.01)
+
+
+def test_report_pacer_sends_a_change_of_a_real_loop_and_does_not_look_while_idle(tmp_path):
+    """An idle worker node sleeps until its loops say something changed (here: the source's folder is missing)."""
+    source = FolderSource("inbox", {"kind": "folder", "path": str(tmp_path / "missing")}, "sources.inbox")
+    finder = Finder(source, SimpleNamespace(targets=["ftp"], delete_after_upload=False), None,
+                    SimpleNamespace(scan_interval=10.0))
+    sent = []
+    pacer = ReportPacer(lambda: worker_report("finder", [finder]), sent.append, period=0.05, idle_period=3600)
+    finder.notify = pacer.notify
+    thread = threading.Thread(target=pacer.run, daemon=True)
+    thread.start()
+    try:
+        _wait_until(lambda: len(sent) == 1)
+        assert sent[0].links[0].up
+        time.sleep(0.5)
+        assert pacer.looks == 1  # nothing changed: no second look (a 1 s timer would have looked again by now)
+        finder.step()  # the listing fails: the link goes down and the loop says so
+        _wait_until(lambda: len(sent) == 2)
+        assert not sent[1].links[0].up and "does not exist" in sent[1].links[0].reason
+        looks = pacer.looks
+        for _ in range(1000):  # a burst of changes is one look, not a thousand
+            pacer.notify()
+        time.sleep(0.5)
+        assert pacer.looks - looks <= 2
+    finally:
+        pacer.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_report_pacer_reports_every_period_while_a_transfer_moves_and_heartbeats_when_idle():
+    moving = WorkerReport("up", transfers=[TransferStatus(1, "inbox", "a.bin", "upload", "ftp", 10, 100)])
+    idle = WorkerReport("up")
+    current = [moving]
+    sent = []
+    pacer = ReportPacer(lambda: current[0], sent.append, period=0.02, idle_period=0.3)
+    thread = threading.Thread(target=pacer.run, daemon=True)
+    thread.start()
+    try:
+        _wait_until(lambda: len(sent) >= 5)  # unchanged, but a transfer moves: sent each period
+        current[0] = idle
+        _wait_until(lambda: sent[-1] == idle)
+        count = len(sent)
+        _wait_until(lambda: len(sent) >= count + 2)  # idle and unchanged: the heartbeat still goes out
+        assert sent[-1] == idle
+    finally:
+        pacer.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def test_last_error_tells_the_reporter_of_each_warning():
+    handler = LastError()
+    heard = []
+    handler.notify = lambda: heard.append(handler.message)
+    log = logging.getLogger("filesync.test_last_error_notify")
+    log.addHandler(handler)
+    try:
+        log.info("not this")
+        log.warning("target ftp is unreachable\nsecond line")
+    finally:
+        log.removeHandler(handler)
+    assert heard == ["target ftp is unreachable"]

@@ -99,16 +99,63 @@ class Status:
 
 
 class LastError(logging.Handler):
-    """A logging handler that keeps the last warning or error (one line) and its wall-clock time."""
+    """A logging handler that keeps the last warning or error (one line) and its wall-clock time; notify() hears of
+    each one."""
 
     def __init__(self, level=logging.WARNING, clock=time.time):
         super().__init__(level)
         self._clock = clock
         self.message, self.time = "", 0.0
+        self.notify = lambda: None
 
     def emit(self, record):
         self.message = (record.getMessage().splitlines() or [""])[0]
         self.time = self._clock()
+        self.notify()
+
+
+class ReportPacer:
+    """When a worker node sends its WorkerReport: soon after something in it changed (the loops and the LastError
+    handler call notify()), every `period` while a transfer moves, and every `idle_period` as a heartbeat otherwise.
+
+    Between those it sleeps on an event, so an idle node does not wake each second to look for changes. Changes close
+    together are sent as one report, at most one each `period` (a scan that registers a thousand files is one report).
+    """
+
+    def __init__(self, build, send, period, idle_period, clock=time.monotonic):
+        self.build, self.send = build, send
+        self.period, self.idle_period = period, idle_period
+        self._clock = clock
+        self._changed = threading.Event()
+        self._stopped = threading.Event()
+        self.looks = 0  # reports built (compared with the last one sent), for tests
+
+    def notify(self):
+        """Something a report shows has changed."""
+        self._changed.set()
+
+    def stop(self):
+        """End run()."""
+        self._stopped.set()
+        self._changed.set()
+
+    def run(self):
+        """Build, compare and send reports until stop()."""
+        last, sent_at, looked_at = None, None, None
+        while not self._stopped.is_set():
+            if looked_at is not None:  # at most one look per period, however many changes came in between
+                self._stopped.wait(max(0.0, self.period - (self._clock() - looked_at)))
+                if self._stopped.is_set():
+                    return
+            self._changed.clear()  # a change from here on is seen by the next look
+            current = self.build()
+            self.looks += 1
+            looked_at = self._clock()
+            if current.transfers or current != last or sent_at is None or looked_at - sent_at >= self.idle_period:
+                self.send(current)
+                last, sent_at = current, looked_at
+            if not current.transfers:
+                self._changed.wait(max(0.0, self.idle_period - (self._clock() - sent_at)))
 
 
 def worker_report(node, loops, last_error=None) -> WorkerReport:

@@ -30,18 +30,21 @@ def describe(error) -> str:
 class LinkState:
     """Whether a device answers, and since when: shown on the status and used to pause work while it is down."""
 
-    def __init__(self, clock=time.time):
+    def __init__(self, clock=time.time, on_change=None):
         self._clock = clock
+        self._on_change = on_change or (lambda: None)
         self.up = True
         self.since = clock()
         self.reason = ""
 
     def set(self, up, reason=""):
-        """Record the link state; returns True when it changed."""
+        """Record the link state (on_change() hears of any difference); returns True when up/down changed."""
         changed = up != self.up
         if changed:
             self.up, self.since = up, self._clock()
-        self.reason = reason
+        if changed or reason != self.reason:
+            self.reason = reason
+            self._on_change()
         return changed
 
 
@@ -54,6 +57,9 @@ class Loop:
         self.wake = threading.Event()
         self.stop_event = threading.Event()
         self.thread = None
+        # called whenever what the status shows of this loop changes (link, transfer, held back), so a node reports
+        # changes as they happen instead of looking every second; set by whoever reports
+        self.notify = lambda: None
 
     def start(self):
         """Run in a daemon thread."""
@@ -96,7 +102,7 @@ class TaskWorker(Loop):
         self.worker, self.settings = worker, settings
         self.announce = announce or (lambda record, task=None, done=None: None)
         self.on_progress = on_progress
-        self.link = LinkState()
+        self.link = LinkState(on_change=lambda: self.notify())
         self.link_retry = 0
         self.current = None  # the Job in progress, for the status display
         self.last_location = ("", 0.0)  # where the last finished upload landed, and when (for the status)
@@ -117,6 +123,7 @@ class TaskWorker(Loop):
             return False
         job = Job(self.ledger, self.worker, self.settings, record, task, self._progress)
         self.current = job
+        self.notify()
         self.announce(record, task, task.offset)
         try:
             outcome, reason, location, delay = "done", "", STEPS[self.kind](self.device, job), None
@@ -143,6 +150,7 @@ class TaskWorker(Loop):
             outcome, reason, location, delay = "retry", describe(error), "", None
         finally:
             self.current = None
+            self.notify()
         if outcome != "wait":
             self.link.set(True)
         if reason:
@@ -152,6 +160,7 @@ class TaskWorker(Loop):
         if finished is not None:
             if self.kind == UPLOAD and outcome == "done":
                 self.last_location = (location, time.time())
+                self.notify()
             if self.kind == UPLOAD and finished.state in ("uploaded", "removed", "skipped"):
                 release_staged(self.settings, finished)  # every target holds it (or takes none): retention decides
             self.announce(finished, finished.task(self.kind, self.device.name), None)
@@ -167,12 +176,16 @@ class TaskWorker(Loop):
         if self.held_back:
             log.info("%s: staging has room again; downloads go on", self.name)
             self.held_back = ""
+            self.notify()
         return True
 
     def _hold_back(self, reason):
         if not self.held_back:
             log.warning("%s: downloads wait: %s", self.name, reason)
-        self.held_back = f"downloads wait: {reason}"
+        held_back = f"downloads wait: {reason}"
+        if held_back != self.held_back:
+            self.held_back = held_back
+            self.notify()
 
     def _progress(self, job, offset):
         if self.on_progress:
@@ -188,7 +201,7 @@ class TaskWorker(Loop):
         try:
             self.device.probe()
         except DeviceUnavailable as error:
-            self.link.reason = describe(error)
+            self.link.set(False, describe(error))  # still down; the reason may be new
             self.link_retry += 1
             delay = min(self.settings.poll_interval, 0.5 * 2 ** min(self.link_retry, 6))
             self.stop_event.wait(delay)
@@ -208,7 +221,7 @@ class Finder(Loop):
         super().__init__(f"find:{source.name}", settings.scan_interval)
         self.source, self.pipeline, self.ledger = source, pipeline, ledger
         self.announce = announce or (lambda record, task=None, done=None: None)
-        self.link = LinkState()
+        self.link = LinkState(on_change=lambda: self.notify())
         self.scans = 0
         self._known = {}  # path -> (size, mtime) already in the ledger
         self._refused = set()

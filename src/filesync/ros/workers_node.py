@@ -1,6 +1,6 @@
 """The finder, downloader and uploader nodes: library loops wired to the ledger's services and the events topic."""
 import logging
-import time
+import threading
 
 import rospy
 from std_srvs.srv import Trigger, TriggerResponse
@@ -13,7 +13,7 @@ from filesync.ros.convert import file_event
 from filesync.ros.ledger_client import RosLedger
 from filesync.ros.node import EVENTS_TOPIC, RosLeaseClient, run_loops, start_node
 from filesync.ros.status_node import IDLE_REPORT_PERIOD, REPORT_PERIOD, WORKERS_TOPIC, report_to_msg
-from filesync.status import LastError, worker_report
+from filesync.status import LastError, ReportPacer, worker_report
 
 # Which file states announce work for which node.
 WAKES = {"finder": set(), "downloader": {"found", "uploaded"}, "uploader": {"downloaded"}}
@@ -46,15 +46,10 @@ def run(role):
     last_error = LastError()
     logging.getLogger("filesync").addHandler(last_error)
     reports = rospy.Publisher(WORKERS_TOPIC, WorkerReport, queue_size=2)
-    last_sent = {"report": None, "time": 0.0}
-
-    def report(_event):
-        # every second while something moves or changed; when idle only a heartbeat, to keep the idle stack quiet
-        current = worker_report(rospy.get_name(), loops, last_error)
-        now = time.monotonic()
-        if current.transfers or current != last_sent["report"] or now - last_sent["time"] >= IDLE_REPORT_PERIOD:
-            reports.publish(report_to_msg(current))
-            last_sent.update(report=current, time=now)
-
-    rospy.Timer(rospy.Duration(REPORT_PERIOD), report)
+    pacer = ReportPacer(lambda: worker_report(rospy.get_name(), loops, last_error),
+                        lambda report: reports.publish(report_to_msg(report)), REPORT_PERIOD, IDLE_REPORT_PERIOD)
+    for source in loops + [last_error]:
+        source.notify = pacer.notify
+    threading.Thread(target=pacer.run, name="reports", daemon=True).start()
+    rospy.on_shutdown(pacer.stop)
     run_loops(loops)
