@@ -49,6 +49,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # test/, for `support`
 
 from filesync.devices.base import local_checksum  # noqa: E402
+from filesync.paths import PART_SUFFIX  # noqa: E402
 from support import exfat_drive  # noqa: E402
 from support.flight_review_server import FlightReviewServer, write_ulog  # noqa: E402
 from support.ftp_server import FtpServerProcess  # noqa: E402
@@ -71,7 +72,7 @@ FAULTS_20_MINUTES = {"kill": 220, "ftp_restart": 50, "unplug": 50, "link_loss": 
 VEHICLE_ROOT = "/log"  # where the autopilot's logs are, as the mavlink source sees it
 DRIVE_FOLDER = "DCIM/100SOAK"
 DRIVE_SERIAL = 0x50A4D41E
-DRIVE_CUT = re.compile(r"download:drive: download \S+: .*\(wait\)$")
+DRIVE_CUT = re.compile(r"download:drive: download \S+: drive \S+ went away while reading .*\(wait\)$")
 
 
 def drive_unavailable():
@@ -319,6 +320,7 @@ class Soak:
             if self._wait_until(started + at):
                 return
             if kind == "unplug":
+                self._wait_for_a_copy(seconds=4.0)
                 self.drive.unplug(self.drive_mount)  # the FUSE mount dies under any reader, the loop device goes
                 self.counts["unplugs"] += 1
                 time.sleep(argument)
@@ -328,6 +330,16 @@ class Soak:
                 data = rng.randbytes(size)
                 self._write_clip(name, data)
                 self._expect("drive", name, size, hashlib.sha256(data).hexdigest())
+
+    def _wait_for_a_copy(self, seconds):
+        """Wait (at most `seconds`) until a clip is being copied into staging, so that the pull comes mid-copy."""
+        folder = os.path.join(self.staging, "drive")
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for _, _, names in os.walk(folder):
+                if any(name.endswith(PART_SUFFIX) for name in names):
+                    return
+            time.sleep(0.05)
 
     def _write_clip(self, name, data):
         """Write a clip as a camera would, but durably before it counts: exfat-fuse's fsync flushes the FAT and
@@ -502,7 +514,7 @@ class Soak:
         downloader_log = os.path.join(self.workdir, "ros_home", "log", "filesync", "filesync_downloader.log")
         if self.drive and os.path.exists(downloader_log):  # what the downloader said when a drive went mid-copy
             with open(downloader_log, encoding="utf-8", errors="replace") as handle:
-                self.counts["drive_downloads_cut"] = sum(1 for line in handle if DRIVE_CUT.search(line))
+                self.counts["drive_reads_cut"] = sum(1 for line in handle if DRIVE_CUT.search(line))
         if self.link:
             self.counts.update(link_packets_lost=self.link.up.lost + self.link.down.lost,
                                px4_session_refusals=self.session_rule.refusals)
