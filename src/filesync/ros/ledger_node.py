@@ -4,6 +4,7 @@ import threading
 
 import rospy
 
+from filesync.ledger.database_thread import DatabaseThread
 from filesync.ledger.recovery import open_ledger, rebuild_from_staging
 from filesync.ros.convert import record_to_msg
 from filesync.ros.node import start_node
@@ -37,55 +38,65 @@ class LedgerServices:
 
     def __init__(self, ledger):
         self.ledger = ledger
+        # every ledger call runs on this one thread; rospy's connection threads only read requests and write replies
+        self._database = DatabaseThread()
         # counts every call that may change a file's state (bumped after the ledger committed), so counts() queries
         # the ledger only after one: idle, the status costs no database reads
         self.changes = 0
         self._changes_lock = threading.Lock()
         self._counts = (-1, None)
 
+    def _call(self, method, *args):
+        """ledger.method(*args) on the database thread; returns its result once it committed (or raises its error)."""
+        return self._database.call(getattr(self.ledger, method), *args)
+
+    def close(self):
+        """Finish the calls under way and stop the database thread."""
+        self._database.stop()
+
     @_changes_state
     def register(self, request):
-        changed = self.ledger.register(request.source, request.targets, request.delete_after_upload,
-                                       [(f.path, f.size, f.mtime) for f in request.files])
+        changed = self._call("register", request.source, request.targets, request.delete_after_upload,
+                             [(f.path, f.size, f.mtime) for f in request.files])
         return RegisterResponse(changed=[record_to_msg(r) for r in changed])
 
     @_changes_state
     def claim(self, request):
-        claimed = self.ledger.claim(request.kind, request.device, request.worker, request.lease_seconds)
+        claimed = self._call("claim", request.kind, request.device, request.worker, request.lease_seconds)
         if claimed is None:
             return ClaimResponse(found=False, file=FileRecordMsg(), task=TaskMsg())
         record, task = claimed
         return ClaimResponse(found=True, file=record_to_msg(record), task=task_to_msg(task))
 
     def checkpoint(self, request):
-        return CheckpointResponse(held=self.ledger.checkpoint(request.file_id, request.kind, request.device,
-                                                              request.worker, request.offset, request.lease_seconds))
+        return CheckpointResponse(held=self._call("checkpoint", request.file_id, request.kind, request.device,
+                                                  request.worker, request.offset, request.lease_seconds))
 
     @_changes_state
     def finish(self, request):
-        record = self.ledger.finish(request.file_id, request.kind, request.device, request.worker, request.outcome,
-                                    request.error, request.location, None if request.delay < 0 else request.delay)
+        record = self._call("finish", request.file_id, request.kind, request.device, request.worker, request.outcome,
+                            request.error, request.location, None if request.delay < 0 else request.delay)
         return FinishResponse(held=record is not None, file=record_to_msg(record) if record else FileRecordMsg())
 
     def query(self, request):
         if request.file_id:
-            found = [self.ledger.get(request.file_id)]
+            found = [self._call("get", request.file_id)]
         elif request.path:
-            found = [self.ledger.find(request.source, request.path)]
+            found = [self._call("find", request.source, request.path)]
         else:
-            found = self.ledger.files(request.state, request.source, request.after_id,
-                                      min(request.limit or QUERY_LIMIT, QUERY_LIMIT))
+            found = self._call("files", request.state, request.source, request.after_id,
+                               min(request.limit or QUERY_LIMIT, QUERY_LIMIT))
         return QueryResponse(files=[record_to_msg(r) for r in found if r is not None])
 
     @_changes_state
     def manage(self, request):
         if request.action == "retry":
-            record = self.ledger.retry(request.file_id)
+            record = self._call("retry", request.file_id)
             ok = record is not None
             message = f"file {request.file_id} is back in line" if ok else f"no file {request.file_id}"
         elif request.action == "forget":
             record = None
-            ok = self.ledger.forget(request.file_id)
+            ok = self._call("forget", request.file_id)
             message = f"file {request.file_id} forgotten" if ok else f"no file {request.file_id}"
         else:
             ok, record, message = False, None, f"unknown action {request.action!r} (retry or forget)"
@@ -99,7 +110,7 @@ class LedgerServices:
             parked = {}
             after = 0
             while True:  # parked files are few; page through them anyway
-                failed = self.ledger.files("failed", "", after, QUERY_LIMIT)
+                failed = self._call("files", "failed", "", after, QUERY_LIMIT)
                 for record in failed:
                     for task in record.tasks:
                         if task.state == "parked":
@@ -110,7 +121,7 @@ class LedgerServices:
                 after = failed[-1].id
             cached = CountsResponse(
                 counts=[StateCount(source=source, state=state, files=files, bytes=size)
-                        for (source, state), (files, size) in sorted(self.ledger.counts().items())],
+                        for (source, state), (files, size) in sorted(self._call("counts").items())],
                 parked_roles=[role for role, _ in parked], parked_devices=[device for _, device in parked],
                 parked_files=list(parked.values()))
             self._counts = (changes, cached)
@@ -132,4 +143,5 @@ def main():
     rospy.spin()
     for service in services:
         service.shutdown()
+    handlers.close()
     ledger.close()
