@@ -5,7 +5,8 @@
           lftp to the same server in the same run. The pipeline copies each file into staging before uploading it, so
           it is timed end to end and per leg (the legs from the nodes' FileEvent stamps).
   memory  peak RSS (VmHWM) of each node after moving a 10 MiB file and then the large one (same launch as ftp).
-  idle    CPU of the whole launch (roslaunch, nodes, roscore) over a minute with nothing to do (same launch).
+  idle    CPU over a minute with nothing to do: `roslaunch filesync sync.launch` as users start it (roslaunch brings up
+          its own master and rosout), and the same launch beside a separate roscore (the launch above).
   ledger  100,000 files registered and taken through their states: library Ledger alone, and through the ledger
           node's ROS services with 1 and 2 client processes; then the time from starting the launch with those rows
           in the database to the first byte of a new file in staging.
@@ -218,27 +219,80 @@ def bench_nodes(workdir, master, server, files, curl_once, idle_seconds, rounds=
         time.sleep(12)  # let the last announcements and lease releases pass
         processes = {f"node {name}": process for name, process in launch.node_processes().items()}
         processes["roslaunch"] = psutil.Process(launch.process.pid)
-        for process in master.processes():
-            try:
-                command = " ".join(process.cmdline())
-            except psutil.Error:
-                continue
-            name = "rosmaster" if "rosmaster" in command else "rosout" if "rosout" in command else "roscore"
-            processes[name] = process
-        before = {name: cpu_seconds([p]) for name, p in processes.items()}
-        wall = time.monotonic()
-        time.sleep(idle_seconds)
-        wall = time.monotonic() - wall
-        used = {name: (cpu_seconds([p]) - before[name]) / wall * 100 for name, p in processes.items()}
-        row("idle", f"CPU of the whole launch + roscore ({len(processes)} processes), {idle_seconds} s idle",
-            sum(used.values()), "% core")
-        nodes = [name for name in used if name.startswith("node ")]
-        row("idle", f"  of which the {len(nodes)} filesync nodes", sum(used[n] for n in nodes), "% core")
-        for name in sorted(used):
-            row("idle", f"  {name}", used[name], "% core")
+        processes.update(ros_processes(master.processes()))
+        with_roscore = idle_cpu(processes, idle_seconds)
         clock.subscriber.unregister()
     finally:
         launch.stop()
+    # As users start it: roslaunch brings up its own master and rosout. Same database and inbox (1,014 files, all
+    # delivered): the finder's first scan finds them known, then nothing is left to do.
+    launch = Launch(workdir, pipeline_config(workdir, server, inbox), name="nodes_own_master", own_master=True).start()
+    try:
+        launch.wait_nodes()
+        time.sleep(20)  # start-up and the first scan
+        processes = {f"node {name}": process for name, process in launch.node_processes().items()}
+        root = psutil.Process(launch.process.pid)
+        processes["roslaunch"] = root
+        processes.update(ros_processes([p for p in root.children() if p.pid not in
+                                        {n.pid for n in launch.node_processes().values()}]))
+        own_master = idle_cpu(processes, idle_seconds)
+    finally:
+        launch.stop()
+    for (used, woke), what in ((own_master, "roslaunch filesync sync.launch (own master)"),
+                               (with_roscore, "the launch + a separate roscore")):
+        nodes = [name for name in used if name.startswith("node ")]
+        ros = [name for name in used if name not in nodes]
+        row("idle", f"CPU of {what}, {len(used)} processes, {idle_seconds} s idle", sum(used.values()), "% core",
+            f"{sum(woke.values()):.0f} wakeups/s")
+        row("idle", f"  of which the {len(nodes)} filesync nodes", sum(used[n] for n in nodes), "% core",
+            f"{sum(woke[n] for n in nodes):.0f} wakeups/s")
+        row("idle", "  of which ROS's own processes", sum(used[n] for n in ros), "% core",
+            f"{sum(woke[n] for n in ros):.0f} wakeups/s")
+        for name in sorted(used):
+            row("idle", f"  {name}", used[name], "% core", f"{woke[name]:.1f} wakeups/s")
+
+
+def ros_processes(processes):
+    """{rosmaster|rosout|roscore: process} of ROS's own processes, named from their command lines."""
+    named = {}
+    for process in processes:
+        try:
+            command = " ".join(process.cmdline())
+        except psutil.Error:
+            continue
+        named["rosmaster" if "rosmaster" in command else "rosout" if "rosout" in command else "roscore"] = process
+    return named
+
+
+def idle_cpu(processes, seconds):
+    """({name: % of one core}, {name: wakeups/s}) of each process over `seconds`.
+
+    CPU is user + system time from /proc; wakeups are the voluntary context switches of its threads (each sleep that
+    ended). Wakeups do not depend on how busy the machine is; the CPU each costs does.
+    """
+    before = {name: (cpu_seconds([p]), wakeups(p)) for name, p in processes.items()}
+    wall = time.monotonic()
+    time.sleep(seconds)
+    wall = time.monotonic() - wall
+    used = {name: (cpu_seconds([p]) - before[name][0]) / wall * 100 for name, p in processes.items()}
+    woke = {name: (wakeups(p) - before[name][1]) / wall for name, p in processes.items()}
+    return used, woke
+
+
+def wakeups(process):
+    """Voluntary context switches summed over the process's threads now (threads that ended are not counted)."""
+    total = 0
+    try:
+        tasks = os.listdir(f"/proc/{process.pid}/task")
+    except OSError:
+        return 0
+    for task in tasks:
+        try:
+            with open(f"/proc/{process.pid}/task/{task}/status", encoding="ascii") as status:
+                total += sum(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches"))
+        except OSError:
+            pass
+    return total
 
 
 def bench_local(workdir, server, files, curl_once):
