@@ -66,7 +66,8 @@ install-service: setup
 test-long: setup
 	$(ROS_ENV) && cd $(ROOT) && FILESYNC_LONG_TESTS=1 $(PY) -m pytest -q test/test_mavlink_source.py
 
-# Benchmarks against curl and lftp, node memory, idle CPU, the ledger at 100,000 files: one table (docs/benchmarks.md).
+# Benchmarks against curl and lftp, node memory, idle CPU, the ledger at 100,000 files, MAVLink FTP against pymavlink:
+# one table (docs/benchmarks.md).
 bench: setup
 	$(ROS_ENV) && cd $(ROOT) && timeout -k 30 900 $(PY) bench/run.py
 

@@ -10,9 +10,13 @@
   ledger  100,000 files registered and taken through their states: library Ledger alone, and through the ledger
           node's ROS services with 1 and 2 client processes; then the time from starting the launch with those rows
           in the database to the first byte of a new file in staging.
+  mavlink a PX4 log from MAVSDK acting as the autopilot over an emulated 921600-baud serial link, clean and with 5%
+          loss each way: our `mavlink` source against pymavlink's mavftp (bench/mavftp_bench.py, whose full run with
+          a 20 MB log, a loopback link and MAVROS-style reads is in docs/benchmarks-mavlink.md).
 
 Run (inside the workspace's environment; `make bench` does that):
-  .venv/bin/python bench/run.py [--only ftp,ledger] [--large-mib 1024] [--small 1000] [--rows 100000]
+  .venv/bin/python bench/run.py [--only ftp,ledger,mavlink] [--large-mib 1024] [--small 1000] [--rows 100000]
+                                [--log-mb 2]
 """
 import argparse
 import json
@@ -542,14 +546,32 @@ def machine():
             "load_before": os.getloadavg()}
 
 
+def bench_mavlink(args, workdir, master):
+    """Our `mavlink` source against pymavlink's mavftp on one log, over the serial link clean and lossy."""
+    from mavftp_bench import LINK_LIMIT, measure
+    size = int(args.log_mb * 1_000_000)
+    rows = measure(size, ["serial", "serial5"], ["ours", "pymavlink"], log=open(os.devnull, "w"))
+    rates = {(link, reader): (rate, correct) for link, reader, _, _, rate, correct in rows}
+    for link, what in (("serial", "921600 baud"), ("serial5", "921600 baud, 5% loss each way")):
+        ours, ours_ok = rates[(link, "ours")]
+        peer, peer_ok = rates[(link, "pymavlink")]
+        identical = "identical" if ours_ok is True and peer_ok is True else f"identical: ours {ours_ok}, peer {peer_ok}"
+        row("mavlink", f"{args.log_mb:g} MB log, {what}: ours", ours, "KB/s",
+            f"{ours * 1000 / LINK_LIMIT:.2f} of the link's {LINK_LIMIT / 1000:.1f} KB/s; {identical}")
+        row("mavlink", "  pymavlink mavftp (burst 239), same link", peer, "KB/s",
+            f"ours / pymavlink = {ours / peer:.2f}" if peer else "pymavlink failed")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="ftp,ledger", help="comma-separated: ftp (with memory and idle), ledger")
+    parser.add_argument("--only", default="ftp,ledger,mavlink",
+                        help="comma-separated: ftp (with memory and idle), ledger, mavlink")
     parser.add_argument("--skip", default="", help="comma-separated parts of ftp to skip: nodes, local")
     parser.add_argument("--large-mib", type=int, default=1024)
     parser.add_argument("--small", type=int, default=1000)
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--ledger-seconds", type=float, default=15.0)
+    parser.add_argument("--log-mb", type=float, default=2.0, help="size of the PX4 log for the mavlink part")
     parser.add_argument("--idle-seconds", type=int, default=60)
     parser.add_argument("--workdir", default="", help="default: a new folder under /var/tmp (removed at the end)")
     parser.add_argument("--service-client", default="", help=argparse.SUPPRESS)
@@ -565,7 +587,7 @@ def main():
     started = time.monotonic()
     try:
         for part in args.only.split(","):
-            {"ftp": bench_ftp, "ledger": bench_ledger}[part](args, workdir, master)
+            {"ftp": bench_ftp, "ledger": bench_ledger, "mavlink": bench_mavlink}[part](args, workdir, master)
     finally:
         master.stop()
         if not args.workdir:

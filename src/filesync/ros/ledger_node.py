@@ -7,7 +7,7 @@ import rospy
 from filesync.ledger.database_thread import DatabaseThread
 from filesync.ledger.recovery import open_ledger, rebuild_from_staging
 from filesync.ros.convert import record_to_msg
-from filesync.ros.node import start_node
+from filesync.ros.node import start_node, wait_for_shutdown
 from filesync.msg import FileRecord as FileRecordMsg, StateCount, Task as TaskMsg
 from filesync.ros.convert import task_to_msg
 from filesync.srv import (Checkpoint, CheckpointResponse, Claim, ClaimResponse, Counts, CountsResponse, Finish,
@@ -140,7 +140,7 @@ def main():
                 for name, kind in (("register", Register), ("claim", Claim), ("checkpoint", Checkpoint),
                                    ("finish", Finish), ("query", Query), ("manage", Manage), ("counts", Counts))]
     rospy.loginfo(f"ledger at {config.database}: {len(ledger.counts())} source/state groups")
-    rospy.spin()
+    wait_for_shutdown()
     for service in services:
         service.shutdown()
     handlers.close()
