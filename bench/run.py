@@ -550,7 +550,8 @@ def bench_mavlink(args, workdir, master):
     """Our `mavlink` source against pymavlink's mavftp on one log, over the serial link clean and lossy."""
     from mavftp_bench import LINK_LIMIT, measure
     size = int(args.log_mb * 1_000_000)
-    rows = measure(size, ["serial", "serial5"], ["ours", "pymavlink"], log=open(os.devnull, "w"))
+    with open(os.devnull, "w") as quiet:
+        rows = measure(size, ["serial", "serial5"], ["ours", "pymavlink"], log=quiet)
     rates = {(link, reader): (rate, correct) for link, reader, _, _, rate, correct in rows}
     for link, what in (("serial", "921600 baud"), ("serial5", "921600 baud, 5% loss each way")):
         ours, ours_ok = rates[(link, "ours")]

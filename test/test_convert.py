@@ -1,10 +1,11 @@
 """filesync.ros.convert builds messages from positional values (cheaper than keywords on every claim and finish
 reply): a record with a distinct value in every field must come back whole through the wire format."""
-import shutil
 import subprocess
 import sys
 
 import pytest
+
+from support.launch import NEEDS_ROS_WORKSPACE, ros_workspace_sourced
 
 ROUND_TRIP = r"""
 import io
@@ -26,15 +27,7 @@ print("ok")
 """
 
 
-def _ros_workspace_sourced():
-    """The catkin workspace's devel space is sourced (make test does that): the generated messages import."""
-    if not shutil.which("catkin_find"):
-        return False
-    return subprocess.run(["catkin_find", "--first-only", "--libexec", "filesync", "ledger_node"],
-                          capture_output=True, text=True, timeout=60).stdout.strip() != ""
-
-
-@pytest.mark.skipif(not _ros_workspace_sourced(), reason="needs the catkin workspace sourced (make test does that)")
+@pytest.mark.skipif(not ros_workspace_sourced(), reason=NEEDS_ROS_WORKSPACE)
 def test_a_record_comes_back_whole_through_a_claim_reply(tmp_path):
     # a subprocess: pytest's src/ path would hide the generated messages
     result = subprocess.run([sys.executable, "-c", ROUND_TRIP], capture_output=True, text=True, timeout=120,

@@ -4,7 +4,6 @@ nodes; the status client runs in a subprocess with the workspace's Python path (
 generated messages). The benchmark measures the CPU (bench/run.py, idle rows); these tests check the mechanisms.
 """
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -13,12 +12,10 @@ import time
 import pytest
 import yaml
 
-from support.launch import RosMaster
+from support.launch import NEEDS_ROS_WORKSPACE, RosMaster, ros_workspace_sourced
 from support.nodes import Stack
-from test_ledger_client_threads import _ros_workspace_sourced
 
-pytestmark = pytest.mark.skipif(not _ros_workspace_sourced(),
-                                reason="needs the catkin workspace sourced (make test does that)")
+pytestmark = pytest.mark.skipif(not ros_workspace_sourced(), reason=NEEDS_ROS_WORKSPACE)
 
 # A stand-in for the ledger's counts service (the real ledger's counts need its database; this test is about the
 # connection): prints the name of the thread serving each call, one thread per connection in rospy.

@@ -7,14 +7,13 @@ Runs a real roscore and ledger node; the client runs in a subprocess with the wo
 src/ path would hide the generated messages).
 """
 import json
-import shutil
 import subprocess
 import sys
 
 import pytest
 import yaml
 
-from support.launch import RosMaster
+from support.launch import NEEDS_ROS_WORKSPACE, RosMaster, ros_workspace_sourced
 
 SOURCES, FILES = 4, 150
 
@@ -53,15 +52,7 @@ print(json.dumps({"claimed": claimed, "wrong": wrong[:10]}), flush=True)
 """
 
 
-def _ros_workspace_sourced():
-    """The catkin workspace's devel space is sourced (make test does that)."""
-    if not (shutil.which("roscore") and shutil.which("catkin_find")):
-        return False
-    return subprocess.run(["catkin_find", "--first-only", "--libexec", "filesync", "ledger_node"],
-                          capture_output=True, text=True, timeout=60).stdout.strip() != ""
-
-
-@pytest.mark.skipif(not _ros_workspace_sourced(), reason="needs the catkin workspace sourced (make test does that)")
+@pytest.mark.skipif(not ros_workspace_sourced(), reason=NEEDS_ROS_WORKSPACE)
 def test_threads_sharing_a_ledger_client_each_get_their_own_replies(tmp_path):
     master = RosMaster(str(tmp_path)).start()
     ledger = None

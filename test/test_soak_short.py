@@ -8,25 +8,17 @@ The full one is `make soak` (20 minutes). A failure names the seed; replay it wi
 """
 import os
 import random
-import shutil
-import subprocess
 
 import pytest
 
+from support.launch import NEEDS_ROS_WORKSPACE, ros_workspace_sourced
 from support.soak import drive_unavailable, run_soak
 
 SEED = int(os.environ.get("FILESYNC_SOAK_SEED", random.SystemRandom().randrange(1 << 31)))
 FAULTS = {"kill": 30, "ftp_restart": 5, "fill": 3, "unplug": 6, "link_loss": 2, "http_5xx": 4, "http_restart": 1}
 
 
-def _ros_workspace_sourced():
-    """roslaunch can find the filesync package (the catkin workspace's devel space is sourced)."""
-    if not (shutil.which("roslaunch") and shutil.which("rospack")):
-        return False
-    return subprocess.run(["rospack", "find", "filesync"], capture_output=True, timeout=60).returncode == 0
-
-
-@pytest.mark.skipif(not _ros_workspace_sourced(), reason="needs the catkin workspace sourced (make test does that)")
+@pytest.mark.skipif(not ros_workspace_sourced(), reason=NEEDS_ROS_WORKSPACE)
 def test_short_soak_every_file_arrives_once_identical_and_nothing_is_deleted_early(tmp_path):
     lines = []
     figures, failures = run_soak(str(tmp_path), SEED, inject_seconds=80, faults=FAULTS, settle_seconds=90,

@@ -3,7 +3,9 @@
 Each gets its own master on a free port and its own ROS_HOME, so runs never meet other tests' nodes. Needs the catkin
 workspace's environment (source devel/setup.bash), as `make bench`, `make soak` and `make test` provide.
 """
+import functools
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,6 +17,19 @@ from contextlib import contextmanager
 import psutil
 import yaml
 
+
+
+@functools.lru_cache(maxsize=None)
+def ros_workspace_sourced():
+    """The catkin workspace's devel space is sourced (make test does that): ROS's tools are on PATH and catkin finds
+    filesync's node relays and messages."""
+    if not all(shutil.which(tool) for tool in ("roscore", "roslaunch", "catkin_find")):
+        return False
+    return subprocess.run(["catkin_find", "--first-only", "--libexec", "filesync", "ledger_node"],
+                          capture_output=True, text=True, timeout=60).stdout.strip() != ""
+
+
+NEEDS_ROS_WORKSPACE = "needs the catkin workspace sourced (make test does that)"
 
 
 def launch_nodes():

@@ -280,11 +280,12 @@ class Ledger:
 
     def retry(self, file_id) -> Optional[FileRecord]:
         """Put a file's parked tasks back in line with their attempts reset (a person's retry)."""
+        now = self._clock()
         with self._transaction() as db:
             db.execute("UPDATE tasks SET state = 'waiting', attempts = 0, not_before = 0, error = '', updated = ? "
-                       "WHERE file_id = ? AND state = 'parked'", (self._clock(), file_id))
+                       "WHERE file_id = ? AND state = 'parked'", (now, file_id))
             record = self._get(db, file_id)
-            return self._refresh_state(db, record, self._clock()) if record else None
+            return self._refresh_state(db, record, now) if record else None
 
     def forget(self, file_id) -> bool:
         """Drop a file from the ledger (it will be found again if its source still holds it)."""
