@@ -13,16 +13,18 @@ from filesync.ledger.store import FileRecord, TaskRecord
 from filesync.ros.convert import record_from_msg, record_to_msg, task_to_msg
 from filesync.srv import ClaimResponse
 
-tasks = [TaskRecord(7, "download", "inbox", "done", 1000, 2, 12.5, "slow link", "w1/download", "/staging/a.bin"),
-         TaskRecord(7, "upload", "ftp", "active", 600, 1, 99.25, "timed out", "w2/upload", "ftp://host/a.bin")]
-record = FileRecord(7, "inbox", "dir/a.bin", 1000, 1700000000.5, "uploading", "", tasks)
+tasks = [TaskRecord(7, "download", "inbox", "done", 1000, 2, 12.5, "slow link", "w1/download", "/staging/a.bin", ""),
+         TaskRecord(7, "upload", "ftp", "active", 600, 1, 99.25, "timed out", "w2/upload", "ftp://host/a.bin",
+                    '{"upload_id": "u1"}')]
+record = FileRecord(7, "inbox", "dir/a.bin", 1000, 1700000000.5, "uploading", "late", version=3, sha256="ab" * 32,
+                    checksum="mavftp-crc32:2dfd2d88", tasks=tasks)
 reply = ClaimResponse(found=True, file=record_to_msg(record), task=task_to_msg(tasks[1]))
 buffer = io.BytesIO()
 reply.serialize(buffer)
 back = ClaimResponse().deserialize(buffer.getvalue())
 assert record_from_msg(back.file) == record, (record_from_msg(back.file), record)
-assert (back.task.kind, back.task.owner, back.task.location, back.task.offset) == \
-    ("upload", "w2/upload", "ftp://host/a.bin", 600), back.task
+assert (back.task.kind, back.task.owner, back.task.location, back.task.offset, back.task.note) == \
+    ("upload", "w2/upload", "ftp://host/a.bin", 600, '{"upload_id": "u1"}'), back.task
 print("ok")
 """
 

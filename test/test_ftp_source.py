@@ -1,5 +1,7 @@
-"""The `ftp` source against real pyftpdlib servers on 127.0.0.1: one in a subprocess that the test kills and restarts
-(support/ftp_server.py), and one in a thread without MLSD/MLST, as older servers are, to exercise the LIST fallback.
+"""The `ftp` source against real servers on 127.0.0.1: pyftpdlib in a subprocess that the test kills and restarts
+(support/ftp_server.py), pyftpdlib in a thread without MLSD/MLST, as older servers are, to exercise the LIST fallback,
+and vsftpd and ProFTPD (support/ftp_servers.py) for odd names and server-side digests. test/contract checks the
+Source contract on every server.
 """
 import ftplib
 import hashlib
@@ -17,6 +19,8 @@ from filesync.devices import create_source
 from filesync.devices.ftp.source import FtpSource, parse_ftp_time
 from filesync.engine.runner import LocalRunner
 from filesync.errors import DeviceUnavailable, PermanentError, TransientError
+from filesync.paths import device_name, safe_name
+from support.ftp_servers import Proftpd, Vsftpd
 
 MiB = 1 << 20
 TREE = {"flight1/log.ulg": 3 * MiB + 11, "flight1/photos/a b.jpg": 70_000, "flight2/empty.bin": 0,
@@ -225,6 +229,47 @@ def test_the_finder_and_the_downloader_each_get_their_own_connection(ftp_server)
     finally:
         source.close()
     assert not source._connections
+
+
+def test_one_odd_name_on_a_LIST_only_server_does_not_stop_the_scan(tmp_path):
+    """Finding: a name with a newline on vsftpd (LIST splits its line; MDTM of the phantom half answers 550) failed
+    every scan, and a name that is not UTF-8 made ftplib raise. Now the newline name is listed with its problem, the
+    other files as they are, and the Latin-1 name exactly (surrogate-escaped), readable under it."""
+    latin = os.fsdecode(b"caf\xe9.ulg")
+    files = {"a.ulg": b"a" * 10, "new\nline.ulg": b"n", latin: b"latin"}
+    with Vsftpd(str(tmp_path / "vsftpd")) as server:
+        for name, data in files.items():
+            with open(os.path.join(os.fsencode(server.storage), os.fsencode(name)), "wb") as handle:
+                handle.write(data)
+        source = create_source("src", server.options())
+        try:
+            listing = {f.path: f for f in source.list()}
+            assert sorted(listing) == sorted(files)
+            assert listing["new\nline.ulg"].problem == "its name holds a line break, which an FTP command cannot carry"
+            assert not listing["a.ulg"].problem and listing["a.ulg"].size == 10
+            assert not listing[latin].problem and listing[latin].size == 5
+            assert safe_name(latin) == "caf%E9.ulg" and device_name("caf%E9.ulg") == latin
+            assert b"".join(source.read(latin, 0)) == b"latin"
+        finally:
+            source.close()
+
+
+def test_checksum_is_the_servers_sha256_where_it_computes_one(ftp_server, tmp_path):
+    make_tree(ftp_server.root, {"a b.bin": 100_000})
+    source = create_source("src", source_options(ftp_server.port))
+    try:
+        assert source.checksum_algorithm == "sha256"
+        assert source.checksum("a b.bin") is None  # pyftpdlib has no HASH nor XSHA256
+    finally:
+        source.close()
+    with Proftpd(str(tmp_path / "proftpd")) as server:
+        digests = make_tree(server.storage, {"a b.bin": 100_000})
+        source = create_source("src", server.options())
+        try:
+            checksum = source.checksum("a b.bin")
+            assert (checksum.algorithm, checksum.value) == ("sha256", digests["a b.bin"])
+        finally:
+            source.close()
 
 
 def test_parse_ftp_time():

@@ -1,4 +1,5 @@
-"""The FTP target against a real pyftpdlib server: temporary names, resume, idempotent publish, errors."""
+"""The FTP target against real servers (pyftpdlib; ProFTPD with mod_digest where digests and restart refusals matter):
+temporary names, resume, publish without replacing, digests, errors. test/contract checks the Target contract."""
 import io
 import os
 
@@ -6,7 +7,9 @@ import pytest
 
 from conftest import write_file
 from filesync.devices import create_target
-from filesync.errors import DeviceUnavailable, PermanentError
+from filesync.devices.base import local_digest
+from filesync.errors import AuthRefused, DeviceUnavailable, FinalNameTaken, PermanentError, StartOver
+from support.ftp_servers import Proftpd
 
 
 def target_for(server, **extra):
@@ -25,7 +28,7 @@ def test_upload_lands_under_part_then_renames(ftp_server, tmp_path):
     assert os.path.getsize(os.path.join(ftp_server.root, "up/d/e/a.bin.part")) == 300_000
     assert not os.path.exists(os.path.join(ftp_server.root, "up/d/e/a.bin"))
     assert seen[-1] == 300_000
-    location = target.publish("d/e/a.bin", str(local), 300_000)
+    location = target.publish("d/e/a.bin", 300_000)
     assert location == f"ftp://127.0.0.1:{ftp_server.port}/up/d/e/a.bin"
     with open(os.path.join(ftp_server.root, "up/d/e/a.bin"), "rb") as stored:
         assert stored.read() == local.read_bytes()
@@ -44,7 +47,7 @@ def test_resume_sends_only_the_rest(ftp_server, tmp_path):
     with open(local, "rb") as stream:
         stream.seek(123_456)
         target.write("a.bin", stream, 123_456, 500_000, lambda done: None)
-    target.publish("a.bin", str(local), 500_000)
+    target.publish("a.bin", 500_000)
     [stor] = ftp_server.events("STOR")
     assert stor["offset"] == 123_456 and stor["received"] == 500_000 - 123_456
     with open(os.path.join(ftp_server.root, "up/a.bin"), "rb") as stored:
@@ -52,28 +55,37 @@ def test_resume_sends_only_the_rest(ftp_server, tmp_path):
     target.close()
 
 
-def test_a_final_name_with_the_same_bytes_counts_as_done(ftp_server, tmp_path):
+def test_the_target_tells_what_a_final_name_holds_and_never_publishes_over_it(ftp_server, tmp_path):
+    """Was: published() counted a final name with the same bytes as done and refused other bytes. The engine decides
+    that now, from what the target tells: stat() (SIZE) and read() (RETR, as pyftpdlib computes no digest)."""
     local = tmp_path / "a.bin"
     write_file(str(local), 70_000)
     os.makedirs(os.path.join(ftp_server.root, "up"), exist_ok=True)
     with open(os.path.join(ftp_server.root, "up/a.bin"), "wb") as final:
         final.write(local.read_bytes())
     target = target_for(ftp_server)
-    assert target.published("a.bin", str(local), 70_000).endswith("/up/a.bin")
-    assert target.published("missing.bin", str(local), 70_000) is None
+    assert target.digests == () and target.readable
+    assert target.stat("a.bin") == 70_000 and target.stat("missing.bin") is None
+    assert b"".join(target.read("a.bin")) == local.read_bytes()
     with open(os.path.join(ftp_server.root, "up/a.bin"), "r+b") as final:
         final.write(b"X")  # same size, other bytes: somebody else's file
-    with pytest.raises(PermanentError, match="different file"):
-        target.published("a.bin", str(local), 70_000)
-    assert ftp_server.events("STOR") == []
+    assert target.stat("a.bin") == 70_000
+    assert b"".join(target.read("a.bin")) != local.read_bytes()
+    with open(local, "rb") as stream:
+        target.write("a.bin", stream, 0, 70_000, lambda done: None)
+    with pytest.raises(FinalNameTaken):
+        target.publish("a.bin", 70_000)
+    with open(os.path.join(ftp_server.root, "up/a.bin"), "rb") as final:
+        assert final.read(1) == b"X"
+    assert ftp_server.events("RNTO") == []
     target.close()
 
 
 def test_wrong_password_and_absent_server_mean_unavailable(ftp_server, tmp_path):
     target = target_for(ftp_server, password="wrong-Pa55word")
-    with pytest.raises(DeviceUnavailable, match="530") as refused:
+    with pytest.raises(AuthRefused, match="530") as refused:  # a DeviceUnavailable: the engine waits for a fix
         target.probe()
-    assert "wrong-Pa55word" not in str(refused.value)
+    assert "wrong-Pa55word" not in str(refused.value) and "\n" not in str(refused.value)
     ftp_server.stop()
     with pytest.raises(DeviceUnavailable):
         target_for(ftp_server).held("a.bin")
@@ -109,3 +121,70 @@ def test_size_after_a_listing_still_sees_the_file(ftp_server, tmp_path):
         ftp.retrlines("LIST /up", lambda line: None)
     assert target.held("a.bin") == 10
     target.close()
+
+
+def test_location_is_a_url(ftp_server):
+    target = target_for(ftp_server)
+    assert target.location("a b/#1%.bin") == f"ftp://127.0.0.1:{ftp_server.port}/up/a%20b/%231%25.bin"
+
+
+@pytest.fixture
+def proftpd(tmp_path):
+    """ProFTPD as Debian configures it: no AllowStoreRestart; with mod_digest."""
+    with Proftpd(str(tmp_path / "proftpd"), allow_restart=False) as server:
+        yield server
+
+
+def test_a_server_that_refuses_restarts_gets_StartOver_not_the_same_REST_again(proftpd):
+    data = os.urandom(600_000)
+    with open(os.path.join(proftpd.storage, "a.bin.part"), "wb") as partial:
+        partial.write(data[:200_000])
+    target = create_target("ftp", proftpd.options())
+    try:
+        assert target.held("a.bin") == 200_000
+        with pytest.raises(StartOver, match="Append/Restart not permitted"):
+            target.write("a.bin", io.BytesIO(data[200_000:]), 200_000, 600_000, lambda done: None)
+        assert target.held("a.bin") == 200_000  # nothing appended nor lost: the engine discards, then sends from 0
+        target.discard("a.bin")
+        target.write("a.bin", io.BytesIO(data), 0, 600_000, lambda done: None)
+        target.publish("a.bin", 600_000)
+        with open(os.path.join(proftpd.storage, "a.bin"), "rb") as stored:
+            assert stored.read() == data
+    finally:
+        target.close()
+
+
+def test_digests_come_from_FEAT_and_match_the_bytes_by_HASH_and_by_X_commands(proftpd, tmp_path):
+    data = os.urandom(100_000)
+    with open(os.path.join(proftpd.storage, "a b#.bin"), "wb") as stored:
+        stored.write(data)
+    local = tmp_path / "local.bin"
+    local.write_bytes(data)
+    target = create_target("ftp", proftpd.options())
+    try:
+        assert target.digests == ("sha256", "md5", "crc32")  # HASH's SHA-256 first
+        for algorithm in target.digests:
+            assert target.digest("a b#.bin", algorithm) == local_digest(str(local), algorithm)
+        from filesync.devices.ftp.connection import server_digest
+        x_commands = {"XSHA256": "", "XMD5": "", "XCRC": ""}  # a server with mod_digest's older commands only
+        with target.connection.session("X-commands") as ftp:
+            for algorithm in ("sha256", "md5", "crc32"):
+                assert server_digest(ftp, x_commands, "/a b#.bin", algorithm) == local_digest(str(local), algorithm)
+        with pytest.raises(PermanentError):
+            target.digest("missing.bin", "sha256")
+    finally:
+        target.close()
+
+
+def test_an_offset_beyond_what_the_server_holds_starts_over(ftp_server):
+    """The .part shrank since held() (somebody cut it): pyftpdlib answers REST with 554; sending again from byte 0
+    is the way on, not parking the file."""
+    os.makedirs(os.path.join(ftp_server.root, "up"), exist_ok=True)
+    with open(os.path.join(ftp_server.root, "up/a.bin.part"), "wb") as partial:
+        partial.write(b"x" * 100)
+    target = target_for(ftp_server)
+    try:
+        with pytest.raises(StartOver, match="554"):
+            target.write("a.bin", io.BytesIO(b"y" * 100), 200, 300, lambda done: None)
+    finally:
+        target.close()

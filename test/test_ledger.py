@@ -6,8 +6,8 @@ import threading
 import pytest
 
 from filesync.config import load_config
-from filesync.ledger.recovery import open_ledger, rebuild_from_staging
-from filesync.ledger.store import Ledger
+from filesync.ledger.recovery import open_ledger, rebuild_from_staging, write_staged_meta
+from filesync.ledger.store import FileRecord, Ledger
 
 
 @pytest.fixture
@@ -160,10 +160,13 @@ def test_corrupt_database_is_moved_aside_and_rebuilt_from_staging(tmp_path, dama
         path.write_bytes(b"this is not a database" * 100)
     else:
         path.write_bytes(original[:100] + b"\x00" * 300 + original[400:])
-    staged = tmp_path / "staging" / "cam" / "day1"
+    staged = tmp_path / "staging" / "cam"
     staged.mkdir(parents=True)
-    (staged / "log.ulg").write_bytes(b"x" * 42)
-    (staged / "partial.ulg.part").write_bytes(b"x")
+    (staged / "7").write_bytes(b"x" * 42)  # a version staged under its id, described beside it
+    write_staged_meta(str(staged / "7"), FileRecord(7, "cam", "day1/log.ulg", 42, 123.0, "downloading", version=2),
+                      "ab" * 32, "")
+    (staged / "8.part").write_bytes(b"x")  # a copy that was never finished: not a version
+    (staged / "9").write_bytes(b"y")  # no description: left alone
     config = load_config({"staging_dir": str(tmp_path / "staging"), "database": str(path),
                           "sources": {"cam": {"kind": "folder", "path": str(tmp_path)}},
                           "targets": {"ftp": {"kind": "ftp", "host": "127.0.0.1"}},
@@ -174,10 +177,10 @@ def test_corrupt_database_is_moved_aside_and_rebuilt_from_staging(tmp_path, dama
         assert handle.read() != b""  # kept, never deleted
     assert rebuild_from_staging(store, config) == 1
     [record] = store.files()
-    assert record.path == "day1/log.ulg" and record.state == "downloaded"
-    # the finder listing the same file again, now with its real time, changes nothing
+    assert (record.id, record.path, record.version, record.state) == (7, "day1/log.ulg", 2, "downloaded")
+    assert record.sha256 == "ab" * 32
+    # the finder listing the same file again changes nothing
     assert store.register("cam", ["ftp"], False, [("day1/log.ulg", 42, 123.0)]) == []
-    assert store.files()[0].mtime == 123.0
     store.close()
 
 

@@ -79,16 +79,18 @@ def test_delete_after_upload_removes_the_source_only_when_verified(tmp_path, ftp
             assert ftp_server.password.encode() not in stored.read(), name
 
 
-def test_unsafe_names_are_refused_and_the_rest_moves(tmp_path, ftp_server, caplog):
+def test_odd_names_travel_under_their_safe_names_and_the_rest_moves(tmp_path, ftp_server):
     write_file(str(tmp_path / "inbox" / "good.bin"), 10)
     write_file(str(tmp_path / "inbox" / "bad\nname.bin"), 10)
     runner = LocalRunner(make_config(tmp_path, ftp_server))
     try:
         runner.run_until_settled(timeout=60)
-        assert [r.path for r in runner.ledger.files()] == ["good.bin"]
+        assert sorted((r.path, r.state) for r in runner.ledger.files()) == [
+            ("bad%0Aname.bin", "uploaded"), ("good.bin", "uploaded")]
     finally:
         runner.close()
-    assert "control character" in caplog.text
+    with open(os.path.join(ftp_server.root, "incoming", "bad%0Aname.bin"), "rb") as handle:
+        assert handle.read() == open(tmp_path / "inbox" / "bad\nname.bin", "rb").read()
 
 
 def test_server_stopped_mid_upload_resumes_from_its_offset(tmp_path):

@@ -1,9 +1,18 @@
-"""The error kinds the transfer engine acts on.
+"""The error classes every device maps its failures to, and what the engine does with each: one table, one place.
 
-A device raises DeviceUnavailable when the device or server cannot be reached (the worker pauses and probes, counting no
-attempt), TransientError when trying again later may succeed (a full disk, a dropped transfer: retried with backoff for as
-long as it takes), FileError when one file keeps failing (parked after max_attempts), and PermanentError when retrying
-never helps (the target refuses the file: parked at once). Anything else counts as TransientError and is logged in full.
+| class             | the engine                                                                   | examples                        |
+|-------------------|------------------------------------------------------------------------------|---------------------------------|
+| DeviceUnavailable | waits for the device: the worker probes it, no attempt is counted            | host down, drive pulled out     |
+| AuthRefused       | waits likewise (a wrong password is wrong for every file): one clear line   | FTP 530, HTTP 401/403           |
+| TransientError    | retries this file later, with capped backoff, for as long as it takes        | full disk, dropped transfer     |
+| StartOver         | drops what the target holds of this file and sends it again from byte 0      | FTP 451 Append/Restart refused  |
+| FileError         | retries this file, then parks it after max_attempts                          | bad block, CRC mismatch         |
+| PermanentError    | parks this file at once with the reason, until a person retries it           | server refuses the file         |
+| SkipFile          | marks this file skipped for this target (it does not take such files)        | a non-ULog file to Flight Review|
+| UnsafePath        | parks the file: its name cannot be carried safely                            | '..' in a listed name           |
+| Vanished          | the file is no longer on the device (parks a copy; a removal counts as done) | deleted meanwhile               |
+
+Anything else counts as TransientError and is logged in full. `action()` gives the table's verb for an error.
 """
 
 
@@ -12,7 +21,7 @@ class FilesyncError(Exception):
 
 
 class ConfigError(FilesyncError):
-    """A configuration value is missing or wrong; the message names the key."""
+    """A configuration value is missing or wrong; the message names the key (never a secret's value)."""
 
 
 class TransientError(FilesyncError):
@@ -21,6 +30,14 @@ class TransientError(FilesyncError):
 
 class DeviceUnavailable(TransientError):
     """The device or server cannot be reached at all (unplugged, host down); nothing about the file is wrong."""
+
+
+class AuthRefused(DeviceUnavailable):
+    """The device refuses our credentials: every file would fail alike, so wait for a fix instead of parking files."""
+
+
+class StartOver(TransientError):
+    """The target cannot continue an interrupted upload (it refuses restarts): send the file again from byte 0."""
 
 
 class FileError(TransientError):
@@ -36,4 +53,33 @@ class SkipFile(PermanentError):
 
 
 class UnsafePath(PermanentError):
-    """A file name would land outside staging or the target root."""
+    """A file name would land outside staging or the target root, or cannot be carried by the device."""
+
+
+class Vanished(PermanentError):
+    """The file is no longer on the device."""
+
+
+class FinalNameTaken(FilesyncError):
+    """Target.publish found its final name taken by another file meanwhile; the engine applies on_conflict again."""
+
+
+WAIT, RETRY, START_OVER, RETRY_FILE, PARK, SKIP = "wait", "retry", "start over", "retry file", "park", "skip"
+
+# Most specific first: the first class an error is an instance of decides.
+ACTIONS = (
+    (DeviceUnavailable, WAIT),
+    (StartOver, START_OVER),
+    (FileError, RETRY_FILE),
+    (TransientError, RETRY),
+    (SkipFile, SKIP),
+    (PermanentError, PARK),
+)
+
+
+def action(error) -> str:
+    """What the engine does with `error`: one of wait, retry, start over, retry file, park, skip (see the table)."""
+    for kind, verb in ACTIONS:
+        if isinstance(error, kind):
+            return verb
+    return RETRY

@@ -16,12 +16,13 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "tru
 class Option:
     """One configuration key: its type, default (REQUIRED if none) and an optional check returning an error text."""
 
-    def __init__(self, name, kind, default=REQUIRED, check=None, choices=None):
+    def __init__(self, name, kind, default=REQUIRED, check=None, choices=None, secret=False):
         self.name = name
         self.kind = kind
         self.default = default
         self.check = check
         self.choices = choices
+        self.secret = secret  # its value never appears in a message
 
     def parse(self, raw, key):
         """The checked value of `raw` (None: the default); raises ConfigError naming `key`."""
@@ -29,7 +30,7 @@ class Option:
             if self.default is REQUIRED:
                 raise ConfigError(f"{key}: required but missing")
             return self.default
-        value = _coerce(raw, self.kind, key)
+        value = _coerce(raw, self.kind, key, self.secret)
         if self.choices is not None and value not in self.choices:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(map(str, self.choices))}")
         if self.check is not None:
@@ -39,13 +40,15 @@ class Option:
         return value
 
 
-def _coerce(raw, kind, key):
+def _coerce(raw, kind, key, secret=False):
     if kind is float and isinstance(raw, int) and not isinstance(raw, bool):
         return float(raw)
+    # a secret's value is never echoed: YAML reads `password: 20240501` as a number, and the message must not show it
+    shown = f"{type(raw).__name__} (value not shown: it is a secret; quote it in YAML)" if secret else repr(raw)
     if kind is int and isinstance(raw, bool):
-        raise ConfigError(f"{key}: expected {_TYPE_NAMES[kind]}, got {raw!r}")
+        raise ConfigError(f"{key}: expected {_TYPE_NAMES[kind]}, got {shown}")
     if not isinstance(raw, kind):
-        raise ConfigError(f"{key}: expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {raw!r}")
+        raise ConfigError(f"{key}: expected {_TYPE_NAMES.get(kind, kind.__name__)}, got {shown}")
     return raw
 
 
@@ -106,4 +109,4 @@ def resolve_secret(values, key, name="password"):
 
 def secret_options(name="password"):
     """The three ways to give a secret, as Options."""
-    return [Option(name, str, ""), Option(f"{name}_env", str, ""), Option(f"{name}_file", str, "")]
+    return [Option(name, str, "", secret=True), Option(f"{name}_env", str, ""), Option(f"{name}_file", str, "")]

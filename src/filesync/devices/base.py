@@ -7,19 +7,28 @@ filesync.errors so the engine knows whether to wait, retry or park. Paths given 
 import hashlib
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional, Tuple
 
-from filesync.errors import PermanentError
-from filesync.options import parse_options
+from filesync.errors import ConfigError, PermanentError
+from filesync.options import Option, parse_options
+
+# What a target does when a final name holds another file: publish this version under paths.conflict_name, park
+# it with the reason, or replace the other file (only when configured).
+ON_CONFLICT = ("keep_both", "park", "overwrite")
 
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """A file as a source lists it. `complete` is False while the device knows it is still being written."""
+    """A file as a source lists it. `complete` is False while the device knows it is still being written.
+
+    `problem` is set when the device listed a name it cannot serve (it cannot be decoded, stat failed for this one
+    entry): the engine records the file as failed with that reason, and the other files go on.
+    """
     path: str
     size: int
     mtime: float
     complete: bool = True
+    problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -38,9 +47,12 @@ def mavftp_crc32(data: bytes, crc: int = 0) -> int:
 
 
 def local_checksum(path: str, algorithm: str) -> int | str:
-    """Compute `algorithm` ('sha256', 'crc32' or 'mavftp-crc32') over a local file, reading it in 1 MiB blocks."""
-    if algorithm == "sha256":
-        digest = hashlib.sha256()
+    """Compute `algorithm` ('sha256', 'md5', 'crc32' or 'mavftp-crc32') over a local file, reading 1 MiB blocks.
+
+    Hex text for the hashes, an int for the CRCs (as the devices report them).
+    """
+    if algorithm in ("sha256", "md5"):
+        digest = hashlib.new(algorithm)
         update = digest.update
         result = digest.hexdigest
     elif algorithm in ("crc32", "mavftp-crc32"):
@@ -56,6 +68,16 @@ def local_checksum(path: str, algorithm: str) -> int | str:
     return result()
 
 
+def digest_text(value: int | str) -> str:
+    """A digest in the one text form targets and the ledger use: lowercase hex, CRCs as 8 hex digits."""
+    return f"{value:08x}" if isinstance(value, int) else value.lower()
+
+
+def local_digest(path: str, algorithm: str) -> str:
+    """local_checksum in digest_text form, to compare with Target.digest()."""
+    return digest_text(local_checksum(path, algorithm))
+
+
 @dataclass
 class DeviceContext:
     """What a device may use besides its options: the lease client for one-session devices and who it acts for."""
@@ -68,11 +90,12 @@ class Device:
 
     kind = ""
     OPTIONS: List = []
+    ENGINE_OPTIONS: List = []  # options the engine reads, valid for every device of the role
 
     def __init__(self, name: str, raw_options: dict, key: str, context=None):
         self.name = name
         self.key = key
-        self.options = parse_options(self.OPTIONS, raw_options, key, ignore=("kind",))
+        self.options = parse_options(self.OPTIONS + self.ENGINE_OPTIONS, raw_options, key, ignore=("kind",))
         self.context = context
 
     def probe(self) -> None:
@@ -83,14 +106,30 @@ class Device:
 
 
 class Source(Device):
-    """Where files come from."""
+    """Where files come from. Capabilities, declared by each device and checked by the engine and the config:
+
+    can_delete: delete() removes a file (used only through the engine's removal contract).
+    checksum_algorithm: the algorithm of checksum() ('mavftp-crc32', 'sha256', ...), or None where there is none.
+    """
+
+    can_delete = False
+    checksum_algorithm = None
+
+    @classmethod
+    def deletes(cls, options: dict) -> bool:
+        """Whether a source of this kind configured with `options` can delete files (the config check asks)."""
+        return cls.can_delete
 
     def list(self) -> Iterator[RemoteFile]:
-        """Every file the source holds now, recursively. Raises DeviceUnavailable when it cannot be reached."""
+        """Every file the source holds now, recursively. Raises DeviceUnavailable when it cannot be reached.
+
+        A name the device cannot serve is listed with RemoteFile.problem set, never raised: one file's problem stays
+        that file's problem.
+        """
         raise NotImplementedError
 
     def stat(self, path: str) -> RemoteFile:
-        """The file's current size and time; raises PermanentError if it no longer exists."""
+        """The file's current size and time; raises Vanished if it no longer exists."""
         raise NotImplementedError
 
     def read(self, path: str, offset: int) -> Iterator[bytes]:
@@ -98,41 +137,92 @@ class Source(Device):
         raise NotImplementedError
 
     def checksum(self, path: str) -> Optional[Checksum]:
-        """A digest the device computes itself, or None where it offers none."""
+        """The digest the device computes itself (of checksum_algorithm), or None where it offers none."""
         return None
 
     def delete(self, path: str) -> None:
-        """Remove the file from the source; called only after every target verified it."""
+        """Remove the file; a file already gone counts as removed. Called only by the engine after it checked that the
+        source still holds the very version every target verified."""
         raise PermanentError(f"source {self.name} ({self.kind}) cannot delete files")
 
 
 class Target(Device):
-    """Where files go. Uploads land under a temporary name and become visible only by publish()."""
+    """Where files go. The engine owns the contract (resume, verify, never overwrite, conflicts); a target does the I/O
+    and declares what it can do:
+
+    resumable: held() and write(offset > 0) continue an interrupted upload of <path>.part.
+    verifiable: stat() tells what a final name holds, so the engine can check a copy and refuse to overwrite.
+    digests: algorithms digest() computes on the target's side without moving the file ('sha256', 'crc32', 'md5'),
+        best first; the engine verifies every published copy with the first of them.
+    readable: read() streams a final name's bytes back (the engine compares contents with it where no digest exists).
+    can_delete: delete() removes a final name.
+
+    Paths are the engine's: relative, '/'-separated, already made safe for targets (filesync.paths.safe_name).
+    """
 
     resumable = True
+    verifiable = True
+    digests: Tuple[str, ...] = ()
+    readable = False
+    can_delete = False
+    ENGINE_OPTIONS = [Option("on_conflict", str, "keep_both", choices=ON_CONFLICT)]
 
-    def published(self, path: str, local_path: str, size: int) -> Optional[str]:
-        """If the final name already holds exactly this content, its location (URL or path); else None.
+    def __init__(self, name: str, raw_options: dict, key: str, context=None):
+        super().__init__(name, raw_options, key, context)
+        if not self.verifiable and "on_conflict" in (raw_options or {}):
+            raise ConfigError(f"{key}.on_conflict: {self.kind} targets name what they store themselves; there is "
+                              "no final name that could conflict")
 
-        This makes an upload idempotent: a crash between publish and the ledger's record costs no second copy.
+    def set_context(self, source=None, vehicle=None, version_time=None, sha256=""):
+        """Whose version the following calls on this thread are about (the engine calls it before an upload): the
+        source's name, the vehicle, the version's time and its SHA-256. Targets that name or label objects by them
+        (S3 keys and metadata) use it; others need nothing."""
+
+    def stat(self, path: str) -> Optional[int]:
+        """The size of the file under the final name `path`, or None when there is none (DeviceUnavailable when
+        the target cannot be reached: an absent answer must never pass for a free name)."""
+        raise NotImplementedError
+
+    def digest(self, path: str, algorithm: str) -> str:
+        """The target's own digest of the final name's bytes, in filesync's text form (see local_digest)."""
+        raise PermanentError(f"target {self.name} ({self.kind}) computes no {algorithm}")
+
+    def read(self, path: str) -> Iterator[bytes]:
+        """Yield the bytes of the final name `path` (only where readable)."""
+        raise PermanentError(f"target {self.name} ({self.kind}) cannot read files back")
+
+    def held(self, path: str, note: str = "") -> int:
+        """How many bytes of an unfinished upload of `path` the target holds (0 when none).
+
+        `note` is what write() last recorded with progress() for this upload (an S3 UploadId and its parts): the
+        device's own list, which it checks against what the server says.
         """
-        return None
-
-    def held(self, path: str) -> int:
-        """How many bytes of an unfinished upload of `path` the target holds (0 when none)."""
         return 0
 
     def discard(self, path: str) -> None:
-        """Drop an unfinished upload that cannot be resumed (larger than the file)."""
+        """Drop an unfinished upload of `path` (it cannot be resumed, or it is larger than the file)."""
 
     def write(self, path: str, stream, offset: int, size: int, progress: Callable[[int], None]) -> None:
-        """Send `stream` (a binary file positioned at `offset`) to the temporary name, calling progress(bytes_done)."""
+        """Send `stream` (a binary file positioned at `offset`) to the temporary name.
+
+        Call progress(bytes_done) as bytes go out, or progress(bytes_done, note) to have `note` (a short text: what the
+        device needs to resume, e.g. an UploadId and its parts) recorded in the ledger with that offset; held() gets it
+        back after a restart. Raise StartOver where the target refuses to continue at `offset`.
+        """
         raise NotImplementedError
 
-    def publish(self, path: str, local_path: str, size: int) -> str:
-        """Verify the uploaded bytes and give them their final name; return the location (URL or path)."""
+    def publish(self, path: str, size: int, replace: bool = False) -> str:
+        """Give the finished upload its final name and return its location (URL or path).
+
+        Never replaces a file already under that name unless `replace`: raise FinalNameTaken instead (where the
+        target's rename can replace, check first; the engine checked a moment before, so that is a narrow race).
+        """
         raise NotImplementedError
+
+    def location(self, path: str) -> str:
+        """Where the final name `path` is, as a URL or path for people (the ledger and the status show it)."""
+        return path
 
     def delete(self, path: str) -> None:
-        """Remove a published file."""
+        """Remove a published file (only where can_delete); a file already gone counts as removed."""
         raise PermanentError(f"target {self.name} ({self.kind}) cannot delete files")

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 from filesync.devices.base import RemoteFile, Source
-from filesync.errors import ConfigError, DeviceUnavailable, FileError, PermanentError, TransientError
+from filesync.errors import ConfigError, DeviceUnavailable, FileError, PermanentError, TransientError, Vanished
 from filesync.options import Option, expand_path, not_negative
 from filesync.paths import check_relative
 
@@ -140,6 +140,7 @@ class DriveSource(Source):
     """Files on a removable drive, found by file system UUID or label; see the module text."""
 
     kind = "drive"
+    can_delete = True
     OPTIONS = [
         Option("uuid", str, ""),
         Option("label", str, ""),
@@ -300,7 +301,7 @@ class DriveSource(Source):
         if not self._present(uuid, root):
             return DeviceUnavailable(f"drive {uuid} went away while reading {path}: {reason}")
         if error.errno == errno.ENOENT:
-            return PermanentError(f"{path} is no longer on drive {uuid}")
+            return Vanished(f"{path} is no longer on drive {uuid}")
         return FileError(f"{path}: {reason} at byte {offset} (drive {uuid} is still there: a file system error)")
 
     def _wanted_file(self, relative) -> bool:
@@ -393,6 +394,11 @@ class DriveSource(Source):
                     yield block
         except OSError as error:
             raise self._failure(error, path, uuid, root, position) from None
+
+    @classmethod
+    def deletes(cls, options):
+        """A drive filesync mounts itself is mounted read-only unless `writable`: then it cannot delete."""
+        return not options.get("mount") or bool(options.get("writable"))
 
     def delete(self, path):
         """Remove the file from the drive. A drive we mount read-only (writable: false, the default) keeps it."""

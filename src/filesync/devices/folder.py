@@ -6,10 +6,10 @@ import re
 import stat as stat_mode
 import time
 
-from filesync.devices.base import RemoteFile, Source, Target, local_checksum
-from filesync.errors import DeviceUnavailable, PermanentError, TransientError
+from filesync.devices.base import RemoteFile, Source, Target, local_digest
+from filesync.errors import DeviceUnavailable, FinalNameTaken, PermanentError, TransientError, Vanished
 from filesync.options import Option, expand_path, not_negative
-from filesync.paths import PART_SUFFIX
+from filesync.paths import PART_SUFFIX, part_name
 
 CHUNK = 256 * 1024
 
@@ -35,6 +35,7 @@ class FolderSource(Source):
     """Files under a local directory. A file modified less than min_age seconds ago is still being written."""
 
     kind = "folder"
+    can_delete = True
     OPTIONS = [
         Option("path", str),
         Option("include", list, ["*"]),
@@ -48,9 +49,12 @@ class FolderSource(Source):
         self._included = _matcher(self.options["include"])
         self._excluded = _matcher(self.options["exclude"])
 
-    def list(self):
+    def probe(self):
         if not os.path.isdir(self.root):
             raise DeviceUnavailable(f"folder {self.root} does not exist")
+
+    def list(self):
+        self.probe()
         return self._list(self.root, "", time.time())
 
     def _list(self, directory, prefix, now):
@@ -86,18 +90,23 @@ class FolderSource(Source):
         for entry in subdirectories:
             yield from self._list(entry.path, prefix + entry.name + "/", now)
 
+    def _gone(self, path):
+        """Vanished, or DeviceUnavailable when the whole folder went away (an unmounted share)."""
+        self.probe()
+        return Vanished(f"{path!r} is no longer in {self.root}")
+
     def stat(self, path):
         try:
             status = os.stat(_under(self.root, path))
         except FileNotFoundError:
-            raise PermanentError(f"{path} is no longer in {self.root}") from None
+            raise self._gone(path) from None
         return RemoteFile(path, status.st_size, status.st_mtime)
 
     def read(self, path, offset):
         try:
             handle = open(_under(self.root, path), "rb")
         except FileNotFoundError:
-            raise PermanentError(f"{path} is no longer in {self.root}") from None
+            raise self._gone(path) from None
         with handle:
             handle.seek(offset)
             for block in iter(lambda: handle.read(CHUNK), b""):
@@ -111,9 +120,13 @@ class FolderSource(Source):
 
 
 class FolderTarget(Target):
-    """A local directory (a mounted network share, a second disk). Files land as <name>.part, fsynced, then renamed."""
+    """A local directory (a mounted network share, a second disk). Files land as <name>.part, fsynced, then get their
+    final name by a hard link (which cannot replace a file), or a rename where the file system has no hard links."""
 
     kind = "folder"
+    digests = ("sha256",)  # of its own bytes: a local read
+    readable = True
+    can_delete = True
     OPTIONS = [Option("path", str)]
 
     def __init__(self, name, raw_options, key, context=None):
@@ -124,29 +137,39 @@ class FolderTarget(Target):
         if not os.path.isdir(self.root):
             raise DeviceUnavailable(f"folder {self.root} does not exist")
 
-    def published(self, path, local_path, size):
-        final = _under(self.root, path)
-        if not os.path.isfile(final) or os.path.getsize(final) != size:
-            return None
-        if local_checksum(final, "sha256") != local_checksum(local_path, "sha256"):
-            raise PermanentError(f"{final} already holds a different file; not overwriting it")
-        return final
-
-    def held(self, path):
+    def stat(self, path):
+        self.probe()
         try:
-            return os.path.getsize(_under(self.root, path) + PART_SUFFIX)
+            status = os.stat(_under(self.root, path))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat_mode.S_ISREG(status.st_mode):
+            raise PermanentError(f"{_under(self.root, path)} is not a file")
+        return status.st_size
+
+    def digest(self, path, algorithm):
+        return local_digest(_under(self.root, path), algorithm)
+
+    def read(self, path):
+        with open(_under(self.root, path), "rb") as handle:
+            yield from iter(lambda: handle.read(CHUNK), b"")
+
+    def held(self, path, note=""):
+        self.probe()
+        try:
+            return os.path.getsize(_under(self.root, part_name(path)))
         except FileNotFoundError:
             return 0
 
     def discard(self, path):
         try:
-            os.remove(_under(self.root, path) + PART_SUFFIX)
+            os.remove(_under(self.root, part_name(path)))
         except FileNotFoundError:
             pass
 
     def write(self, path, stream, offset, size, progress):
         self.probe()
-        part = _under(self.root, path) + PART_SUFFIX
+        part = _under(self.root, part_name(path))
         try:
             os.makedirs(os.path.dirname(part), exist_ok=True)
             with open(part, "r+b" if os.path.exists(part) else "wb") as handle:
@@ -159,26 +182,58 @@ class FolderTarget(Target):
                 handle.flush()
                 os.fsync(handle.fileno())
         except OSError as error:
-            if error.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise TransientError(f"target {self.root} is full") from None
-            raise TransientError(f"target {self.root}: {error.strerror}") from None
+            raise _write_error(error, self.root) from None
 
-    def publish(self, path, local_path, size):
+    def publish(self, path, size, replace=False):
         final = _under(self.root, path)
-        part = final + PART_SUFFIX
+        part = _under(self.root, part_name(path))
         held = os.path.getsize(part)
         if held != size:
             raise TransientError(f"{part} holds {held} bytes, expected {size}")
-        os.replace(part, final)
-        descriptor = os.open(os.path.dirname(final), os.O_RDONLY)
         try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+            if replace:
+                os.replace(part, final)
+            else:
+                _rename_no_replace(part, final)
+            descriptor = os.open(os.path.dirname(final), os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        except FileExistsError:
+            raise FinalNameTaken(f"{final} exists") from None
+        except OSError as error:
+            raise _write_error(error, self.root) from None
         return final
+
+    def location(self, path):
+        return _under(self.root, path)
 
     def delete(self, path):
         try:
             os.remove(_under(self.root, path))
         except FileNotFoundError:
             pass
+
+
+def _write_error(error, root):
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return TransientError(f"target {root} is full")
+    return TransientError(f"target {root}: {error.strerror}")
+
+
+def _rename_no_replace(part, final):
+    """Give `part` the name `final` unless that exists (FileExistsError): a hard link cannot replace, then the
+    temporary name goes. Where the file system has no hard links (FAT, some shares): check, then rename."""
+    try:
+        os.link(part, final)
+    except FileExistsError:
+        raise
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(final):
+            raise FileExistsError(errno.EEXIST, "exists", final) from None
+        os.rename(part, final)
+        return
+    os.remove(part)

@@ -8,7 +8,8 @@ Every request goes through _Uploader, which streams the body from disk (memory s
 what went wrong into the engine's error kinds:
   connection refused, host or network unreachable, name not resolved, connect timeout,
   TLS certificate not accepted                       -> DeviceUnavailable (wait and probe; nothing is counted)
-  400 and other refusals (401, 403, 404, 405, 413...) -> PermanentError with the server's message (parked)
+  401 and 403 (the credentials are wrong for every file) -> AuthRefused (wait and probe; no file is parked)
+  400 and other refusals (404, 405, 413...)            -> PermanentError with the server's message (parked)
   5xx, 408, 429, read timeouts, dropped connections,
   an answer that cannot be read or understood         -> TransientError (retried with backoff)
 """
@@ -29,7 +30,8 @@ import urllib3
 from requests_toolbelt import MultipartEncoder
 
 from filesync.devices.base import Target
-from filesync.errors import ConfigError, DeviceUnavailable, FileError, PermanentError, SkipFile, TransientError
+from filesync.errors import (AuthRefused, ConfigError, DeviceUnavailable, FileError, PermanentError, SkipFile,
+                             TransientError)
 from filesync.options import Option, expand_path, positive, resolve_secret, secret_options
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,7 @@ PROGRESS_STEP = 256 * 1024  # report progress at most every this many bytes
 MESSAGE_LIMIT = 300  # characters of a server's message kept in an error text
 
 RETRY_STATUS = {408, 425, 429}  # 4xx answers that mean "later", not "never"
+AUTH_STATUS = {401, 403}  # the credentials: wrong for every file alike
 
 # Flight Review's form values (plot_app/templates/upload.html).
 FLIGHT_REVIEW_TYPES = ("personal", "flightreport")
@@ -223,6 +226,8 @@ class _Uploader:
         text = _redact(f"{self.target_name}: {what}: HTTP {answer.status}: {answer.message()}", secrets)
         if answer.status >= 500 or answer.status in RETRY_STATUS:
             return TransientError(text)
+        if answer.status in AUTH_STATUS:
+            return AuthRefused(f"{text} (check the credentials; uploads wait until they are accepted)")
         return PermanentError(text)
 
     def close(self):
@@ -289,6 +294,7 @@ class _HttpTargetBase(Target):
     """What both HTTP targets share: no resume, one location remembered per uploaded path, probe, close."""
 
     resumable = False
+    verifiable = False  # the server names and keeps what it receives; nothing can be compared before or after
 
     def __init__(self, name, raw_options, key, context=None):
         super().__init__(name, raw_options, key, context)
@@ -296,7 +302,7 @@ class _HttpTargetBase(Target):
         self._locations = {}
         self._locations_lock = threading.Lock()
 
-    def held(self, path):
+    def held(self, path, note=""):
         """Nothing: an HTTP upload that stopped leaves nothing to resume."""
         return 0
 
@@ -304,7 +310,7 @@ class _HttpTargetBase(Target):
         with self._locations_lock:
             self._locations[path] = location
 
-    def publish(self, path, local_path, size):
+    def publish(self, path, size, replace=False):
         """Return where write() put the file. The server published it already when it answered."""
         with self._locations_lock:
             location = self._locations.pop(path, None)

@@ -27,7 +27,7 @@ from typing import Dict, Iterator, List, Optional
 from pymavlink import mavutil
 from pymavlink.dialects.v20 import common as mavlink2
 
-from filesync.errors import DeviceUnavailable, FileError, PermanentError, TransientError
+from filesync.errors import DeviceUnavailable, FileError, PermanentError, TransientError, Vanished
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class Nak(IntEnum):
     FILE_NOT_FOUND = 10
 
 
-class VehicleFileNotFound(PermanentError):
+class VehicleFileNotFound(Vanished):
     """The vehicle says the file or directory does not exist."""
 
 

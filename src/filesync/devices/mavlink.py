@@ -69,6 +69,7 @@ class MavlinkSource(Source):
     """Files under `root` on a MAVLink FTP server (a PX4 flight controller), listed recursively."""
 
     kind = "mavlink"
+    checksum_algorithm = "mavftp-crc32"
     OPTIONS = [
         Option("url", str, check=_check_url),
         Option("baud", int, 921600, positive),

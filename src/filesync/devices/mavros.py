@@ -17,7 +17,7 @@ from typing import Iterator, List, Optional
 
 from filesync.devices.base import Checksum, RemoteFile, Source
 from filesync.devices.mavlink import absolute_vehicle_path, file_patterns, log_time
-from filesync.errors import ConfigError, DeviceUnavailable, FileError, PermanentError, TransientError
+from filesync.errors import ConfigError, DeviceUnavailable, FileError, PermanentError, TransientError, Vanished
 from filesync.lock import exclusive
 from filesync.options import Option, not_negative, positive
 
@@ -44,6 +44,8 @@ class MavrosSource(Source):
     """Files under `root` on the vehicle, listed and read through MAVROS's FTP services in `namespace`."""
 
     kind = "mavros"
+    can_delete = True
+    checksum_algorithm = "mavftp-crc32"
     OPTIONS = [
         Option("namespace", str, "/mavros", _namespace),
         Option("root", str, "/fs/microsd/log", absolute_vehicle_path),
@@ -201,8 +203,8 @@ class MavrosSource(Source):
                 return entry.size
         return None
 
-    def _gone(self, path: str) -> PermanentError:
-        return PermanentError(f"{self._remote(path)}: no longer on the vehicle (removed or renamed after it was "
+    def _gone(self, path: str) -> Vanished:
+        return Vanished(f"{self._remote(path)}: no longer on the vehicle (removed or renamed after it was "
                               "listed)")
 
     def _close(self, remote: str):

@@ -94,6 +94,16 @@ class LocalRunner:
             time.sleep(0.1)
         return True
 
+    def forget(self, file_id):
+        """Drop a file from the ledger; its finder lists it again at the next scan (as `filesync forget` does)."""
+        record = self.ledger.get(file_id)
+        if record is None or not self.ledger.forget(file_id):
+            return False
+        for loop in self.loops:
+            if isinstance(loop, Finder) and loop.source.name == record.source:
+                loop.forget(record.path)
+        return True
+
     def close(self):
         """Stop the loops, close the devices and the ledger."""
         for loop in self.loops:

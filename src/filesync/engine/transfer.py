@@ -1,18 +1,29 @@
-"""One step of one file: copy it from its source into staging, send it to a target, or remove it from its source.
+"""One step of one version of a file: copy it from its source into staging, send it to a target, or remove it from
+its source. The transfer contract lives here, once, for every device (devices only move bytes and say what they can):
 
-Crash consistency: bytes are written and fsynced before their offset is recorded in the ledger; a resumed copy cuts the
-partial file back to the recorded offset. A staged file gets its final name only when complete and verified.
+- Staging: a version is staged under its ledger id (<staging>/<source>/<id>), never under its name, so another version
+  of the same name never reuses its bytes. Bytes are written and fsynced before their offset is recorded; a resumed
+  copy cuts the partial file back to the recorded offset. The SHA-256 is computed while copying (a resumed copy hashes
+  its own partial file again, never the source). The staged file gets its final name only when complete and verified
+  against the device's checksum, after its description (<id>.json) is fsynced.
+- Uploads: a final name that holds exactly this version's bytes counts as done (a crash between publishing and
+  recording costs no second copy). A final name holding other bytes is never overwritten: the target's on_conflict
+  says keep_both (publish under conflict_name), park, or overwrite. Every published copy is checked through the
+  target: its size, and the first digest the target offers.
+- Removal: a source file is removed only while the source still holds this very version (size, time, and the
+  device's checksum where it has one); a changed file is left alone (the finder registers its new version).
 """
 import errno
+import hashlib
 import os
 import time
 from contextlib import closing
 from dataclasses import dataclass
 
-from filesync.devices.base import local_checksum
-from filesync.errors import FileError, PermanentError, TransientError
-from filesync.paths import PART_SUFFIX, check_relative, staged_path
-
+from filesync.devices.base import Checksum, digest_text, local_digest
+from filesync.errors import FileError, FinalNameTaken, PermanentError, SkipFile, StartOver, TransientError, Vanished
+from filesync.ledger.recovery import META_SUFFIX, read_staged_meta, write_staged_meta
+from filesync.paths import PART_SUFFIX, check_relative, conflict_name, device_name, staged_path
 
 UPLOAD_CHECKPOINT_SECONDS = 1.0
 
@@ -43,14 +54,27 @@ def check_staging_space(settings):
 
 
 def release_staged(settings, record):
-    """Remove the staged copy of a file every target holds, when settings.retention says so; True if removed."""
+    """Remove the staged copy of a version every target holds, when settings.retention says so; True if removed."""
     if settings.retention != "uploaded":
         return False
+    final = staged_path(settings.staging_dir, record.source, record.id)
     try:
-        os.remove(staged_path(settings.staging_dir, record.source, record.path))
+        os.remove(final)
     except FileNotFoundError:
         return False
+    try:
+        os.remove(final + META_SUFFIX)
+    except FileNotFoundError:
+        pass
     return True
+
+
+@dataclass
+class Done:
+    """What a finished step tells the ledger: where the bytes landed, and for a copy the version's identity."""
+    location: str = ""
+    sha256: str = ""
+    checksum: str = ""
 
 
 @dataclass
@@ -62,6 +86,8 @@ class Settings:
     poll_interval: float = 10.0
     scan_interval: float = 10.0
     max_attempts: int = 5
+    retry_base: float = 2.0
+    retry_cap: float = 300.0
     bwlimit: int = 0
     staging_min_free_bytes: int = 0
     retention: str = "keep"
@@ -72,6 +98,7 @@ class Settings:
         return cls(staging_dir=config.staging_dir, checkpoint_bytes=config.checkpoint_bytes,
                    lease_seconds=config.lease_seconds, poll_interval=config.poll_interval,
                    scan_interval=config.scan_interval, max_attempts=config.max_attempts, bwlimit=config.bwlimit,
+                   retry_base=config.retry_base, retry_cap=config.retry_cap,
                    staging_min_free_bytes=config.staging_min_free_bytes, retention=config.retention)
 
 
@@ -96,10 +123,11 @@ class Job:
             if ahead > 0:
                 time.sleep(ahead)
 
-    def checkpoint(self, offset):
-        """Record `offset` (already durable where it lands) in the ledger; raise LeaseLost if the task was taken."""
+    def checkpoint(self, offset, note=None):
+        """Record `offset` (already durable where it lands), and the device's `note` to resume from there, in the
+        ledger; raise LeaseLost if the task was taken."""
         if not self.ledger.checkpoint(self.record.id, self.task.kind, self.task.device, self.worker, offset,
-                                      self.settings.lease_seconds):
+                                      self.settings.lease_seconds, note):
             raise LeaseLost(f"{self.task.kind} of {self.record.path} was given to another worker")
         self._recorded = offset
         self._checkpointed_at = time.monotonic()
@@ -109,12 +137,14 @@ class Job:
         """True when a checkpoint interval has passed since the last recorded offset."""
         return offset - self._recorded >= self.settings.checkpoint_bytes
 
-    def progress(self, offset):
-        """Checkpoint `offset` if one is due, at most once a second: for uploads, whose resume point is what the target
-        holds (Target.held), so the ledger's offset shows progress and renews the lease but bounds no re-sending."""
+    def progress(self, offset, note=None):
+        """A target's progress: checkpoint `offset` if one is due, at most once a second (the resume point is what the
+        target holds, so the ledger's offset shows progress and renews the lease but bounds no re-sending); a `note`
+        (what the device needs to resume) is recorded at once."""
         self.throttle(offset)
-        if self.due(offset) and time.monotonic() - self._checkpointed_at >= UPLOAD_CHECKPOINT_SECONDS:
-            self.checkpoint(offset)
+        if note is not None or (self.due(offset)
+                                and time.monotonic() - self._checkpointed_at >= UPLOAD_CHECKPOINT_SECONDS):
+            self.checkpoint(offset, note)
 
 
 def _fsync_directory(path):
@@ -131,30 +161,32 @@ def _staging_error(error, path):
     return TransientError(f"staging: {error.strerror or error} ({path})")
 
 
-def download(source, job) -> str:
-    """Copy job.record from `source` into staging from the recorded checkpoint, verify it, give it its final name."""
+def download(source, job) -> Done:
+    """Copy job.record's version from `source` into staging from the recorded checkpoint, verify it, name it."""
     record = job.record
     check_relative(record.path)
-    final = staged_path(job.settings.staging_dir, record.source, record.path)
+    final = staged_path(job.settings.staging_dir, record.source, record.id)
     part = final + PART_SUFFIX
-    if os.path.exists(final) and not os.path.exists(part) and os.path.getsize(final) == record.size:
-        _verify(source, record, final)  # finished before a crash, or rebuilt from staging
-        return final
+    if os.path.exists(final):  # staged before a crash, or rebuilt from staging
+        return _staged(record, final)
     try:
         os.makedirs(os.path.dirname(final), exist_ok=True)
         descriptor = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
         raise _staging_error(error, part) from None
+    digest = hashlib.sha256()
     with os.fdopen(descriptor, "r+b") as staged:
         offset = min(job.task.offset, os.fstat(descriptor).st_size)
         staged.truncate(offset)
-        staged.seek(offset)
-        with closing(source.read(record.path, offset)) as chunks:
+        for block in iter(lambda: staged.read(min(1 << 20, offset - staged.tell())), b""):
+            digest.update(block)  # the bytes copied before an interruption: hashed again from staging, not the source
+        with closing(source.read(device_name(record.path), offset)) as chunks:
             for chunk in chunks:
                 if offset + len(chunk) > record.size:
                     raise TransientError(f"{record.path} grew beyond {record.size} bytes during the copy")
                 try:
                     staged.write(chunk)
+                    digest.update(chunk)
                     offset += len(chunk)
                     due = job.due(offset)
                     if due:
@@ -176,50 +208,186 @@ def download(source, job) -> str:
         raise FileError(f"{record.path}: source gave {offset} of {record.size} bytes")
     job.checkpoint(offset)
     try:
-        _verify(source, record, part)
+        checksum = _verify_source_checksum(source, record, part)
     except FileError:
         job.checkpoint(0)  # the bytes are wrong somewhere: start the copy again rather than keep them
         raise
-    os.replace(part, final)
-    _fsync_directory(os.path.dirname(final))
-    return final
+    sha256 = digest.hexdigest()
+    try:
+        write_staged_meta(final, record, sha256, checksum)
+        os.replace(part, final)
+        _fsync_directory(os.path.dirname(final))
+    except OSError as error:
+        raise _staging_error(error, final) from None
+    return Done(final, sha256, checksum)
 
 
-def _verify(source, record, path):
+def _staged(record, final):
+    """The Done of a version already staged: its size checked, its identity from its description (or hashed)."""
+    size = os.path.getsize(final)
+    if size != record.size:
+        os.replace(final, final + PART_SUFFIX)  # not this version's bytes after all: copy again from the checkpoint
+        raise FileError(f"{record.path}: staged {size} bytes, expected {record.size}")
+    meta = read_staged_meta(final) or {}
+    if meta and (meta.get("path"), meta.get("version"), meta.get("size")) != (record.path, record.version, size):
+        os.remove(final)  # another file's bytes under this id (a ledger rebuilt without its staging): copy again
+        raise FileError(f"{record.path}: the staged file {final} belongs to {meta.get('path')!r}; copying again")
+    sha256 = record.sha256 or meta.get("sha256") or local_digest(final, "sha256")
+    checksum = record.checksum or meta.get("checksum", "")
+    if not meta:
+        write_staged_meta(final, record, sha256, checksum)
+    return Done(final, sha256, checksum)
+
+
+def _checksum_text(checksum: Checksum) -> str:
+    return f"{checksum.algorithm}:{digest_text(checksum.value)}"
+
+
+def _verify_source_checksum(source, record, path) -> str:
+    """Compare the copy with the source's own checksum where it offers one; return it as text ('' where none)."""
     size = os.path.getsize(path)
     if size != record.size:
         raise FileError(f"{record.path}: staged {size} bytes, expected {record.size}")
-    expected = source.checksum(record.path)
-    if expected is not None:
-        actual = local_checksum(path, expected.algorithm)
-        if actual != expected.value:
-            raise FileError(f"{record.path}: {expected.algorithm} of the copy is {actual}, the source says "
-                            f"{expected.value}")
+    expected = source.checksum(device_name(record.path))
+    if expected is None:
+        return ""
+    actual = local_digest(path, expected.algorithm)
+    if actual != digest_text(expected.value):
+        raise FileError(f"{record.path}: {expected.algorithm} of the copy is {actual}, the source says "
+                        f"{digest_text(expected.value)}")
+    return _checksum_text(expected)
 
 
-def upload(target, job) -> str:
-    """Send the staged copy of job.record to `target`, resuming what it holds, then publish it; return its location."""
+def _staged_copy(job):
+    """The staged file of job.record's version and its SHA-256."""
+    record = job.record
+    staged = staged_path(job.settings.staging_dir, record.source, record.id)
+    if not os.path.exists(staged):
+        raise PermanentError(f"the staged copy of {record.path} (version {record.version}) is missing: {staged}")
+    sha256 = record.sha256 or (read_staged_meta(staged) or {}).get("sha256") or local_digest(staged, "sha256")
+    return staged, sha256
+
+
+def _holds(target, name, size, staged, sha256) -> bool:
+    """True when the target's final `name` holds exactly the staged bytes: same size, then the target's digest, else
+    its bytes read back. A target that can do neither cannot show sameness: taken as different (never overwritten)."""
+    held = target.stat(name)
+    if held is None or held != size:
+        return False
+    if target.digests:
+        algorithm = target.digests[0]
+        local = sha256 if algorithm == "sha256" else local_digest(staged, algorithm)
+        return target.digest(name, algorithm) == local
+    if target.readable:
+        digest = hashlib.sha256()
+        with closing(target.read(name)) as blocks:
+            for block in blocks:
+                digest.update(block)
+        return digest.hexdigest() == sha256
+    return False
+
+
+def _destination(target, record, staged, sha256):
+    """Where this version goes on `target`: (name, replace, already_there). Applies the target's on_conflict."""
+    policy = target.options.get("on_conflict", "keep_both")
+    names = [record.path]
+    if policy == "keep_both":
+        names += [conflict_name(record.path, record.mtime, record.id, attempt) for attempt in range(10)]
+    for name in names:
+        if target.stat(name) is None:
+            return name, False, False
+        if _holds(target, name, record.size, staged, sha256):
+            return name, False, True
+        if policy == "overwrite":
+            return name, True, False
+        if policy == "park":
+            raise PermanentError(f"{target.location(name)} already holds a different file; not overwriting it "
+                                 f"(on_conflict: park)")
+    raise PermanentError(f"{target.location(record.path)} and its conflict names all hold other files")
+
+
+def _send(target, job, name, staged, size):
+    """Send the staged bytes to `name`'s temporary name, from what the target holds (byte 0 where it refuses)."""
+    offset = target.held(name, job.task.note) if target.resumable else 0
+    if offset > size:
+        target.discard(name)
+        offset = 0
+    if offset == size and size > 0:
+        return
+    with open(staged, "rb") as stream:
+        stream.seek(offset)
+        try:
+            target.write(name, stream, offset, size, job.progress)
+        except StartOver:
+            target.discard(name)
+            stream.seek(0)
+            target.write(name, stream, 0, size, job.progress)
+
+
+def upload(target, job) -> Done:
+    """Send job.record's staged version to `target`, publish it without overwriting another file, verify it there."""
     record = job.record
     check_relative(record.path)
-    staged = staged_path(job.settings.staging_dir, record.source, record.path)
-    if not os.path.exists(staged):
-        raise PermanentError(f"the staged copy {staged} is missing")
-    location = target.published(record.path, staged, record.size)
-    if location is not None:
-        return location
-    offset = target.held(record.path) if target.resumable else 0
-    if offset > record.size:
-        target.discard(record.path)
-        offset = 0
-    if offset < record.size or record.size == 0:
-        with open(staged, "rb") as stream:
-            stream.seek(offset)
-            target.write(record.path, stream, offset, record.size, job.progress)
+    staged, sha256 = _staged_copy(job)
+    target.set_context(source=record.source, version_time=record.mtime, sha256=sha256)
+    if not target.verifiable:  # an upload API: the server names and keeps what it receives; nothing to compare
+        _send(target, job, record.path, staged, record.size)
+        job.checkpoint(record.size)
+        return Done(target.publish(record.path, record.size))
+    name, replace, already_there = _destination(target, record, staged, sha256)
+    if already_there:
+        return Done(target.location(name))
+    _send(target, job, name, staged, record.size)
     job.checkpoint(record.size)
-    return target.publish(record.path, staged, record.size)
+    try:
+        location = target.publish(name, record.size, replace)
+    except FinalNameTaken:
+        raise TransientError(f"{target.location(name)} was taken by another file meanwhile; choosing again") from None
+    _verify_published(target, name, record.size, staged, sha256)
+    return Done(location)
 
 
-def remove(source, job) -> str:
-    """Delete job.record from its source (every target has verified it by now)."""
-    source.delete(job.record.path)
-    return ""
+def _verify_published(target, name, size, staged, sha256):
+    """Check the published copy through the target: its size, and the first digest the target offers."""
+    held = target.stat(name)
+    problem = None
+    if held != size:
+        problem = f"holds {held} bytes, expected {size}"
+    elif target.digests:
+        algorithm = target.digests[0]
+        local = sha256 if algorithm == "sha256" else local_digest(staged, algorithm)
+        remote = target.digest(name, algorithm)
+        if remote != local:
+            problem = f"{algorithm} is {remote}, the staged copy's is {local}"
+    if problem:
+        if target.can_delete:
+            target.delete(name)  # a damaged copy must not pass for this version (or block its name) later
+        raise FileError(f"{target.location(name)} {problem} after publishing; sending again")
+
+
+class SourceChanged(SkipFile):
+    """The source no longer holds the version that was copied: it is not removed."""
+
+
+def remove(source, job) -> Done:
+    """Delete job.record's version from its source, only if the source still holds that very version."""
+    record = job.record
+    name = device_name(record.path)
+    try:
+        now = source.stat(name)
+    except Vanished:
+        return Done()  # already gone: nothing left to remove
+    changes = []
+    if now.size != record.size:
+        changes.append(f"{record.size} -> {now.size} bytes")
+    if record.mtime >= 0 and now.mtime != record.mtime:
+        changes.append("modified since")
+    if not changes and record.checksum and source.checksum_algorithm:
+        current = source.checksum(name)
+        if current is not None and _checksum_text(current) != record.checksum:
+            changes.append(f"{current.algorithm} {digest_text(current.value)} differs")
+    if changes:
+        raise SourceChanged(f"not removed: the source changed after the copy ({', '.join(changes)}); "
+                            "its new version is registered on the next scan")
+    source.delete(name)
+    return Done()

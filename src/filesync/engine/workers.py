@@ -9,9 +9,10 @@ import time
 
 from filesync.engine import transfer
 from filesync.engine.transfer import Job, LeaseLost, StagingFull, check_staging_space, release_staged
-from filesync.errors import DeviceUnavailable, FileError, PermanentError, SkipFile, TransientError, UnsafePath
+from filesync import errors
+from filesync.errors import DeviceUnavailable, PermanentError, TransientError, UnsafePath
 from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
-from filesync.paths import check_relative
+from filesync.paths import check_relative, safe_name
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,7 @@ class TaskWorker(Loop):
         self.current = None  # the Job in progress, for the status display
         self.last_location = ("", 0.0)  # where the last finished upload landed, and when (for the status)
         self.held_back = ""  # why this worker does not take work although the device answers (staging space)
+        self._refusals, self._refused_until = 0, 0.0  # credentials refused in a row, and until when to wait
 
     def step(self):
         if not self.link.up and not self._probe():
@@ -125,46 +127,52 @@ class TaskWorker(Loop):
         self.current = job
         self.notify()
         self.announce(record, task, task.offset)
+        done, outcome, reason, delay = transfer.Done(), "done", "", None
         try:
-            outcome, reason, location, delay = "done", "", STEPS[self.kind](self.device, job), None
+            done = STEPS[self.kind](self.device, job)
         except LeaseLost as error:
             log.warning("%s: %s", self.name, error)
             return True
-        except DeviceUnavailable as error:
-            outcome, reason, location, delay = "wait", describe(error), "", None
-            self._link_down(error)
         except StagingFull as error:
-            outcome, reason, location, delay = "wait", str(error), "", None
+            outcome, reason = "wait", str(error)
             self._hold_back(str(error))
-        except SkipFile as error:
-            outcome, reason, location, delay = "skip", describe(error), "", None
-        except (PermanentError, UnsafePath) as error:
-            outcome, reason, location, delay = "park", describe(error), "", None
-        except FileError as error:
-            parked = task.attempts + 1 >= self.settings.max_attempts
-            outcome, reason, location, delay = ("park" if parked else "retry"), describe(error), "", None
-        except TransientError as error:
-            outcome, reason, location, delay = "retry", describe(error), "", None
-        except Exception as error:  # unexpected: retried like a transient failure, logged in full once
-            log.exception("%s: %s of %s failed", self.name, self.kind, record.path)
-            outcome, reason, location, delay = "retry", describe(error), "", None
+        except Exception as error:
+            outcome, reason = self._outcome(error, task, record)
         finally:
             self.current = None
             self.notify()
         if outcome != "wait":
             self.link.set(True)
+            self._refusals = 0
         if reason:
             log.warning("%s: %s %s: %s (%s)", self.name, self.kind, record.path, reason, outcome)
-        finished = self.ledger.finish(record.id, self.kind, self.device.name, self.worker, outcome, reason, location,
-                                      delay)
+        finished = self.ledger.finish(record.id, self.kind, self.device.name, self.worker, outcome, reason,
+                                      done.location, delay, done.sha256, done.checksum)
         if finished is not None:
             if self.kind == UPLOAD and outcome == "done":
-                self.last_location = (location, time.time())
+                self.last_location = (done.location, time.time())
                 self.notify()
             if self.kind == UPLOAD and finished.state in ("uploaded", "removed", "skipped"):
                 release_staged(self.settings, finished)  # every target holds it (or takes none): retention decides
             self.announce(finished, finished.task(self.kind, self.device.name), None)
         return outcome == "done"
+
+    def _outcome(self, error, task, record):
+        """The ledger outcome and reason for a failed step, from errors.action's table."""
+        verb = errors.action(error)
+        reason = describe(error)
+        if verb == errors.WAIT:
+            self._link_down(error)
+            return "wait", reason
+        if verb == errors.SKIP:
+            return "skip", reason
+        if verb == errors.PARK:
+            return "park", reason
+        if verb == errors.RETRY_FILE:
+            return ("park" if task.attempts + 1 >= self.settings.max_attempts else "retry"), reason
+        if not isinstance(error, TransientError):  # unexpected: retried like a transient failure, logged in full once
+            log.error("%s: %s of %s failed", self.name, self.kind, record.path, exc_info=error)
+        return "retry", reason
 
     def _staging_has_room(self):
         """False (and held_back says why) while staging is under its free-space floor; uploads meanwhile free it."""
@@ -195,11 +203,21 @@ class TaskWorker(Loop):
         """Stop claiming work for this device until probe() says it answers; the task goes back unharmed."""
         if self.link.set(False, describe(error)):
             log.warning("%s: %s is unreachable: %s; waiting for it", self.name, self.device.name, describe(error))
+        if isinstance(error, errors.AuthRefused):
+            # a probe that needs no credentials (an HTTP server's root) cannot tell when they are fixed: the work
+            # itself is the test, tried again after a backoff that grows with every refusal
+            self._refusals += 1
+            self._refused_until = time.monotonic() + min(
+                self.settings.retry_cap, self.settings.retry_base * 2 ** min(self._refusals - 1, 30))
         self.device.close()
 
     def _probe(self):
         try:
             self.device.probe()
+            wait = self._refused_until - time.monotonic()
+            if wait > 0:
+                self.stop_event.wait(min(wait, self.settings.poll_interval))
+                return False
         except DeviceUnavailable as error:
             self.link.set(False, describe(error))  # still down; the reason may be new
             self.link_retry += 1
@@ -215,7 +233,15 @@ class TaskWorker(Loop):
 
 
 class Finder(Loop):
-    """Lists one source every scan_interval (or when woken) and records new or changed files in the ledger."""
+    """Lists one source every scan_interval (or when woken) and records new or changed files in the ledger.
+
+    Names are recorded in their safe form (filesync.paths.safe_name). A name that still cannot be carried ('..', too
+    long) or that the device could not serve is recorded as a failed file with the reason, so it shows in
+    `filesync ls failed` while the other files go on. Files registered are remembered to spare the ledger a call per
+    file per scan; the memory is dropped every RESCAN_EVERY scans and for a file the ledger forgot (forget()).
+    """
+
+    RESCAN_EVERY = 30
 
     def __init__(self, source, pipeline, ledger, settings, announce=None):
         super().__init__(f"find:{source.name}", settings.scan_interval)
@@ -223,40 +249,53 @@ class Finder(Loop):
         self.announce = announce or (lambda record, task=None, done=None: None)
         self.link = LinkState(on_change=lambda: self.notify())
         self.scans = 0
-        self._known = {}  # path -> (size, mtime) already in the ledger
-        self._refused = set()
+        self._known = {}  # safe path -> (size, mtime, problem) as registered
+
+    def forget(self, path=None):
+        """Register `path` (every file when None) again at the next scan, if the source still holds it."""
+        if path is None:
+            self._known.clear()
+        else:
+            self._known.pop(path, None)
+        self.wake.set()
 
     def step(self):
         try:
             listing = list(self.source.list())
-        except DeviceUnavailable as error:
-            if self.link.set(False, describe(error)):
-                log.warning("%s: %s is unreachable: %s", self.name, self.source.name, describe(error))
+        except Exception as error:  # whatever the reason, the source is shown down with it, never a silent stall
+            reason = describe(error) if isinstance(error, DeviceUnavailable) else f"listing failed: {describe(error)}"
+            if self.link.set(False, reason):
+                log.warning("%s: %s: %s", self.name, self.source.name, reason)
+            if not isinstance(error, TransientError):
+                log.error("%s: listing %s failed", self.name, self.source.name, exc_info=error)
             self.source.close()
-            return False
-        except TransientError as error:
-            log.warning("%s: listing failed: %s", self.name, describe(error))
             return False
         if self.link.set(True):
             log.info("%s: %s is reachable again", self.name, self.source.name)
+        if self.scans % self.RESCAN_EVERY == 0:
+            self._known.clear()
         entries = []
         for found in listing:
-            if not found.complete or self._known.get(found.path) == (found.size, found.mtime):
+            if not found.complete:
                 continue
-            try:
-                check_relative(found.path)
-            except UnsafePath as error:
-                if found.path not in self._refused:
-                    self._refused.add(found.path)
-                    log.error("%s: refused %s", self.name, error)
+            path, problem = safe_name(found.path), found.problem
+            if not problem:
+                try:
+                    check_relative(path)
+                except UnsafePath as error:
+                    problem = str(error)
+            entry = (found.size, found.mtime, problem)
+            if self._known.get(path) == entry:
                 continue
-            entries.append(found)
+            if problem and path not in self._known:
+                log.error("%s: %s", self.name, problem)
+            entries.append((path, *entry))
         for start in range(0, len(entries), REGISTER_BATCH):
             batch = entries[start:start + REGISTER_BATCH]
             created = self.ledger.register(self.source.name, self.pipeline.targets, self.pipeline.delete_after_upload,
-                                           [(f.path, f.size, f.mtime) for f in batch])
-            for found in batch:
-                self._known[found.path] = (found.size, found.mtime)
+                                           batch)
+            for path, size, mtime, problem in batch:
+                self._known[path] = (size, mtime, problem)
             for record in created:
                 self.announce(record, None, 0)
         self.scans += 1

@@ -1,50 +1,92 @@
 """Opening the ledger when its file may be damaged, and rebuilding what it knew.
 
-A database that SQLite cannot read is moved aside (with its -wal and -shm files), never deleted, and a new one is
-rebuilt from staging: every staged file is recorded as downloaded. What the targets already hold needs no record:
-each target checks its final name before uploading (Target.published), so nothing published is sent again.
+Only a damaged database (SQLite CORRUPT or NOTADB, or a failed quick_check) is moved aside (with its -wal and -shm
+files), never deleted, and a new one is rebuilt from staging: every staged version, described by the <id>.json that
+the downloader wrote and fsynced before giving the staged file its name, is recorded as downloaded under its old id.
+A database that is locked, read-only or on a full disk is not damaged: open_ledger raises LedgerUnavailable and the
+caller waits (wait_for_ledger). What the targets already hold needs no record: the engine checks a target's final name
+before uploading, so nothing published to a target that can be checked is sent again.
 """
+import json
 import logging
 import os
-import sqlite3
 import time
 
-from filesync.ledger.store import UNKNOWN_MTIME, Ledger
-from filesync.paths import PART_SUFFIX, staged_path
+from filesync.ledger.store import Ledger, LedgerCorrupt, LedgerUnavailable
 
 log = logging.getLogger(__name__)
+META_SUFFIX = ".json"
 
 
 def open_ledger(path, **kwargs):
-    """Open the ledger at `path`; if it is corrupt or unreadable, move it aside and start a new one.
+    """Open the ledger at `path`; if it is damaged, move it aside and start a new one.
 
-    Returns (ledger, moved_aside_path or None).
+    Returns (ledger, moved_aside_path or None). Raises LedgerUnavailable when it cannot be opened now.
     """
     try:
         return Ledger(path, **kwargs), None
-    except sqlite3.DatabaseError as error:
+    except LedgerCorrupt as error:
         aside = f"{path}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(path + suffix):
                 os.replace(path + suffix, aside + suffix)
-        log.error("ledger %s is unreadable (%s); moved it to %s and starting a new one", path, error, aside)
+        log.error("ledger %s is damaged (%s); moved it to %s and starting a new one", path, error, aside)
         return Ledger(path, **kwargs), aside
 
 
+def wait_for_ledger(path, stopped=lambda: False, report=lambda reason: None, interval=5.0, **kwargs):
+    """open_ledger, waiting while the database cannot be opened (locked, read-only, full); report(reason) says why.
+
+    Returns (ledger, moved_aside) or (None, None) when stopped() turned true first.
+    """
+    while not stopped():
+        try:
+            return open_ledger(path, **kwargs)
+        except LedgerUnavailable as error:
+            log.error("%s; waiting", error)
+            report(str(error))
+            time.sleep(interval)
+    return None, None
+
+
+def write_staged_meta(final_path, record, sha256, checksum):
+    """Describe a staged version beside it (<id>.json, fsynced) so a rebuilt ledger knows it again."""
+    meta = final_path + META_SUFFIX
+    with open(meta, "w", encoding="utf-8") as handle:
+        json.dump({"id": record.id, "source": record.source, "path": record.path, "version": record.version,
+                   "size": record.size, "mtime": record.mtime, "sha256": sha256, "checksum": checksum}, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_staged_meta(final_path):
+    """The description of a staged version, or None when there is none (or it cannot be read)."""
+    try:
+        with open(final_path + META_SUFFIX, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
 def rebuild_from_staging(ledger, config):
-    """Record every complete file in staging as downloaded for its pipeline's targets. Returns how many."""
+    """Record every complete staged version as downloaded for its pipeline's targets. Returns how many."""
     count = 0
     for pipeline in config.pipelines:
-        root = staged_path(config.staging_dir, pipeline.source, "")
-        entries = []
-        for directory, _, names in os.walk(root):
-            for name in names:
-                if name.endswith(PART_SUFFIX):
-                    continue
-                full = os.path.join(directory, name)
-                entries.append((os.path.relpath(full, root).replace(os.sep, "/"), os.path.getsize(full),
-                                UNKNOWN_MTIME))
-        ledger.register(pipeline.source, pipeline.targets, pipeline.delete_after_upload, entries, downloaded=True)
-        count += len(entries)
+        root = os.path.join(config.staging_dir, pipeline.source)
+        try:
+            names = os.listdir(root)
+        except FileNotFoundError:
+            continue
+        for name in names:
+            if not name.isdigit():
+                continue
+            meta = read_staged_meta(os.path.join(root, name))
+            if meta is None or meta.get("id") != int(name) or meta.get("source") != pipeline.source:
+                log.warning("staged file %s has no readable description; left alone", os.path.join(root, name))
+                continue
+            if ledger.register_staged(meta["id"], pipeline.source, pipeline.targets, pipeline.delete_after_upload,
+                                      meta["path"], meta["version"], meta["size"], meta["mtime"], meta["sha256"],
+                                      meta.get("checksum", "")):
+                count += 1
     log.info("rebuilt %d staged files into the new ledger", count)
     return count

@@ -1,4 +1,8 @@
-"""The ledger: SQLite (WAL, synchronous=FULL), one row per file and one per task it needs.
+"""The ledger: SQLite (WAL, synchronous=FULL), one row per version of a file and one per task it needs.
+
+A file is its content, not its name: a name listed again with another size or time is a new *version*, a row of its
+own with its own tasks; what was done for the older version stays on record. A version's identity is its size, its
+time, the SHA-256 filesync computed while staging it and the device's own checksum where it has one.
 
 Tasks: one `download` (source -> staging), one `upload` per target, and a `remove` (delete from the source) when the
 pipeline asks for it. A worker claims a task under a lease, records checkpoints while it works and finishes it with an
@@ -13,18 +17,22 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: staging is keyed by it
     source TEXT NOT NULL,
     path TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT 1,
     size INTEGER NOT NULL,
     mtime REAL NOT NULL,
+    sha256 TEXT NOT NULL DEFAULT '',
+    checksum TEXT NOT NULL DEFAULT '',
     state TEXT NOT NULL,
     error TEXT NOT NULL DEFAULT '',
     created REAL NOT NULL,
     updated REAL NOT NULL,
-    UNIQUE (source, path)
+    UNIQUE (source, path, version)
 );
 CREATE TABLE IF NOT EXISTS tasks (
     file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE,
@@ -38,6 +46,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     owner TEXT NOT NULL DEFAULT '',
     lease_until REAL NOT NULL DEFAULT 0,
     location TEXT NOT NULL DEFAULT '',
+    note TEXT NOT NULL DEFAULT '',
     updated REAL NOT NULL,
     PRIMARY KEY (file_id, kind, device)
 );
@@ -46,6 +55,21 @@ CREATE INDEX IF NOT EXISTS tasks_queue ON tasks (kind, device, state, file_id);
 DROP INDEX IF EXISTS tasks_ready;
 CREATE INDEX IF NOT EXISTS files_state ON files (state);
 CREATE INDEX IF NOT EXISTS files_counts ON files (source, state, size);
+"""
+
+# Schema 1 (before versions) had UNIQUE (source, path), which SQLite cannot alter: its rows move to a new table, with
+# the foreign keys off, as SQLite's documentation for schema changes says.
+_MIGRATE_FROM_1 = """
+CREATE TABLE files_v2 (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, path TEXT NOT NULL, version INTEGER NOT NULL DEFAULT 1,
+    size INTEGER NOT NULL, mtime REAL NOT NULL, sha256 TEXT NOT NULL DEFAULT '', checksum TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL, error TEXT NOT NULL DEFAULT '', created REAL NOT NULL, updated REAL NOT NULL,
+    UNIQUE (source, path, version));
+INSERT INTO files_v2 (id, source, path, size, mtime, state, error, created, updated)
+    SELECT id, source, path, size, mtime, state, error, created, updated FROM files;
+DROP TABLE files;
+ALTER TABLE files_v2 RENAME TO files;
+ALTER TABLE tasks ADD COLUMN note TEXT NOT NULL DEFAULT '';
 """
 
 DOWNLOAD, UPLOAD, REMOVE = "download", "upload", "remove"
@@ -74,14 +98,38 @@ _CLAIM_SQL = {kind: f"""SELECT
         AND t.lease_until < :now AND {ready} ORDER BY t.file_id LIMIT 1)""" for kind, ready in _READY.items()}
 
 # A file and its tasks in one read: the file's columns, then TaskRecord's fields in order (NULL without tasks).
-_RECORD_SQL = ("SELECT f.id, f.source, f.path, f.size, f.mtime, f.state, f.error, t.kind, t.device, t.state, "
-               "t.offset, t.attempts, t.not_before, t.error, t.owner, t.location "
+_RECORD_SQL = ("SELECT f.id, f.source, f.path, f.size, f.mtime, f.state, f.error, f.version, f.sha256, f.checksum, "
+               "t.kind, t.device, t.state, t.offset, t.attempts, t.not_before, t.error, t.owner, t.location, t.note "
                "FROM files f LEFT JOIN tasks t ON t.file_id = f.id WHERE f.id = ? ORDER BY t.kind, t.device")
+_FILE_COLUMNS = 10
+
+# SQLite's primary result codes that mean the file is damaged; any other error (locked, read-only, full, I/O) is a
+# condition to wait out, never a reason to move the database aside.
+SQLITE_CORRUPT, SQLITE_NOTADB = 11, 26
+
+
+class LedgerCorrupt(sqlite3.DatabaseError):
+    """The database file is damaged (SQLite CORRUPT or NOTADB, or quick_check failed)."""
+
+
+class LedgerUnavailable(Exception):
+    """The database cannot be opened or written now (locked, read-only, disk full): wait, nothing is lost."""
+
+
+def is_corruption(error) -> bool:
+    """True when a sqlite3 error says the database file is damaged (as opposed to locked, read-only or full)."""
+    if isinstance(error, LedgerCorrupt):
+        return True
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (SQLITE_CORRUPT, SQLITE_NOTADB)
 
 
 @dataclass
 class TaskRecord:
-    """One step of a file: its kind, the device it uses (source or target name), state, checkpoint and last error."""
+    """One step of a file: its kind, the device it uses (source or target name), state, checkpoint and last error.
+
+    `note` is what the device recorded with its last checkpoint to resume (an S3 UploadId and its parts).
+    """
     file_id: int
     kind: str
     device: str
@@ -92,11 +140,16 @@ class TaskRecord:
     error: str = ""
     owner: str = ""
     location: str = ""
+    note: str = ""
 
 
 @dataclass
 class FileRecord:
-    """A file the ledger knows, with its overall state and its tasks."""
+    """One version of a file the ledger knows, with its overall state and its tasks.
+
+    `version` counts the versions of (source, path) from 1; `sha256` is filesync's digest of the staged copy and
+    `checksum` the device's own ('mavftp-crc32:2dfd2d88'), both empty until the version is staged.
+    """
     id: int
     source: str
     path: str
@@ -104,6 +157,9 @@ class FileRecord:
     mtime: float
     state: str
     error: str = ""
+    version: int = 1
+    sha256: str = ""
+    checksum: str = ""
     tasks: List[TaskRecord] = field(default_factory=list)
 
     def task(self, kind, device=None) -> Optional[TaskRecord]:
@@ -117,6 +173,8 @@ def derive_state(tasks) -> tuple:
     if parked:
         return "failed", "; ".join(f"{t.kind} {t.device}: {t.error}" for t in parked)
     download = next(t for t in tasks if t.kind == DOWNLOAD)
+    if download.state == SKIPPED:
+        return "skipped", download.error
     if download.state != DONE:
         return ("downloading" if download.state == ACTIVE else "found"), download.error
     uploads = [t for t in tasks if t.kind == UPLOAD]
@@ -128,12 +186,16 @@ def derive_state(tasks) -> tuple:
         remove = next((t for t in tasks if t.kind == REMOVE), None)
         if remove and remove.state == DONE:
             return "removed", ""
-        return "uploaded", ""
+        return "uploaded", remove.error if remove and remove.state == SKIPPED else ""
     return "downloaded", next((t.error for t in uploads if t.error), "")
 
 
 class Ledger:
-    """The durable record. Thread-safe: one connection behind a lock (SQLite writes are serial anyway)."""
+    """The durable record. Thread-safe: one connection behind a lock (SQLite writes are serial anyway).
+
+    Opening raises LedgerCorrupt for a damaged file (recovery moves it aside) and LedgerUnavailable for a database
+    that is locked, read-only or on a full disk (the caller waits; nothing is moved or lost).
+    """
 
     def __init__(self, path, retry_base=2.0, retry_cap=300.0, clock=time.time):
         self.path = path
@@ -141,17 +203,36 @@ class Ledger:
         self._clock = clock
         self._lock = threading.RLock()
         directory = os.path.dirname(os.path.abspath(path))
-        os.makedirs(directory, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError as error:
+            raise LedgerUnavailable(f"ledger folder {directory}: {error.strerror}") from None
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as error:
+            raise LedgerUnavailable(f"ledger {path} cannot be opened: {error}") from None
+        try:
+            self._open()
+        except sqlite3.DatabaseError as error:
+            self._db.close()
+            if is_corruption(error):
+                raise LedgerCorrupt(str(error)) from None
+            raise LedgerUnavailable(f"ledger {path}: {error}") from None
+
+    def _open(self):
+        self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA busy_timeout=5000")
         check = self._db.execute("PRAGMA quick_check").fetchone()[0]
         if check != "ok":
-            self._db.close()
-            raise sqlite3.DatabaseError(f"quick_check: {check}")
+            raise LedgerCorrupt(f"quick_check: {check}")
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(files)")}
+        if columns and "version" not in columns:
+            self._db.execute("PRAGMA foreign_keys=OFF")
+            self._db.executescript("BEGIN IMMEDIATE;" + _MIGRATE_FROM_1 + "COMMIT;")
+        self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
     def close(self):
         """Close the database."""
@@ -164,39 +245,73 @@ class Ledger:
     # Registration -------------------------------------------------------------------------------------------------
 
     def register(self, source, targets, delete_after_upload, entries, downloaded=False) -> List[FileRecord]:
-        """Record files found on `source` (entries of (path, size, mtime)); return those new or changed.
+        """Record files found on `source`; return the versions that are new.
 
-        A file already known with the same size and time is left alone. One whose size or time changed is new
-        content under an old name: its tasks start again. `downloaded` marks files rebuilt from staging.
+        `entries` are (path, size, mtime) or (path, size, mtime, problem). A path whose newest version has the same
+        size and time is left alone. Another size or time is a new version with its own tasks; the older version
+        keeps what it did: if it was staged, its uploads go on (its bytes are in staging); if it was not, its copy
+        can never be made (the source no longer holds it) and is skipped; either way it is never removed from the
+        source, which now holds other bytes. A `problem` (a name the device cannot serve) parks the download with
+        that reason. `downloaded` marks files rebuilt from staging.
         """
         now = self._clock()
         changed_ids = []
         with self._transaction() as db:
-            for path, size, mtime in entries:
-                known = db.execute("SELECT id, size, mtime FROM files WHERE source = ? AND path = ?",
-                                   (source, path)).fetchone()
+            for entry in entries:
+                path, size, mtime = entry[:3]
+                problem = entry[3] if len(entry) > 3 else ""
+                known = db.execute("SELECT id, size, mtime, version FROM files WHERE source = ? AND path = ? "
+                                   "ORDER BY version DESC LIMIT 1", (source, path)).fetchone()
+                version = 1
                 if known is not None:
-                    file_id, known_size, known_mtime = known
+                    file_id, known_size, known_mtime, known_version = known
                     if known_size == size and (known_mtime == mtime or UNKNOWN_MTIME in (known_mtime, mtime)):
                         if known_mtime == UNKNOWN_MTIME and mtime != UNKNOWN_MTIME:
                             db.execute("UPDATE files SET mtime = ? WHERE id = ?", (mtime, file_id))
                         continue
-                    db.execute("UPDATE files SET size = ?, mtime = ?, updated = ? WHERE id = ?",
-                               (size, mtime, now, file_id))
-                    db.execute("DELETE FROM tasks WHERE file_id = ?", (file_id,))
-                else:
-                    file_id = db.execute(
-                        "INSERT INTO files (source, path, size, mtime, state, created, updated) "
-                        "VALUES (?, ?, ?, ?, 'found', ?, ?)", (source, path, size, mtime, now, now)).lastrowid
-                tasks = [(DOWNLOAD, source, DONE if downloaded else WAITING)]
-                tasks += [(UPLOAD, target, WAITING) for target in targets]
-                if delete_after_upload:
-                    tasks.append((REMOVE, source, WAITING))
-                db.executemany("INSERT INTO tasks (file_id, kind, device, state, updated) VALUES (?, ?, ?, ?, ?)",
-                               [(file_id, kind, device, state, now) for kind, device, state in tasks])
-                self._refresh_state(db, self._get(db, file_id), now)
+                    self._supersede(db, file_id, known_version + 1, now)
+                    version = known_version + 1
+                file_id = db.execute(
+                    "INSERT INTO files (source, path, version, size, mtime, state, created, updated) "
+                    "VALUES (?, ?, ?, ?, ?, 'found', ?, ?)", (source, path, version, size, mtime, now, now)).lastrowid
+                self._add_tasks(db, file_id, source, targets, delete_after_upload, downloaded, problem, now)
                 changed_ids.append(file_id)
         return [self.get(file_id) for file_id in changed_ids]
+
+    def register_staged(self, file_id, source, targets, delete_after_upload, path, version, size, mtime, sha256,
+                        checksum="") -> Optional[FileRecord]:
+        """Record a version found in staging (rebuilding a ledger) under the id it was staged with; None if known."""
+        now = self._clock()
+        with self._transaction() as db:
+            if db.execute("SELECT 1 FROM files WHERE id = ? OR (source = ? AND path = ? AND version = ?)",
+                          (file_id, source, path, version)).fetchone():
+                return None
+            db.execute("INSERT INTO files (id, source, path, version, size, mtime, sha256, checksum, state, created, "
+                       "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'downloaded', ?, ?)",
+                       (file_id, source, path, version, size, mtime, sha256, checksum, now, now))
+            self._add_tasks(db, file_id, source, targets, delete_after_upload, True, "", now)
+        return self.get(file_id)
+
+    def _add_tasks(self, db, file_id, source, targets, delete_after_upload, downloaded, problem, now):
+        tasks = [(DOWNLOAD, source, DONE if downloaded else (PARKED if problem else WAITING), problem)]
+        tasks += [(UPLOAD, target, WAITING, "") for target in targets]
+        if delete_after_upload:
+            tasks.append((REMOVE, source, WAITING, ""))
+        db.executemany("INSERT INTO tasks (file_id, kind, device, state, error, updated) VALUES (?, ?, ?, ?, ?, ?)",
+                       [(file_id, kind, device, state, error, now) for kind, device, state, error in tasks])
+        self._refresh_state(db, self._get(db, file_id), now)
+
+    def _supersede(self, db, file_id, newer, now):
+        """Version `file_id` is no longer what the source holds: its copy (if not made) and its removal are skipped."""
+        copy = db.execute("SELECT state FROM tasks WHERE file_id = ? AND kind = 'download'", (file_id,)).fetchone()
+        if copy and copy[0] != DONE:
+            db.execute("UPDATE tasks SET state = 'skipped', error = ?, lease_until = 0, updated = ? "
+                       "WHERE file_id = ? AND state IN ('waiting', 'active', 'parked')",
+                       (f"replaced on the source by version {newer} before it was copied", now, file_id))
+        db.execute("UPDATE tasks SET state = 'skipped', error = ?, lease_until = 0, updated = ? "
+                   "WHERE file_id = ? AND kind = 'remove' AND state IN ('waiting', 'active', 'parked')",
+                   (f"not removed: the source holds version {newer} now", now, file_id))
+        self._refresh_state(db, self._get(db, file_id), now)
 
     # Work -----------------------------------------------------------------------------------------------------------
 
@@ -221,23 +336,28 @@ class Ledger:
             record = self._refresh_state(db, self._get(db, file_id), now)
         return record, record.task(kind, device)
 
-    def checkpoint(self, file_id, kind, device, worker, offset, lease_seconds) -> bool:
-        """Record that `offset` bytes are safely stored and renew the lease. False if `worker` no longer holds it."""
+    def checkpoint(self, file_id, kind, device, worker, offset, lease_seconds, note=None) -> bool:
+        """Record that `offset` bytes are safely stored and renew the lease. False if `worker` no longer holds it.
+
+        `note` (None: keep the last one) is what the device needs to resume from there.
+        """
         now = self._clock()
         with self._lock:  # one statement: SQLite commits it on its own (durably) before execute() returns
             cursor = self._db.execute(
-                "UPDATE tasks SET offset = ?, lease_until = ?, updated = ? "
+                "UPDATE tasks SET offset = ?, note = COALESCE(?, note), lease_until = ?, updated = ? "
                 "WHERE file_id = ? AND kind = ? AND device = ? AND owner = ? AND state = 'active'",
-                (offset, now + lease_seconds, now, file_id, kind, device, worker))
+                (offset, note, now + lease_seconds, now, file_id, kind, device, worker))
             return cursor.rowcount == 1
 
-    def finish(self, file_id, kind, device, worker, outcome, error="", location="", delay=None) -> Optional[FileRecord]:
+    def finish(self, file_id, kind, device, worker, outcome, error="", location="", delay=None, sha256="",
+               checksum="") -> Optional[FileRecord]:
         """End a claimed task with an outcome; return the file's record, or None if `worker` did not hold the task.
 
         done: finished (location: where it landed). retry: a transient failure, attempts + 1, backoff with jitter.
         park: a permanent failure, kept with its reason until retried by hand. skip: not for this target, with reason.
         release: given back untouched (shutdown). wait: the device is unreachable; given back with the reason, no
-        attempt counted (the worker probes the device before claiming again).
+        attempt counted (the worker probes the device before claiming again). A download done records the version's
+        `sha256` and the device's `checksum`.
         The task keeps its last owner, so a worker finishing again after a lost reply gets the record again.
         """
         if outcome not in OUTCOMES:
@@ -253,6 +373,9 @@ class Ledger:
                 return record
             if outcome == "done":
                 values = dict(state=DONE, error="", location=location)
+                if kind == DOWNLOAD and sha256:
+                    db.execute("UPDATE files SET sha256 = ?, checksum = ? WHERE id = ?", (sha256, checksum, file_id))
+                    record.sha256, record.checksum = sha256, checksum
             elif outcome == "retry":
                 attempts = task.attempts + 1
                 values = dict(state=WAITING, attempts=attempts, error=error,
@@ -300,10 +423,18 @@ class Ledger:
             return self._get(self._db, file_id)
 
     def find(self, source, path) -> Optional[FileRecord]:
-        """The file at `path` on `source`, or None."""
+        """The newest version of the file at `path` on `source`, or None."""
         with self._lock:
-            row = self._db.execute("SELECT id FROM files WHERE source = ? AND path = ?", (source, path)).fetchone()
+            row = self._db.execute("SELECT id FROM files WHERE source = ? AND path = ? ORDER BY version DESC LIMIT 1",
+                                   (source, path)).fetchone()
             return self._get(self._db, row[0]) if row else None
+
+    def versions(self, source, path) -> List[FileRecord]:
+        """Every version of the file at `path` on `source`, oldest first."""
+        with self._lock:
+            ids = [row[0] for row in self._db.execute(
+                "SELECT id FROM files WHERE source = ? AND path = ? ORDER BY version", (source, path))]
+            return [self._get(self._db, file_id) for file_id in ids]
 
     def files(self, state="", source="", after_id=0, limit=0) -> List[FileRecord]:
         """Files in id order, optionally only those in `state` or from `source`, after `after_id`, at most `limit`."""
@@ -339,9 +470,9 @@ class Ledger:
         rows = db.execute(_RECORD_SQL, (file_id,)).fetchall()
         if not rows:
             return None
-        file_id, source, path, size, mtime, state, error = rows[0][:7]
-        tasks = [TaskRecord(file_id, *row[7:]) for row in rows if row[7] is not None]
-        return FileRecord(file_id, source, path, size, mtime, state, error, tasks)
+        file_id, source, path, size, mtime, state, error, version, sha256, checksum = rows[0][:_FILE_COLUMNS]
+        tasks = [TaskRecord(file_id, *row[_FILE_COLUMNS:]) for row in rows if row[_FILE_COLUMNS] is not None]
+        return FileRecord(file_id, source, path, size, mtime, state, error, version, sha256, checksum, tasks)
 
     def _refresh_state(self, db, record, now):
         """Store the state derived from `record`'s tasks (as they now are in the database); return the record."""

@@ -11,28 +11,29 @@ from filesync.msg import FileEvent, FileRecord as FileRecordMsg, Task as TaskMsg
 def task_to_msg(task):
     """TaskRecord -> filesync/Task."""
     return TaskMsg(task.kind, task.device, task.state, task.offset, task.attempts, task.not_before, task.error,
-                   task.owner, task.location)
+                   task.owner, task.location, task.note)
 
 
 def record_to_msg(record):
     """FileRecord -> filesync/FileRecord."""
     return FileRecordMsg(record.id, record.source, record.path, record.size, record.mtime, record.state, record.error,
-                         [task_to_msg(t) for t in record.tasks])
+                         record.version, record.sha256, record.checksum, [task_to_msg(t) for t in record.tasks])
 
 
 def record_from_msg(message):
     """filesync/FileRecord -> FileRecord."""
     return FileRecord(id=message.id, source=message.source, path=message.path, size=message.size,
-                      mtime=message.mtime, state=message.state, error=message.error,
+                      mtime=message.mtime, state=message.state, error=message.error, version=message.version,
+                      sha256=message.sha256, checksum=message.checksum,
                       tasks=[TaskRecord(file_id=message.id, kind=t.kind, device=t.device, state=t.state,
                                         offset=t.offset, attempts=t.attempts, not_before=t.not_before, error=t.error,
-                                        owner=t.owner, location=t.location) for t in message.tasks])
+                                        owner=t.owner, location=t.location, note=t.note) for t in message.tasks])
 
 
 def file_event(record, task=None, bytes_done=None):
     """A FileEvent announcing `record` (and the task that changed, if any)."""
-    event = FileEvent(file_id=record.id, source=record.source, path=record.path, size=record.size,
-                      state=record.state, error=record.error)
+    event = FileEvent(file_id=record.id, source=record.source, path=record.path, version=record.version,
+                      size=record.size, state=record.state, error=record.error)
     event.header.stamp = rospy.Time.now()
     if task is not None:
         event.task, event.device, event.task_state = task.kind, task.device, task.state

@@ -63,7 +63,7 @@ class RosLedger:
     def register(self, source, targets, delete_after_upload, entries, downloaded=False):
         """See Ledger.register."""
         reply = self._call("register", source=source, targets=list(targets), delete_after_upload=delete_after_upload,
-                           files=[FoundFile(path=p, size=s, mtime=m) for p, s, m in entries])
+                           files=[FoundFile(e[0], e[1], e[2], e[3] if len(e) > 3 else "") for e in entries])
         return [record_from_msg(r) for r in reply.changed]
 
     def claim(self, kind, device, worker, lease_seconds):
@@ -74,15 +74,17 @@ class RosLedger:
         record = record_from_msg(reply.file)
         return record, record.task(kind, device)
 
-    def checkpoint(self, file_id, kind, device, worker, offset, lease_seconds):
+    def checkpoint(self, file_id, kind, device, worker, offset, lease_seconds, note=None):
         """See Ledger.checkpoint."""
         return self._call("checkpoint", file_id=file_id, kind=kind, device=device, worker=worker, offset=offset,
-                          lease_seconds=lease_seconds).held
+                          lease_seconds=lease_seconds, set_note=note is not None, note=note or "").held
 
-    def finish(self, file_id, kind, device, worker, outcome, error="", location="", delay=None):
+    def finish(self, file_id, kind, device, worker, outcome, error="", location="", delay=None, sha256="",
+               checksum=""):
         """See Ledger.finish."""
         reply = self._call("finish", file_id=file_id, kind=kind, device=device, worker=worker, outcome=outcome,
-                           error=error, location=location, delay=-1.0 if delay is None else delay)
+                           error=error, location=location, delay=-1.0 if delay is None else delay, sha256=sha256,
+                           checksum=checksum)
         return record_from_msg(reply.file) if reply.held else None
 
     def files(self, state="", source="", after_id=0, limit=0):

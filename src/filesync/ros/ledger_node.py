@@ -5,10 +5,10 @@ import threading
 import rospy
 
 from filesync.ledger.database_thread import DatabaseThread
-from filesync.ledger.recovery import open_ledger, rebuild_from_staging
-from filesync.ros.convert import record_to_msg
-from filesync.ros.node import start_node, wait_for_shutdown
-from filesync.msg import FileRecord as FileRecordMsg, StateCount, Task as TaskMsg
+from filesync.ledger.recovery import rebuild_from_staging, wait_for_ledger
+from filesync.ros.convert import file_event, record_to_msg
+from filesync.ros.node import EVENTS_TOPIC, start_node, wait_for_shutdown
+from filesync.msg import FileEvent, FileRecord as FileRecordMsg, StateCount, Task as TaskMsg
 from filesync.ros.convert import task_to_msg
 from filesync.srv import (Checkpoint, CheckpointResponse, Claim, ClaimResponse, Counts, CountsResponse, Finish,
                           FinishResponse, Manage, ManageResponse, Query, QueryResponse, Register, RegisterResponse)
@@ -36,8 +36,9 @@ def _changes_state(handler):
 class LedgerServices:
     """The service handlers, each one ledger call; the ledger commits before the reply goes out."""
 
-    def __init__(self, ledger):
+    def __init__(self, ledger, announce=lambda record: None):
         self.ledger = ledger
+        self.announce = announce  # a forgotten file is announced, so the finder lists it again
         # every ledger call runs on this one thread; rospy's connection threads only read requests and write replies
         self._database = DatabaseThread()
         # counts every call that may change a file's state (bumped after the ledger committed), so counts() queries
@@ -57,7 +58,7 @@ class LedgerServices:
     @_changes_state
     def register(self, request):
         changed = self._call("register", request.source, request.targets, request.delete_after_upload,
-                             [(f.path, f.size, f.mtime) for f in request.files])
+                             [(f.path, f.size, f.mtime, f.problem) for f in request.files])
         return RegisterResponse(changed=[record_to_msg(r) for r in changed])
 
     @_changes_state
@@ -70,12 +71,14 @@ class LedgerServices:
 
     def checkpoint(self, request):
         return CheckpointResponse(held=self._call("checkpoint", request.file_id, request.kind, request.device,
-                                                  request.worker, request.offset, request.lease_seconds))
+                                                  request.worker, request.offset, request.lease_seconds,
+                                                  request.note if request.set_note else None))
 
     @_changes_state
     def finish(self, request):
         record = self._call("finish", request.file_id, request.kind, request.device, request.worker, request.outcome,
-                            request.error, request.location, None if request.delay < 0 else request.delay)
+                            request.error, request.location, None if request.delay < 0 else request.delay,
+                            request.sha256, request.checksum)
         return FinishResponse(held=record is not None, file=record_to_msg(record) if record else FileRecordMsg())
 
     def query(self, request):
@@ -95,9 +98,13 @@ class LedgerServices:
             ok = record is not None
             message = f"file {request.file_id} is back in line" if ok else f"no file {request.file_id}"
         elif request.action == "forget":
+            forgotten = self._call("get", request.file_id)
             record = None
-            ok = self._call("forget", request.file_id)
+            ok = forgotten is not None and self._call("forget", request.file_id)
             message = f"file {request.file_id} forgotten" if ok else f"no file {request.file_id}"
+            if ok:
+                forgotten.state = "forgotten"
+                self.announce(forgotten)
         else:
             ok, record, message = False, None, f"unknown action {request.action!r} (retry or forget)"
         return ManageResponse(ok=ok, message=message, file=record_to_msg(record) if record else FileRecordMsg())
@@ -131,11 +138,15 @@ class LedgerServices:
 def main():
     """Run the ledger node."""
     config = start_node("ledger")
-    ledger, moved_aside = open_ledger(config.database, retry_base=config.retry_base, retry_cap=config.retry_cap)
+    ledger, moved_aside = wait_for_ledger(config.database, rospy.is_shutdown, retry_base=config.retry_base,
+                                          retry_cap=config.retry_cap)
+    if ledger is None:
+        return
     if moved_aside:
         rospy.logerr(f"the ledger database was unreadable; kept it as {moved_aside}, rebuilding from staging")
         rebuild_from_staging(ledger, config)
-    handlers = LedgerServices(ledger)
+    events = rospy.Publisher(EVENTS_TOPIC, FileEvent, queue_size=20)
+    handlers = LedgerServices(ledger, lambda record: events.publish(file_event(record)))
     services = [rospy.Service(f"{NAMESPACE}/{name}", kind, getattr(handlers, name))
                 for name, kind in (("register", Register), ("claim", Claim), ("checkpoint", Checkpoint),
                                    ("finish", Finish), ("query", Query), ("manage", Manage), ("counts", Counts))]

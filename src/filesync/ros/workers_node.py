@@ -7,6 +7,7 @@ from std_srvs.srv import Trigger, TriggerResponse
 
 from filesync.devices.base import DeviceContext
 from filesync.engine.runner import build_workers
+from filesync.engine.workers import Finder
 from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
 from filesync.msg import FileEvent, WorkerReport
 from filesync.ros.convert import file_event
@@ -36,9 +37,15 @@ def run(role):
         for loop in loops:
             loop.wake.set()
 
+    finders = [loop for loop in loops if isinstance(loop, Finder)]
+
     def on_event(event):
         if event.state in WAKES[role]:
             wake_all()
+        elif event.state == "forgotten":  # `filesync forget`: list it again even if it did not change
+            for finder in finders:
+                if finder.source.name == event.source:
+                    finder.forget(event.path)
 
     rospy.Subscriber(EVENTS_TOPIC, FileEvent, on_event, queue_size=200)
     if role == "finder":

@@ -1,15 +1,23 @@
 """An FTP control connection that logs in when needed, uses binary mode, and turns ftplib's errors into ours.
 
 Reply classes (RFC 959): 421 and failed connects mean the server is away (DeviceUnavailable); 530 (login refused) is
-treated the same, so a wrong password waits for a fix instead of parking every file; 425/426/450/451/452 and 552 (a
-full disk: pyftpdlib answers 426, others 552) are transient; other 5xx replies are permanent.
+AuthRefused, so a wrong password waits for a fix instead of parking every file; 425/426/450/451/452 and 552 (a full
+disk: pyftpdlib answers 426, others 552) are transient; other 5xx replies are permanent.
+
+Names travel as bytes. ftplib decodes the control connection with one encoding and raises on a reply it cannot decode
+(a listed name that is not UTF-8 would stop every scan), so the connection is opened as latin-1, which maps each byte
+to one character and back unchanged; wire() and device_text() convert between that and filesync's names (UTF-8, with
+undecodable bytes surrogate-escaped as os.fsdecode makes them).
 """
 import ftplib
 import socket
 import time
 from contextlib import contextmanager
+from typing import Dict, Optional, Tuple
 
-from filesync.errors import DeviceUnavailable, FilesyncError, PermanentError, TransientError
+from filesync.devices.base import digest_text
+from filesync.errors import (AuthRefused, DeviceUnavailable, FilesyncError, PermanentError, TransientError,
+                             UnsafePath, Vanished)
 from filesync.options import Option, port_number, positive, resolve_secret, secret_options
 
 OPTIONS = [
@@ -23,7 +31,46 @@ OPTIONS = [
 
 IDLE_CHECK_SECONDS = 30.0
 TRANSIENT_CODES = ("425", "426", "450", "451", "452", "552")
-UNAVAILABLE_CODES = ("421", "530")
+WIRE_ENCODING = "latin-1"
+
+# Digests a server may compute (filesync's name -> the HASH command's name, the older X-command), best first.
+DIGEST_COMMANDS = (("sha256", "SHA-256", "XSHA256"), ("md5", "MD5", "XMD5"), ("crc32", "CRC32", "XCRC"))
+
+
+def unsendable(name: str) -> str:
+    """Why `name` cannot be sent in an FTP command, or '' when it can.
+
+    A line break ends the command early (ftplib refuses to send one). The byte 0xFF is the Telnet IAC: ProFTPD reads
+    it as the start of a Telnet command unless doubled, vsftpd takes it as it is, so no one form reaches every server.
+    """
+    if "\r" in name or "\n" in name:
+        return "its name holds a line break, which an FTP command cannot carry"
+    if "\udcff" in name:
+        return "its name holds the byte 0xFF, which FTP servers read differently (a Telnet command to some)"
+    return ""
+
+
+def wire(path: str) -> str:
+    """`path` as the latin-1 text that puts its exact bytes on the connection; UnsafePath where it cannot be sent."""
+    reason = unsendable(path)
+    if reason:
+        raise UnsafePath(f"{path!r}: {reason}")
+    return path.encode("utf-8", "surrogateescape").decode(WIRE_ENCODING)
+
+
+def device_text(raw: bytes) -> str:
+    """A name as the server sent it, as filesync's str (undecodable bytes surrogate-escaped)."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def reply_text(text: str) -> str:
+    """A server reply (read as latin-1) as readable text for messages: names in it read as UTF-8 again."""
+    return text.encode(WIRE_ENCODING, "replace").decode("utf-8", "replace")
+
+
+def reply_code(error) -> str:
+    """The three-digit code of an ftplib reply error ('' if none)."""
+    return str(error).strip()[:3]
 
 
 def classify(error, what):
@@ -33,7 +80,10 @@ def classify(error, what):
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     code = text[:3]
     if isinstance(error, (ftplib.error_temp, ftplib.error_perm, ftplib.error_reply)):
-        if code in UNAVAILABLE_CODES:
+        text = reply_text(text)
+        if code == "530":
+            return AuthRefused(f"{what}: server says {text}")
+        if code == "421":
             return DeviceUnavailable(f"{what}: server says {text}")
         if code in TRANSIENT_CODES or isinstance(error, ftplib.error_temp):
             return TransientError(f"{what}: server says {text}")
@@ -43,6 +93,16 @@ def classify(error, what):
     return error
 
 
+def parse_features(reply: str) -> Dict[str, str]:
+    """FEAT's answer as {feature: its parameters}, e.g. {'HASH': 'CRC32;MD5;SHA-1*;SHA-256;', 'SIZE': ''}."""
+    features = {}
+    for line in reply.splitlines()[1:-1]:
+        name, _, parameters = line.strip().partition(" ")
+        if name:
+            features[name.upper()] = parameters.strip()
+    return features
+
+
 class FtpConnection:
     """One logged-in control connection, made on first use and again after any failure."""
 
@@ -50,6 +110,7 @@ class FtpConnection:
         self.options, self.key = options, key
         self._ftp = None
         self._last_used = 0.0
+        self._features: Optional[Dict[str, str]] = None
 
     @property
     def address(self):
@@ -57,7 +118,7 @@ class FtpConnection:
         return f"{self.options['host']}:{self.options['port']}"
 
     def _connect(self):
-        ftp = ftplib.FTP(timeout=self.options["timeout"])
+        ftp = ftplib.FTP(timeout=self.options["timeout"], encoding=WIRE_ENCODING)
         try:
             ftp.connect(self.options["host"], self.options["port"])
             ftp.login(self.options["user"], resolve_secret(self.options, self.key))
@@ -79,6 +140,7 @@ class FtpConnection:
                     self.close()
             if self._ftp is None:
                 self._ftp = self._connect()
+                self._features = None
             yield self._ftp
             self._last_used = time.monotonic()
         except BaseException as error:
@@ -87,6 +149,16 @@ class FtpConnection:
             if mapped is error:
                 raise
             raise mapped from None
+
+    def features(self, ftp) -> Dict[str, str]:
+        """The server's FEAT answer, asked once per connection."""
+        if self._features is None:
+            try:
+                reply = ftp.sendcmd("FEAT")
+            except ftplib.error_perm:  # 500/502: a server too old for FEAT has none of the extensions
+                reply = ""
+            self._features = parse_features(reply)
+        return self._features
 
     def close(self):
         """Drop the connection (politely if it still answers)."""
@@ -101,12 +173,61 @@ class FtpConnection:
 
 
 def size_or_none(ftp, path):
-    """SIZE of `path`, or None when the server says it does not exist (550)."""
+    """SIZE of `path` (a filesync name), or None when the server says it does not exist (550)."""
     # ftplib leaves the connection in ASCII after a listing, and servers refuse SIZE there (pyftpdlib answers 550)
     ftp.voidcmd("TYPE I")
     try:
-        return ftp.size(path)
+        return ftp.size(wire(path))
     except ftplib.error_perm as error:
-        if str(error).startswith("550"):
+        if reply_code(error) == "550":
             return None
         raise
+
+
+def listing_lines(ftp, command):
+    """The raw lines of a LIST or MLSD answer, split only at CRLF.
+
+    Read in binary (ftplib's retrlines splits at a bare LF too, so a name holding a newline would come apart into a
+    phantom name and a stray line); the servers end each entry with CRLF.
+    """
+    chunks = []
+    ftp.retrbinary(command, chunks.append)
+    return [line for line in b"".join(chunks).split(b"\r\n") if line]
+
+
+def offered_digests(features) -> Tuple[str, ...]:
+    """The digests (filesync's names, best first) the server computes by HASH or by its X-commands."""
+    hash_names = {name.rstrip("*").upper() for name in features.get("HASH", "").split(";") if name}
+    return tuple(ours for ours, hash_name, command in DIGEST_COMMANDS
+                 if hash_name in hash_names or command in features)
+
+
+def server_digest(ftp, features, path, algorithm) -> str:
+    """The server's `algorithm` digest of `path` (a filesync name) in filesync's text form.
+
+    HASH (draft-bryan-ftpext-hash) where the server offers it for this algorithm, else the X-command; Vanished for a
+    file that is not there.
+    """
+    entry = next((e for e in DIGEST_COMMANDS if e[0] == algorithm), None)
+    if entry is None or algorithm not in offered_digests(features):
+        raise PermanentError(f"the server computes no {algorithm}")
+    _, hash_name, command = entry
+    hash_names = {name.rstrip("*").upper() for name in features.get("HASH", "").split(";") if name}
+    try:
+        if hash_name in hash_names:
+            ftp.sendcmd(f"OPTS HASH {hash_name}")
+            # 213 <algorithm> <start>-<end> <hex> <path>
+            value = ftp.sendcmd(f"HASH {wire(path)}").splitlines()[-1].split(" ", 4)[3]
+        else:
+            # 250 <HEX>; the X-commands take optional start and end after the path, so a path with a space is quoted
+            argument = wire(path)
+            if " " in argument:
+                if '"' in argument:
+                    raise PermanentError(f"{path!r} holds a space and a quote: {command} cannot name it")
+                argument = f'"{argument}"'
+            value = ftp.sendcmd(f"{command} {argument}").splitlines()[-1].split(" ")[1]
+    except ftplib.error_perm as error:
+        if reply_code(error) == "550":
+            raise Vanished(f"{path} is not there: {reply_text(str(error))}") from None
+        raise
+    return digest_text(int(value, 16)) if algorithm == "crc32" else digest_text(value)

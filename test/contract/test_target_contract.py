@@ -1,0 +1,218 @@
+"""What every Target must do (filesync.devices.base.Target), checked against each peer's real device: uploads land
+under the temporary name and publish without replacing another file; an interrupted upload resumes byte-exact (or,
+where the server refuses restarts, raises StartOver and works from byte 0); digest() is the digest of the bytes;
+same size with other bytes is told apart; an unreachable device is DeviceUnavailable; the device works after close().
+
+The engine's rules (never overwrite, keep_both) are tested with the engine; these are the device's own duties. A check
+of a capability the device declares it lacks is skipped with the declared reason.
+"""
+import io
+import random
+from contextlib import closing
+
+import pytest
+
+from filesync.devices.base import local_digest
+from filesync.errors import AuthRefused, DeviceUnavailable, FinalNameTaken, StartOver
+from filesync.paths import PART_SUFFIX, part_name, safe_name
+
+MiB = 1 << 20
+
+
+def content(name, size=1000):
+    """Distinct bytes for each name."""
+    return random.Random(name).randbytes(size)
+
+
+def upload(target, path, data, offset=0):
+    """write() from `offset`, recording progress; returns the progress values."""
+    seen = []
+    target.write(path, io.BytesIO(data[offset:]), offset, len(data), lambda done, note=None: seen.append(done))
+    return seen
+
+
+def read_back(target, path):
+    with closing(target.read(path)) as chunks:
+        return b"".join(chunks)
+
+
+class StreamBroke(Exception):
+    """The local stream failed (a stand-in for the engine's process dying mid-upload)."""
+
+
+class BreakingStream(io.BytesIO):
+    """A stream that raises StreamBroke once `limit` bytes have been read from it."""
+
+    def __init__(self, data, limit):
+        super().__init__(data)
+        self.limit = limit
+
+    def read(self, size=-1):
+        if self.tell() >= self.limit:
+            raise StreamBroke(f"stopped after {self.limit} bytes")
+        return super().read(min(size if size >= 0 else self.limit, self.limit - self.tell()))
+
+
+def test_upload_lands_under_the_temporary_name_then_publishes(target_peer):
+    target, data = target_peer.target, content("a", 300_000)
+    assert target.stat("d/e/a.bin") is None and target.held("d/e/a.bin") == 0
+    seen = upload(target, "d/e/a.bin", data)
+    if target_peer.expect.get("part_visible", True):
+        assert seen and seen[-1] == len(data) and seen == sorted(seen)
+        assert target_peer.get("d/e/a.bin" + PART_SUFFIX) == data
+        assert target.held("d/e/a.bin") == len(data)
+    assert target_peer.get("d/e/a.bin") is None and target.stat("d/e/a.bin") is None
+    location = target.publish("d/e/a.bin", len(data))
+    assert location and location == target.location("d/e/a.bin")
+    assert target_peer.get("d/e/a.bin") == data and target_peer.get("d/e/a.bin" + PART_SUFFIX) is None
+    assert target.stat("d/e/a.bin") == len(data) and target.held("d/e/a.bin") == 0
+    if target.readable:
+        assert read_back(target, "d/e/a.bin") == data
+
+
+def test_odd_safe_names_are_written_as_given(target_peer):
+    target = target_peer.target
+    names = ["-dash.bin", "hash#1.bin", "sub dir/a b.bin", "n" * 251 + ".bin", "日本語.bin",
+             safe_name("per%41cent.bin"), safe_name("new\nline.bin"), safe_name("caf\udce9.bin")]
+    for name in names:
+        data = content(name)
+        upload(target, name, data)
+        target.publish(name, len(data))
+        assert target_peer.get(name) == data, name
+        assert target.stat(name) == len(data)
+        assert target_peer.get(part_name(name)) is None
+
+
+def test_publish_never_replaces_another_file_unless_told(target_peer):
+    target, ours, theirs = target_peer.target, content("ours", 5000), content("theirs", 5000)
+    target_peer.put("taken.bin", theirs)
+    upload(target, "taken.bin", ours)
+    with pytest.raises(FinalNameTaken):
+        target.publish("taken.bin", len(ours))
+    assert target_peer.get("taken.bin") == theirs
+    assert target.held("taken.bin") == len(ours)  # our upload waits, untouched
+    target.publish("taken.bin", len(ours), replace=True)
+    assert target_peer.get("taken.bin") == ours
+
+
+def test_an_interrupted_upload_resumes_byte_exact_or_starts_over(target_peer):
+    target, data = target_peer.target, content("big", 3 * MiB + 5)
+    with pytest.raises(StreamBroke):
+        target.write("big.bin", BreakingStream(data, MiB + 3), 0, len(data), lambda done, note=None: None)
+    held = target.held("big.bin")
+    assert 0 <= held <= MiB + 3
+    if target_peer.expect.get("holds_partial", True):
+        assert held > 0, "the bytes that arrived before the break are kept"
+    assert target_peer.get(part_name("big.bin")) in (None, data[:held])
+    started_over = False
+    if not target.resumable:
+        target.discard("big.bin")
+        upload(target, "big.bin", data)
+    else:
+        try:
+            upload(target, "big.bin", data, offset=held)
+        except StartOver:
+            started_over = True
+            target.discard("big.bin")
+            assert target.held("big.bin") == 0
+            upload(target, "big.bin", data)
+    expected = target_peer.expect.get("start_over")
+    if expected is not None and held:
+        assert started_over == expected, "StartOver exactly where the server refuses restarts"
+    target.publish("big.bin", len(data))
+    assert target_peer.get("big.bin") == data
+
+
+def test_discard_drops_the_unfinished_upload(target_peer):
+    target = target_peer.target
+    upload(target, "x.bin", b"12345")
+    target.discard("x.bin")
+    assert target.held("x.bin") == 0 and target_peer.get(part_name("x.bin")) is None
+    target.discard("x.bin")  # nothing there: fine
+
+
+def test_digests_are_the_digests_of_the_bytes(target_peer, tmp_path):
+    target, data = target_peer.target, content("sum", 70_001)
+    expected = target_peer.expect.get("digests")
+    if expected is not None:
+        assert tuple(target.digests) == expected
+    if not target.digests:
+        pytest.skip(f"{target.kind} target declares no digests")
+    target_peer.put("sum.bin", data)
+    local = tmp_path / "sum.bin"
+    local.write_bytes(data)
+    for algorithm in target.digests:
+        assert target.digest("sum.bin", algorithm) == local_digest(str(local), algorithm), algorithm
+
+
+def test_same_size_other_bytes_are_told_apart(target_peer, tmp_path):
+    target, data = target_peer.target, content("mine", 20_000)
+    upload(target, "mine.bin", data)
+    target.publish("mine.bin", len(data))
+    changed = bytearray(data)
+    changed[10_000] ^= 0xFF
+    target_peer.put("mine.bin", bytes(changed))
+    assert target.stat("mine.bin") == len(data)  # the size alone cannot tell
+    local = tmp_path / "mine.bin"
+    local.write_bytes(data)
+    if target.digests:
+        algorithm = target.digests[0]
+        assert target.digest("mine.bin", algorithm) != local_digest(str(local), algorithm)
+    elif target.readable:
+        assert read_back(target, "mine.bin") == bytes(changed)
+    else:
+        pytest.skip(f"{target.kind} target declares no digests and readable False")
+
+
+def test_an_unreachable_device_is_DeviceUnavailable_and_comes_back(target_peer):
+    target = target_peer.target
+    upload(target, "a.bin", b"abc")
+    target_peer.stop()
+    calls = [target.probe, lambda: target.stat("a.bin"),
+             lambda: (upload(target, "b.bin", b"xyz"), target.publish("b.bin", 3))]
+    if target_peer.expect.get("held_asks_device", True):
+        calls.append(lambda: target.held("a.bin"))
+    for call in calls:
+        with pytest.raises(DeviceUnavailable):
+            call()
+    target_peer.start()
+    target.probe()
+    assert target.held("a.bin") == 3
+    target.publish("a.bin", 3)
+    assert target_peer.get("a.bin") == b"abc"
+
+
+def test_wrong_credentials_are_AuthRefused_without_the_secret(target_peer):
+    if not target_peer.credentials:
+        pytest.skip("this peer takes no credentials")
+    refused = target_peer.new_target(password="wrong-Pa55word")
+    try:
+        with pytest.raises(AuthRefused) as raised:
+            refused.probe()
+        assert "wrong-Pa55word" not in str(raised.value) and "\n" not in str(raised.value)
+    finally:
+        refused.close()
+
+
+def test_delete_is_idempotent(target_peer):
+    target = target_peer.target
+    if not target.can_delete:
+        pytest.skip(f"{target.kind} target declares can_delete False")
+    upload(target, "sub/del.bin", b"12345")
+    target.publish("sub/del.bin", 5)
+    target.delete("sub/del.bin")
+    assert target_peer.get("sub/del.bin") is None and target.stat("sub/del.bin") is None
+    target.delete("sub/del.bin")  # already gone: counts as removed
+
+
+def test_the_device_works_again_after_close(target_peer):
+    target = target_peer.target
+    upload(target, "a/one.bin", b"first")
+    target.close()
+    assert target.held("a/one.bin") == 5
+    target.publish("a/one.bin", 5)
+    target.close()
+    target.close()  # twice is fine too
+    upload(target, "a/two.bin", b"second")  # its directory is found again after close
+    target.publish("a/two.bin", 6)
+    assert target_peer.get("a/one.bin") == b"first" and target_peer.get("a/two.bin") == b"second"
