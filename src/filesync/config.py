@@ -8,8 +8,10 @@ from typing import Dict, List
 
 import yaml
 
+from filesync.devices import source_class
 from filesync.errors import ConfigError
 from filesync.options import Option, expand_path, not_negative, parse_options, port_number, positive, secret_options
+from filesync.ui.web import is_loopback
 
 TOP_LEVEL = [
     Option("staging_dir", str, "~/filesync/staging"),
@@ -33,6 +35,7 @@ TOP_LEVEL = [
     Option("targets", dict),
     Option("pipelines", list),
     Option("ftp_server", dict, {}),
+    Option("web", dict, {}),
 ]
 
 PIPELINE = [
@@ -49,6 +52,12 @@ FTP_SERVER = [
     Option("users", list, []),
     Option("passive_ports", list, []),
 ]
+
+WEB = [
+    Option("enabled", bool, True),
+    Option("host", str, "127.0.0.1"),
+    Option("port", int, 8088, port_number),
+] + secret_options("token")
 
 FTP_USER = [Option("name", str), Option("perm", str, "elradfmwMT")] + secret_options()
 
@@ -78,6 +87,7 @@ class Config:
     targets: Dict[str, dict]
     pipelines: List[Pipeline]
     ftp_server: dict = field(default_factory=dict)
+    web: dict = field(default_factory=dict)
     staging_min_free_bytes: int = 0
     retention: str = "keep"
     unreachable_warn_seconds: float = 30.0
@@ -133,6 +143,11 @@ def load_config(raw) -> Config:
         for target in pipeline.targets:
             if target not in values["targets"]:
                 raise ConfigError(f"{key}.targets: no target named {target!r} under targets")
+        if pipeline.delete_after_upload:
+            kind = values["sources"][pipeline.source]["kind"]
+            if not source_class(kind, f"sources.{pipeline.source}").deletes(values["sources"][pipeline.source]):
+                raise ConfigError(f"{key}.delete_after_upload: source {pipeline.source!r} ({kind}) cannot delete "
+                                  "files")
         pipelines.append(pipeline)
     server = parse_options(FTP_SERVER, values["ftp_server"], "ftp_server")
     for index, user in enumerate(server["users"]):
@@ -140,6 +155,11 @@ def load_config(raw) -> Config:
     if server["enabled"] and not server["users"]:
         raise ConfigError("ftp_server.users: an enabled server needs at least one user")
     values["ftp_server"] = server
+    web = parse_options(WEB, values["web"], "web")
+    if not is_loopback(web["host"]) and not any(web[key] for key in ("token", "token_env", "token_file")):
+        raise ConfigError(f"web.host: serving on {web['host']} needs a token (web.token_env or web.token_file); "
+                          "without one the page is served on 127.0.0.1 only")
+    values["web"] = web
     values["staging_dir"] = expand_path(values["staging_dir"])
     values["database"] = expand_path(values["database"]) if values["database"] else default_database()
     values["log_dir"] = expand_path(values["log_dir"]) if values["log_dir"] else default_log_dir()

@@ -18,6 +18,7 @@ TARGET_KINDS = {
     "folder": "filesync.devices.folder:FolderTarget",
     "flight_review": "filesync.devices.http:FlightReviewTarget",
     "http": "filesync.devices.http:HttpTarget",
+    "s3": "filesync.devices.s3:S3Target",
 }
 
 
@@ -26,6 +27,11 @@ def _device_class(kinds, kind, key):
         raise ConfigError(f"{key}.kind: unknown kind {kind!r} (known: {', '.join(sorted(kinds))})")
     module_name, class_name = kinds[kind].split(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def source_class(kind, key):
+    """The class of a source kind (its capabilities are class attributes); ConfigError naming `key` if unknown."""
+    return _device_class(SOURCE_KINDS, kind, key)
 
 
 def create_source(name, options, context=None):

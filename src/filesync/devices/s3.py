@@ -1,0 +1,837 @@
+"""An S3 bucket as a target (AWS S3 or a compatible store: SeaweedFS, MinIO, Ceph RGW...), through boto3.
+
+How the engine's contract maps onto S3, which has no rename:
+  Files from multipart_threshold on go as a multipart upload, which is the "temporary name": write() creates it,
+    records its UploadId at once (progress note) and sends the parts, recording after each one the note
+    {key, upload_id, part_size, sha256, parts: [[number, etag, sha256_b64], ...]}. After a restart held(path, note)
+    checks that list against ListParts (AWS's advice: keep your own list, use the listing to check; SeaweedFS's listing
+    leaves the part checksums out, so they come from the note) and answers the bytes of the confirmed parts from
+    part 1; write() goes on from there. At most the part in flight is sent again per interruption. A note about
+    another key (the engine chose another name for the version) aborts that upload. The whole file's SHA-256 is
+    computed before CreateMultipartUpload, since the metadata is fixed there: one local read of the staged file
+    (cheap beside the network; set_context(sha256=...) spares it).
+  Smaller files go as one PutObject: write() hashes the staged file and keeps a duplicate of its descriptor, publish()
+    sends it. Nothing reaches the store before publish(), so there is nothing to resume or abort; a restart in
+    between sends the file again (less than multipart_threshold bytes, like one part). The object then carries the
+    store's own full SHA-256, and a small file costs one request instead of three.
+  publish() is the CompleteMultipartUpload or the PutObject, with If-None-Match: * unless `replace`: a 412 raises
+    FinalNameTaken (unless the name already holds these very bytes: a retry after a lost answer). A HEAD then checks
+    the size and the store's checksum.
+
+Integrity is the store's job: every part and every PutObject carries x-amz-checksum-sha256 of its bytes, so the
+store refuses damaged bytes (BadDigest -> FileError: sent again), and the object's checksum (a checksum of the parts'
+checksums, "<b64>-<parts>", for a multipart object) is checked after completion. The whole file's SHA-256 goes along
+as metadata (x-amz-meta-sha256, with the source, the vehicle and the version's time); digest() answers it where the
+store's checksum is a composite one.
+
+Errors:
+  connection refused, endpoint down, TLS certificate not accepted        -> DeviceUnavailable (wait, probe)
+  bucket missing (NoSuchBucket)                                          -> DeviceUnavailable: wrong for every file
+  InvalidAccessKeyId, SignatureDoesNotMatch, AccessDenied, any 403,
+  RequestTimeTooSkewed ("the clock is off by ...")                        -> AuthRefused (wait; never names a secret)
+  BadDigest, InvalidDigest, XAmzContentSHA256Mismatch                    -> FileError (sent again, then parked)
+  NoSuchUpload (the store dropped the upload)                            -> StartOver
+  a key over 1,024 bytes                                                 -> UnsafePath, before anything is sent
+  5xx, SlowDown, timeouts, dropped connections                           -> TransientError
+  other refusals (4xx)                                                   -> PermanentError with the store's message
+"""
+import base64
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import socket
+import string
+import threading
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import List, Optional
+from urllib.parse import quote
+
+import boto3
+import botocore.auth
+import botocore.exceptions
+import urllib3
+from botocore.config import Config
+
+from filesync.devices.base import Target
+from filesync.errors import (AuthRefused, ConfigError, DeviceUnavailable, FileError, FinalNameTaken, PermanentError,
+                             StartOver, TransientError, UnsafePath)
+from filesync.options import Option, expand_path, positive, resolve_secret, secret_options
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+MIN_PART_SIZE = 5 * MIB  # S3's smallest part (but the last); SeaweedFS enforces it too (EntityTooSmall)
+MAX_PART_SIZE = 5 * 1024 * MIB
+MAX_PARTS = 10_000
+MAX_PUT_SIZE = 5 * 1024 * MIB  # the largest single PutObject
+MAX_KEY_BYTES = 1024
+# Parts chosen from the size: 8 MiB, larger for files over ~8 GB so that an upload has at most 1,000 parts: the note
+# (about 90 bytes a part) is written to the ledger after every part and should stay short.
+DEFAULT_PART_SIZE = 8 * MIB
+PREFERRED_MAX_PARTS = 1000
+READ_BLOCK = MIB  # local reads for hashing and sending
+CLOCK_TOLERANCE = 300  # seconds; S3 refuses signatures more than 15 minutes off, so 5 already means a wrong clock
+MESSAGE_LIMIT = 300
+KEY_IN_MESSAGES = 120  # characters of a key shown in an error line
+
+KEY_PLACEHOLDERS = ("vehicle", "source", "path")
+AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "AccountProblem", "InvalidToken",
+              "ExpiredToken", "InvalidSecurity", "AllAccessDisabled", "403"}
+DIGEST_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"}
+LATER_CODES = {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "ServiceUnavailable",
+               "InternalError", "OperationAborted", "ConditionalRequestConflict", "RequestTimeoutException"}
+NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+
+
+def _key_template_check(value):
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+    except ValueError as error:
+        return f"not a valid template ({error})"
+    unknown = sorted(name for name in fields if name not in KEY_PLACEHOLDERS)
+    if unknown:
+        return f"unknown placeholder {{{unknown[0]}}} (known: {', '.join('{%s}' % n for n in KEY_PLACEHOLDERS)})"
+    if "path" not in fields:
+        return "must hold {path}, or every file would land on one key"
+    return None
+
+
+def _part_size_check(value):
+    if value and not MIN_PART_SIZE <= value <= MAX_PART_SIZE:
+        return f"must be 0 (chosen from the file size) or from {MIN_PART_SIZE} (5 MiB) to {MAX_PART_SIZE} (5 GiB)"
+    return None
+
+
+def _threshold_check(value):
+    if not 0 < value <= MAX_PUT_SIZE:
+        return f"must be above 0 and at most {MAX_PUT_SIZE} (5 GiB, the largest single upload)"
+    return None
+
+
+def choose_part_size(size, configured=0):
+    """The part size for a file of `size` bytes: `configured` (0: 8 MiB, more above ~8 GB to keep to 1,000 parts),
+    raised where needed so that no upload has more than S3's 10,000 parts; whole MiB, at least 5 MiB."""
+    wanted = configured or max(DEFAULT_PART_SIZE, math.ceil(size / PREFERRED_MAX_PARTS))
+    wanted = max(wanted, math.ceil(size / MAX_PARTS), MIN_PART_SIZE)
+    return min(math.ceil(wanted / MIB) * MIB, MAX_PART_SIZE)
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode("ascii")
+
+
+def composite_checksum(part_checksums):
+    """S3's checksum of a multipart object: SHA-256 over the parts' raw SHA-256s, then "-<number of parts>"."""
+    combined = hashlib.sha256(b"".join(base64.b64decode(value) for value in part_checksums))
+    return f"{_b64(combined.digest())}-{len(part_checksums)}"
+
+
+def _metadata_value(text):
+    """Metadata travels in HTTP headers: keep printable ASCII, percent-encode the rest."""
+    return quote(text, safe=" !#$&'()*+,-./:;<=>?@[]^_`{|}~")
+
+
+def _duration(seconds):
+    seconds = abs(int(round(seconds)))
+    if seconds >= 2 * 86400:
+        return f"{seconds // 86400} days"
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+class _Staged:
+    """Reads the staged file at given offsets: os.pread where it has a descriptor (the engine's stream stays where it
+    is, and a local read costs little next to the network), else seek and read."""
+
+    def __init__(self, stream=None, fd=None, data=None):
+        self.stream, self.fd, self.data = stream, fd, data
+        self._owns_fd = fd is not None
+        if stream is not None:
+            try:
+                self.fd = stream.fileno()
+            except (AttributeError, OSError, ValueError):
+                self.fd = None
+        self._lock = threading.Lock()
+
+    def read_at(self, offset, length):
+        """Up to `length` bytes from `offset` (fewer only at the end of the file)."""
+        if self.data is not None:
+            return self.data[offset:offset + length]
+        if self.fd is not None:
+            return os.pread(self.fd, length, offset)
+        with self._lock:
+            self.stream.seek(offset)
+            return self.stream.read(length)
+
+    def sha256(self, start, length):
+        """SHA-256 of bytes [start, start + length); FileError if the file ends before."""
+        digest = hashlib.sha256()
+        position, end = start, start + length
+        while position < end:
+            block = self.read_at(position, min(READ_BLOCK, end - position))
+            if not block:
+                raise FileError(f"the staged file ended at byte {position}, expected {end}")
+            digest.update(block)
+            position += len(block)
+        return digest
+
+    def kept(self, size):
+        """A copy that stays readable after the engine closes its stream: a duplicate descriptor, or the bytes."""
+        if self.fd is not None:
+            return _Staged(fd=os.dup(self.fd))
+        return _Staged(data=self.read_at(0, size))
+
+    def close(self):
+        """Close a duplicated descriptor (the engine's own stream is the engine's)."""
+        if self._owns_fd and self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+class _Window:
+    """Bytes [start, start + length) of the staged file as the seekable body botocore wants: it reads it once to sign
+    the payload (over plain HTTP) and again to send it, and seeks back to 0 to retry. Reads 1 MiB at a time locally
+    (http.client asks for 8 KiB blocks); memory stays at one block whatever the part size."""
+
+    def __init__(self, staged, start, length):
+        self.staged, self.start, self.length = staged, start, length
+        self.position = 0
+        self._buffer = b""
+        self._buffer_at = 0
+
+    def read(self, amount=-1):
+        """The next bytes of the window, at most `amount`."""
+        remaining = self.length - self.position
+        if remaining <= 0:
+            return b""
+        amount = remaining if amount is None or amount < 0 else min(amount, remaining)
+        offset = self.position - self._buffer_at
+        if not 0 <= offset < len(self._buffer):
+            self._buffer = self.staged.read_at(self.start + self.position, max(READ_BLOCK, amount))
+            self._buffer_at, offset = self.position, 0
+            if not self._buffer:
+                raise FileError(f"the staged file ended at byte {self.start + self.position}")
+        block = self._buffer[offset:offset + amount]
+        self.position += len(block)
+        return block
+
+    def seek(self, position, whence=0):
+        """Move within the window (botocore rewinds before a retry)."""
+        base = {0: 0, 1: self.position, 2: self.length}[whence]
+        self.position = max(0, min(self.length, base + position))
+        return self.position
+
+    def tell(self):
+        """The position within the window."""
+        return self.position
+
+
+@dataclass
+class _Upload:
+    """A multipart upload in progress: the device's own list of the parts the store confirmed, contiguous from 1."""
+    upload_id: str
+    part_size: int
+    sha256: str  # the whole file's, as sent in x-amz-meta-sha256
+    parts: List[list] = field(default_factory=list)  # [number, etag without quotes, sha256 base64]
+    held: int = 0  # bytes in those parts
+
+    def note(self, key):
+        """The resume note the engine records with the offset."""
+        return json.dumps({"key": key, "upload_id": self.upload_id, "part_size": self.part_size,
+                           "sha256": self.sha256, "parts": self.parts}, separators=(",", ":"))
+
+
+@dataclass
+class _Pending:
+    """A small file waiting for publish() to PUT it."""
+    staged: _Staged
+    size: int
+    checksum: str  # SHA-256 base64
+    metadata: dict
+
+
+@dataclass
+class _Context:
+    """Who a file belongs to, for the key template and the object's metadata (see S3Target.set_context)."""
+    source: str
+    vehicle: str
+    version_time: Optional[float] = None
+    sha256: str = ""
+
+
+class S3Target(Target):
+    """Uploads to an S3 bucket under keys made from key_template; see the module doc for how and why.
+
+    Options: bucket; endpoint_url (empty: AWS); region; key_template with {vehicle}, {source} and {path} (empty
+    components are dropped, so an empty source leaves no "//"); vehicle (default: this computer's host name) and source
+    (default empty), which the engine's set_context() overrides; access_key_id and secret_access_key, each also as
+    *_env or *_file, plus session_token likewise, or else profile or boto3's own chain (AWS_* environment variables,
+    ~/.aws/credentials); ca_bundle and verify_tls; addressing_style (path, virtual or auto);
+    request_checksum_calculation (when_supported, boto3's default, or when_required for stores that refuse the SDK's
+    CRC trailers); multipart_threshold and part_size (0: chosen from the file size); connect_timeout, timeout
+    (seconds) and max_attempts (boto3's tries per request); metadata (more x-amz-meta-* values).
+    """
+
+    kind = "s3"
+    resumable = True
+    verifiable = True
+    digests = ("sha256",)
+    readable = True
+    can_delete = True
+
+    OPTIONS = [
+        Option("bucket", str, check=lambda value: None if value else "must not be empty"),
+        Option("endpoint_url", str, ""),
+        Option("region", str, ""),
+        Option("key_template", str, "{vehicle}/{source}/{path}", _key_template_check),
+        Option("vehicle", str, ""),
+        Option("source", str, ""),
+        Option("profile", str, ""),
+        Option("ca_bundle", str, ""),
+        Option("verify_tls", bool, True),
+        Option("addressing_style", str, "auto", choices=("auto", "path", "virtual")),
+        Option("request_checksum_calculation", str, "when_supported", choices=("when_supported", "when_required")),
+        Option("multipart_threshold", int, 8 * MIB, _threshold_check),
+        Option("part_size", int, 0, _part_size_check),
+        Option("connect_timeout", float, 10.0, positive),
+        Option("timeout", float, 120.0, positive),
+        Option("max_attempts", int, 2, positive),  # boto3's own tries per request; the engine retries beyond them
+        Option("metadata", dict, {}, lambda value: None if all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()) else "expected a mapping of strings"),
+    ] + secret_options("access_key_id") + secret_options("secret_access_key") + secret_options("session_token")
+
+    LIST_PAGE = 1000  # ListParts page size: S3's largest (a test makes it small to walk the pages)
+
+    def __init__(self, name, raw_options, key, context=None):
+        super().__init__(name, raw_options, key, context)
+        options = self.options
+        self.bucket = options["bucket"]
+        if options["ca_bundle"]:
+            bundle = expand_path(options["ca_bundle"])
+            if not os.path.isfile(bundle):
+                raise ConfigError(f"{key}.ca_bundle: no such file {bundle}")
+            if not options["verify_tls"]:
+                raise ConfigError(f"{key}.verify_tls: false contradicts ca_bundle; give one of them")
+            self._verify = bundle
+        else:
+            self._verify = options["verify_tls"]
+        if not options["verify_tls"]:
+            log.warning("%s: verify_tls is false: the store's TLS certificate is NOT checked; anyone on the path can "
+                        "read and change the uploads", key)
+            warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
+        self._credentials()  # a missing variable or file, or half a key pair, is a config error at start
+        self._client_lock = threading.Lock()
+        self._s3 = None
+        self._state_lock = threading.Lock()
+        self._uploads = {}  # key -> _Upload (multipart uploads held for the next write()/publish())
+        self._pending = {}  # key -> _Pending (small files waiting for publish())
+        self._local = threading.local()
+
+    # --- configuration, client, keys -------------------------------------------------------------------------------
+
+    def _credentials(self):
+        """The configured key pair (and token) as boto3 arguments; empty to use boto3's own credential chain."""
+        key_id = resolve_secret(self.options, self.key, "access_key_id")
+        secret = resolve_secret(self.options, self.key, "secret_access_key")
+        token = resolve_secret(self.options, self.key, "session_token")
+        if bool(key_id) != bool(secret):
+            missing = "secret_access_key" if key_id else "access_key_id"
+            raise ConfigError(f"{self.key}.{missing}: required with "
+                              f"{'access_key_id' if key_id else 'secret_access_key'} (or give neither to use the "
+                              f"environment's AWS credentials)")
+        if not key_id:
+            return {}
+        credentials = {"aws_access_key_id": key_id, "aws_secret_access_key": secret}
+        if token:
+            credentials["aws_session_token"] = token
+        return credentials
+
+    def _secrets(self):
+        """Texts that must never appear in a message: the key id, the secret and the token."""
+        return [value for name in ("access_key_id", "secret_access_key", "session_token")
+                for value in [resolve_secret(self.options, self.key, name)] if value]
+
+    def _client(self):
+        with self._client_lock:
+            if self._s3 is None:
+                options = self.options
+                try:
+                    session = boto3.session.Session(profile_name=options["profile"] or None)
+                except botocore.exceptions.ProfileNotFound:
+                    raise ConfigError(f"{self.key}.profile: no AWS profile {options['profile']!r}") from None
+                config = Config(
+                    region_name=options["region"] or session.region_name or "us-east-1",
+                    signature_version="s3v4",
+                    s3={"addressing_style": options["addressing_style"]},
+                    request_checksum_calculation=options["request_checksum_calculation"],
+                    response_checksum_validation="when_required",  # the checks here are filesync's own
+                    connect_timeout=options["connect_timeout"], read_timeout=options["timeout"],
+                    retries={"mode": "standard", "total_max_attempts": options["max_attempts"]},
+                    tcp_keepalive=True)
+                self._s3 = session.client("s3", endpoint_url=options["endpoint_url"] or None, verify=self._verify,
+                                          config=config, **self._credentials())
+            return self._s3
+
+    def set_context(self, source=None, vehicle=None, version_time=None, sha256=""):
+        """Say whose file the following calls on this thread are about: the source's name, the vehicle, the version's
+        modification time (epoch seconds) and, where the engine knows it, the staged file's SHA-256 (hex; saves a
+        local pass over the file). Until called, the `source` and `vehicle` options apply."""
+        self._local.context = _Context(source if source is not None else self.options["source"],
+                                       vehicle if vehicle is not None else self._default_vehicle(),
+                                       version_time, sha256)
+
+    def _default_vehicle(self):
+        return self.options["vehicle"] or socket.gethostname()
+
+    def _context(self):
+        context = getattr(self._local, "context", None)
+        if context is None:
+            context = _Context(self.options["source"], self._default_vehicle())
+        return context
+
+    def key_for(self, path):
+        """The object key of `path` from key_template; UnsafePath if it is over S3's 1,024 bytes."""
+        context = self._context()
+        key = self.options["key_template"].format(vehicle=context.vehicle, source=context.source, path=path)
+        key = "/".join(part for part in key.split("/") if part)
+        if len(key.encode("utf-8", "surrogateescape")) > MAX_KEY_BYTES:
+            raise UnsafePath(f"{self.name}: the S3 key for {path[:60]!r}... would be "
+                             f"{len(key.encode('utf-8', 'surrogateescape'))} bytes; S3 takes at most {MAX_KEY_BYTES}")
+        return key
+
+    def location(self, path):
+        """s3://<bucket>/<key>."""
+        return f"s3://{self.bucket}/{self.key_for(path)}"
+
+    def _metadata(self, sha256_hex):
+        context = self._context()
+        metadata = {name: _metadata_value(value) for name, value in self.options["metadata"].items()}
+        metadata.update({"sha256": sha256_hex, "vehicle": _metadata_value(context.vehicle)})
+        if context.source:
+            metadata["source"] = _metadata_value(context.source)
+        if context.version_time is not None:
+            metadata["version-time"] = datetime.fromtimestamp(context.version_time, timezone.utc).strftime(
+                "%Y-%m-%dT%H:%M:%S.%fZ")
+        return metadata
+
+    # --- errors ----------------------------------------------------------------------------------------------------
+
+    def _what(self, operation, key=None):
+        where = f"s3://{self.bucket}/{key[:KEY_IN_MESSAGES]}{'...' if len(key) > KEY_IN_MESSAGES else ''}" \
+            if key is not None else f"bucket {self.bucket}"
+        return f"{self.name}: {operation} {where}"
+
+    def _redact(self, text):
+        for secret in self._secrets():
+            text = text.replace(secret, "***")
+        return " ".join(text.split())[:MESSAGE_LIMIT]
+
+    def _error(self, error, operation, key=None):
+        """filesync's error for what boto3 raised during `operation` (see the module doc's table)."""
+        what = self._what(operation, key)
+        if isinstance(error, botocore.exceptions.ClientError):
+            return self._refusal(error, what)
+        if isinstance(error, botocore.exceptions.SSLError):
+            reason = re.search(r"certificate verify failed: (.*?)(?: \(_ssl|$)", str(error))
+            reason = reason.group(1) if reason else self._redact(str(error))
+            return DeviceUnavailable(f"{what}: TLS: the store's certificate is not accepted: {reason}")
+        if isinstance(error, (botocore.exceptions.EndpointConnectionError, botocore.exceptions.ConnectTimeoutError,
+                              botocore.exceptions.ProxyConnectionError)):
+            endpoint = self.options["endpoint_url"] or "the AWS endpoint"
+            return DeviceUnavailable(f"{what}: cannot connect to {endpoint}")
+        if isinstance(error, (botocore.exceptions.NoCredentialsError, botocore.exceptions.PartialCredentialsError,
+                              botocore.exceptions.CredentialRetrievalError)):
+            return AuthRefused(f"{what}: no S3 credentials found: give access_key_id and secret_access_key (or their "
+                               f"_env/_file forms), a profile, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        if isinstance(error, botocore.exceptions.ParamValidationError):
+            return PermanentError(f"{what}: {self._redact(str(error))}")
+        if isinstance(error, botocore.exceptions.BotoCoreError):
+            return TransientError(f"{what}: {self._redact(str(error))}")
+        return error
+
+    def _refusal(self, error, what):
+        response = error.response
+        code = str(response.get("Error", {}).get("Code", ""))
+        message = response.get("Error", {}).get("Message", "") or code
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        text = self._redact(f"{what}: {message} ({code}, HTTP {status})")
+        if code == "RequestTimeTooSkewed" or status == 403 or code in AUTH_CODES:
+            offset = self._clock_offset(response)
+            if code == "RequestTimeTooSkewed" or (offset is not None and abs(offset) > CLOCK_TOLERANCE):
+                if offset is None:
+                    return AuthRefused(f"{what}: the clock is off: the store refuses the request's time "
+                                       f"(RequestTimeTooSkewed); set this computer's clock (NTP)")
+                return AuthRefused(f"{what}: the clock is off by {_duration(offset)}: this computer's clock is "
+                                   f"{'behind' if offset > 0 else 'ahead of'} the store's, which refuses signed "
+                                   f"requests more than 15 min off; set the clock (NTP)")
+            reason = {"InvalidAccessKeyId": "the store does not know the access key id",
+                      "SignatureDoesNotMatch": "the secret access key does not match the access key id",
+                      }.get(code, "access denied: wrong credentials, or no permission for this bucket")
+            return AuthRefused(f"{what}: {reason} ({code or status})")
+        if code == "NoSuchBucket":
+            return DeviceUnavailable(f"{self.name}: bucket {self.bucket} does not exist at "
+                                     f"{self.options['endpoint_url'] or 'AWS'}")
+        if code in DIGEST_CODES:
+            return FileError(f"{what}: the store refused the bytes as damaged, they will be sent again: {text}")
+        if code == "KeyTooLongError":
+            return UnsafePath(text)
+        if code == "NoSuchUpload":
+            return StartOver(f"{what}: the store no longer holds the upload; it starts over")
+        if status >= 500 or status in (408, 409, 429) or code in LATER_CODES:
+            return TransientError(text)
+        return PermanentError(text)
+
+    @staticmethod
+    def _clock_offset(response):
+        """The store's clock minus the one requests are signed with, in seconds, from the answer's Date header."""
+        date = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+        if not date:
+            return None
+        try:
+            server = parsedate_to_datetime(date).astimezone(timezone.utc).replace(tzinfo=None)
+        except (TypeError, ValueError):
+            return None
+        return (server - botocore.auth.get_current_datetime()).total_seconds()
+
+    def _call(self, operation, key, method, **arguments):
+        """Call a client method with Bucket (and Key) filled in; raise filesync's errors."""
+        arguments["Bucket"] = self.bucket
+        if key is not None:
+            arguments["Key"] = key
+        try:
+            return getattr(self._client(), method)(**arguments)
+        except Exception as error:  # every boto3 failure is mapped; anything else goes up as it is
+            mapped = self._error(error, operation, key)
+            if mapped is error:
+                raise
+            raise mapped from None
+
+    @staticmethod
+    def _status(error):
+        if isinstance(error, botocore.exceptions.ClientError):
+            return (str(error.response.get("Error", {}).get("Code", "")),
+                    error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+        return "", 0
+
+    def _head(self, key, operation="HEAD"):
+        """HeadObject with the store's checksum; None when there is no such object."""
+        try:
+            return self._client().head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
+        except Exception as error:
+            code, status = self._status(error)
+            if status == 404 or code in NOT_FOUND_CODES:
+                return None
+            mapped = self._error(error, operation, key)
+            if mapped is error:
+                raise
+            raise mapped from None
+
+    # --- the Target interface --------------------------------------------------------------------------------------
+
+    def probe(self):
+        """HeadBucket: DeviceUnavailable when the store cannot be reached or the bucket is missing, AuthRefused when
+        the credentials are refused."""
+        try:
+            self._client().head_bucket(Bucket=self.bucket)
+        except Exception as error:
+            code, status = self._status(error)
+            if status == 404 or code in ("NoSuchBucket", "404"):
+                raise DeviceUnavailable(f"{self.name}: bucket {self.bucket} does not exist at "
+                                        f"{self.options['endpoint_url'] or 'AWS'}") from None
+            mapped = self._error(error, "HeadBucket")
+            if mapped is error:
+                raise
+            raise mapped from None
+
+    def stat(self, path):
+        """The object's size (HEAD), or None when there is none."""
+        head = self._head(self.key_for(path))
+        return None if head is None else head["ContentLength"]
+
+    def digest(self, path, algorithm):
+        """The object's SHA-256 in hex: the store's own checksum where it covers the whole object, else the
+        x-amz-meta-sha256 filesync sent (a multipart object's checksum is one of its parts' checksums, which publish()
+        checked), else computed by reading the object back (an object filesync did not write)."""
+        if algorithm != "sha256":
+            return super().digest(path, algorithm)
+        key = self.key_for(path)
+        head = self._head(key)
+        if head is None:
+            raise PermanentError(f"{self._what('digest of', key)}: there is no such object")
+        checksum = head.get("ChecksumSHA256") or ""
+        if checksum and "-" not in checksum:
+            return base64.b64decode(checksum).hex()
+        recorded = head.get("Metadata", {}).get("sha256", "")
+        if re.fullmatch(r"[0-9a-f]{64}", recorded):
+            return recorded
+        digest = hashlib.sha256()
+        for block in self.read(path):
+            digest.update(block)
+        return digest.hexdigest()
+
+    def read(self, path):
+        """Stream the object's bytes (GetObject) in 1 MiB blocks."""
+        key = self.key_for(path)
+        answer = self._call("GET", key, "get_object")
+        body = answer["Body"]
+        try:
+            while True:
+                try:
+                    block = body.read(READ_BLOCK)
+                except Exception as error:
+                    mapped = self._error(error, "GET", key)
+                    if mapped is error:
+                        raise TransientError(f"{self._what('GET', key)}: the transfer broke off: {error}") from None
+                    raise mapped from None
+                if not block:
+                    return
+                yield block
+        finally:
+            body.close()
+
+    def delete(self, path):
+        """DeleteObject (S3 answers alike whether or not the object existed)."""
+        key = self.key_for(path)
+        self._call("DELETE", key, "delete_object")
+
+    def held(self, path, note=""):
+        """The bytes of the parts of the upload in `note` (or, without one, of the upload this object holds for
+        `path`) that ListParts confirms, contiguous from part 1. 0 when the store no longer knows the upload (write()
+        then starts anew) and when the note is about another key (the engine chose another name: that upload is
+        aborted). A small file kept for publish() counts as held whole: nothing of it is on the store yet, and
+        publish() sends it."""
+        key = self.key_for(path)
+        with self._state_lock:
+            pending = self._pending.get(key)
+            kept = self._uploads.pop(key, None)
+        if pending is not None and not note:
+            return pending.size
+        if not note:
+            if kept is None:
+                return 0
+            note = kept.note(key)
+        try:
+            record = json.loads(note)
+            upload = _Upload(str(record["upload_id"]), int(record["part_size"]), str(record["sha256"]))
+            noted = [[int(n), str(etag), str(checksum)] for n, etag, checksum in record["parts"]]
+            noted_key = str(record.get("key", key))
+        except (ValueError, KeyError, TypeError):
+            log.warning("%s: the resume note of %s cannot be read; the upload starts over", self.name, path)
+            return 0
+        if noted_key != key:
+            self._abort(noted_key, upload.upload_id)
+            return 0
+        listed = self._listed_parts(key, upload.upload_id)
+        if listed is None:
+            log.info("%s: the store no longer holds upload %s of %s; it starts over", self.name, upload.upload_id,
+                     path)
+            return 0
+        for number, etag, checksum in sorted(noted):
+            size = listed.get(number, (None, 0))[1]
+            if number != len(upload.parts) + 1 or listed.get(number, (None,))[0] != etag:
+                break
+            if upload.parts and upload.held != len(upload.parts) * upload.part_size:
+                break  # a short part can only be the last one
+            upload.parts.append([number, etag, checksum])
+            upload.held += size
+        with self._state_lock:
+            self._uploads[key] = upload
+        return upload.held
+
+    def _listed_parts(self, key, upload_id):
+        """{part number: (etag, size)} from ListParts, every page; None when the store does not know the upload."""
+        parts, marker = {}, 0
+        while True:
+            try:
+                page = self._client().list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id,
+                                                 PartNumberMarker=marker, MaxParts=self.LIST_PAGE)
+            except Exception as error:
+                if self._status(error)[0] == "NoSuchUpload" or self._status(error)[1] == 404:
+                    return None
+                mapped = self._error(error, "ListParts", key)
+                if mapped is error:
+                    raise
+                raise mapped from None
+            for part in page.get("Parts", []):
+                parts[part["PartNumber"]] = (part["ETag"].strip('"'), part["Size"])
+            if not page.get("IsTruncated"):
+                return parts
+            next_marker = int(page.get("NextPartNumberMarker") or 0)
+            if next_marker <= marker:
+                raise TransientError(f"{self._what('ListParts', key)}: the listing does not advance")
+            marker = next_marker
+
+    def discard(self, path):
+        """Abort the multipart upload of `path` and any other the store lists for its key; drop a waiting small file."""
+        key = self.key_for(path)
+        with self._state_lock:
+            upload = self._uploads.pop(key, None)
+            pending = self._pending.pop(key, None)
+        if pending is not None:
+            pending.staged.close()
+        upload_ids = {upload.upload_id} if upload else set()
+        upload_ids |= self._listed_uploads(key)
+        for upload_id in sorted(upload_ids):
+            self._abort(key, upload_id)
+
+    def _listed_uploads(self, key):
+        """The UploadIds of the multipart uploads in progress for exactly `key` (ListMultipartUploads, every page)."""
+        found, markers = set(), {}
+        while True:
+            page = self._call("ListMultipartUploads", None, "list_multipart_uploads", Prefix=key, **markers)
+            found |= {upload["UploadId"] for upload in page.get("Uploads", []) if upload["Key"] == key}
+            if not page.get("IsTruncated"):
+                return found
+            markers = {"KeyMarker": page.get("NextKeyMarker", ""), "UploadIdMarker": page.get("NextUploadIdMarker", "")}
+
+    def _abort(self, key, upload_id):
+        try:
+            self._call("AbortMultipartUpload", key, "abort_multipart_upload", UploadId=upload_id)
+        except StartOver:  # NoSuchUpload: gone already
+            pass
+
+    def write(self, path, stream, offset, size, progress):
+        """Small files: hash and keep for publish(). Larger ones: create or continue the multipart upload and send its
+        parts from `offset`, recording the note after each (see the module doc)."""
+        key = self.key_for(path)
+        staged = _Staged(stream)
+        if size < self.options["multipart_threshold"]:
+            if offset:
+                raise StartOver(f"{self._what('upload of', key)}: a file under multipart_threshold goes whole")
+            checksum = staged.sha256(0, size)
+            pending = _Pending(staged.kept(size), size, _b64(checksum.digest()),
+                               self._metadata(checksum.hexdigest()))
+            with self._state_lock:
+                previous = self._pending.pop(key, None)
+                self._pending[key] = pending
+            if previous is not None:
+                previous.staged.close()
+            progress(size)
+            return
+        with self._state_lock:
+            upload = self._uploads.get(key)
+        if offset:
+            if upload is None or upload.held != offset:
+                raise StartOver(f"{self._what('upload of', key)}: no upload held at byte {offset}; it starts over")
+        else:
+            if upload is not None:  # the engine starts over: the old upload's metadata may be another version's
+                self._abort(key, upload.upload_id)
+            upload = self._create(key, size, staged)
+            progress(0, upload.note(key))
+        self._send_parts(key, upload, staged, size, progress)
+
+    def _create(self, key, size, staged):
+        sha256 = self._context().sha256 or staged.sha256(0, size).hexdigest()
+        answer = self._call("CreateMultipartUpload", key, "create_multipart_upload", ChecksumAlgorithm="SHA256",
+                            Metadata=self._metadata(sha256))
+        upload = _Upload(answer["UploadId"], choose_part_size(size, self.options["part_size"]), sha256)
+        with self._state_lock:
+            self._uploads[key] = upload
+        return upload
+
+    def _send_parts(self, key, upload, staged, size, progress):
+        start = upload.held
+        while start < size:
+            number = len(upload.parts) + 1
+            length = min(upload.part_size, size - start)
+            checksum = _b64(staged.sha256(start, length).digest())
+            try:
+                answer = self._call(f"UploadPart {number}", key, "upload_part", UploadId=upload.upload_id,
+                                    PartNumber=number, Body=_Window(staged, start, length), ContentLength=length,
+                                    ChecksumSHA256=checksum)
+            except StartOver:
+                with self._state_lock:
+                    self._uploads.pop(key, None)
+                raise
+            upload.parts.append([number, answer["ETag"].strip('"'), checksum])
+            start += length
+            upload.held = start
+            progress(start, upload.note(key))
+
+    def publish(self, path, size, replace=False):
+        """Complete the multipart upload, or PUT the small file, with If-None-Match: * unless `replace`; a 412 raises
+        FinalNameTaken unless the key already holds these bytes. Then a HEAD checks size and checksum."""
+        key = self.key_for(path)
+        condition = {} if replace else {"IfNoneMatch": "*"}
+        with self._state_lock:
+            pending = self._pending.get(key)
+            upload = self._uploads.get(key)
+        if pending is not None:
+            if pending.size != size:
+                raise StartOver(f"{self._what('PUT', key)}: {pending.size} bytes were staged for it, not {size}")
+            expected, whole = pending.checksum, base64.b64decode(pending.checksum).hex()
+            operation = "PUT"
+            send = lambda: self._client().put_object(  # noqa: E731
+                Bucket=self.bucket, Key=key, Body=_Window(pending.staged, 0, size), ContentLength=size,
+                ChecksumSHA256=pending.checksum, Metadata=pending.metadata, **condition)
+        elif upload is not None:
+            if upload.held != size:
+                raise StartOver(f"{self._what('CompleteMultipartUpload', key)}: the parts hold {upload.held} of "
+                                f"{size} bytes")
+            expected, whole = composite_checksum([checksum for _, _, checksum in upload.parts]), upload.sha256
+            operation = "CompleteMultipartUpload"
+            parts = [{"PartNumber": number, "ETag": f'"{etag}"', "ChecksumSHA256": checksum}
+                     for number, etag, checksum in upload.parts]
+            send = lambda: self._client().complete_multipart_upload(  # noqa: E731
+                Bucket=self.bucket, Key=key, UploadId=upload.upload_id, MultipartUpload={"Parts": parts},
+                **condition)
+        else:
+            raise StartOver(f"{self._what('publish of', key)}: nothing of it is held here (filesync restarted since "
+                            f"it was sent); it is sent again")
+        completed = True
+        try:
+            send()
+        except Exception as error:
+            completed = False
+            code, status = self._status(error)
+            if status == 412 or code == "PreconditionFailed":
+                if not self._holds(key, size, expected, whole):
+                    raise FinalNameTaken(f"{self._what(operation, key)}: the key holds another object") from None
+            elif code == "NoSuchUpload" and self._holds(key, size, expected, whole):
+                pass  # completed before, and the answer was lost
+            else:
+                mapped = self._error(error, operation, key)
+                if mapped is error:
+                    raise
+                if isinstance(mapped, StartOver):
+                    with self._state_lock:
+                        self._uploads.pop(key, None)
+                raise mapped from None
+        if not self._holds(key, size, expected, whole):
+            raise FileError(f"{self._what(operation, key)}: after it, the key does not hold the bytes sent "
+                            f"(size or checksum differ)")
+        with self._state_lock:
+            self._uploads.pop(key, None)
+            self._pending.pop(key, None)
+        if pending is not None:
+            pending.staged.close()
+        elif condition and not completed:  # the key held these bytes already: this upload is not needed
+            self._abort(key, upload.upload_id)
+        return self.location(path)
+
+    def _holds(self, key, size, checksum, sha256_hex):
+        """Whether the object under `key` has `size` bytes and the store's `checksum` (or, from a store that keeps no
+        checksums, our x-amz-meta-sha256)."""
+        head = self._head(key, "HEAD after upload of")
+        if head is None or head["ContentLength"] != size:
+            return False
+        stored = head.get("ChecksumSHA256")
+        if stored:
+            return stored == checksum
+        return head.get("Metadata", {}).get("sha256") == sha256_hex
+
+    def close(self):
+        """Close the client's connections; the next call opens new ones. Uploads held for resume stay held."""
+        with self._client_lock:
+            if self._s3 is not None:
+                self._s3.close()
+                self._s3 = None
