@@ -13,13 +13,18 @@ ROS_ENV := set +u && source $(WS)/devel/setup.bash
 APT_PACKAGES := ros-core-dev python3-rospy python3-rostest python3-roslaunch python3-rostopic python3-rosservice \
   python3-rosnode python3-rosmsg rosbash catkin ros-message-generation ros-std-msgs ros-std-srvs ros-diagnostic-msgs \
   python3-diagnostic-updater python3-genpy python3-yaml python3-requests python3-pyudev python3-pytest \
-  python3-venv python3-pip exfatprogs exfat-fuse util-linux mount iproute2 curl lftp procps openssl
+  python3-venv python3-pip exfatprogs exfat-fuse util-linux mount iproute2 curl lftp procps openssl \
+  python3-pyqt5 libdiagnostic-aggregator-dev chromium chromium-driver python3-selenium \
+  libwrap0 libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3
+# The last line: libraries of vsftpd and ProFTPD (proftpd-core, which ships mod_digest.so), which the FTP tests run
+# from their Debian packages unpacked into ~/.cache/filesync/ftp-servers ($(STAMPS)/ftp-servers), not installed: the
+# two packages conflict, and installing either would start an FTP daemon on port 21.
 
 .PHONY: setup run test test-lib test-ros test-long soak bench clean install-service
 
 setup: $(STAMPS)/build
 
-$(STAMPS)/apt:
+$(STAMPS)/apt: Makefile
 	mkdir -p $(STAMPS)
 	missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
@@ -45,7 +50,12 @@ run: setup
 test: setup
 	$(MAKE) --no-print-directory test-lib test-ros
 
-test-lib: setup
+# vsftpd and ProFTPD for the FTP tests: `apt-get download` + `dpkg-deb -x` (see test/support/ftp_servers.py).
+$(STAMPS)/ftp-servers: $(STAMPS)/apt test/support/ftp_servers.py
+	/usr/bin/python3 test/support/ftp_servers.py --extract
+	touch $@
+
+test-lib: setup $(STAMPS)/ftp-servers
 	$(ROS_ENV) && cd $(ROOT) && $(PY) -m pytest -q test
 
 test-ros: setup

@@ -206,15 +206,15 @@ def test_worker_report_of_real_loops_during_a_real_transfer(tmp_path, ftp_server
 
 
 def test_the_rqt_perspective_plots_plain_number_fields_of_the_status():
-    """config/filesync.perspective: topic monitor, two plots, robot monitor; every plotted field is a number field
-    of msg/Status.msg (rqt_plot plots only numbers)."""
+    """config/filesync.perspective: the filesync plugin, two plots, robot monitor; every plotted field is a number
+    field of msg/Status.msg (rqt_plot plots only numbers). test_perspective.py checks the rest of the file."""
     import ast
     import json
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     with open(os.path.join(root, "config", "filesync.perspective"), encoding="utf-8") as handle:
         manager = json.load(handle)["groups"]["pluginmanager"]
     running = ast.literal_eval(manager["keys"]["running-plugins"]["repr"])
-    assert running == {"rqt_topic/TopicPlugin": [1], "rqt_plot/Plot": [1, 2], "rqt_robot_monitor/RobotMonitor": [1]}
+    assert running == {"filesync/Filesync": [1], "rqt_plot/Plot": [1, 2], "rqt_robot_monitor/RobotMonitor": [1]}
     fields = {}
     with open(os.path.join(root, "msg", "Status.msg"), encoding="utf-8") as handle:
         for line in handle:
@@ -223,7 +223,7 @@ def test_the_rqt_perspective_plots_plain_number_fields_of_the_status():
                 fields[words[1]] = words[0]
     plotted = [topic for serial in (1, 2) for topic in ast.literal_eval(
         manager["groups"][f"plugin__rqt_plot__Plot__{serial}"]["groups"]["plugin"]["keys"]["topics"]["repr"])]
-    assert plotted == ["/filesync/status/rate", "/filesync/status/bytes_waiting"]
+    assert plotted == ["/filesync/status/rate_kib_s", "/filesync/status/mib_to_move"]
     for topic in plotted:
         assert fields[topic.rsplit("/", 1)[1]] in ("float64", "uint64")
 

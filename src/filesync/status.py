@@ -22,6 +22,8 @@ SOURCE, TARGET = "source", "target"
 OK, WARN, ERROR, STALE = 0, 1, 2, 3
 LEVEL_NAMES = {OK: "OK", WARN: "WARN", ERROR: "ERROR", STALE: "STALE"}
 RATE_WINDOW = 5.0  # seconds of samples behind a transfer's rate
+PARKED_SHOWN = 100  # parked files listed on the status with their reasons (the count covers all of them)
+KiB, MiB = 1 << 10, 1 << 20
 
 
 @dataclass
@@ -50,6 +52,24 @@ class LinkStatus:
     reported: bool = True
     last_location: str = ""  # where this target last published a file (a URL for web targets)
     last_location_time: float = 0.0
+
+
+@dataclass
+class ParkedFile:
+    """A file with a parked task, as the ledger holds it: it waits for a person (retry or forget)."""
+    file_id: int
+    source: str
+    path: str
+    size: int = 0
+    reason: str = ""
+    devices: List[str] = field(default_factory=list)  # where its tasks are parked: "target ftp", "source usb"
+
+
+def parked_file(record) -> ParkedFile:
+    """A ParkedFile of a failed ledger record (a FileRecord or its message): its reason is the record's error."""
+    devices = [f"{TARGET if task.kind == UPLOAD else SOURCE} {task.device}" for task in record.tasks
+               if task.state == "parked"]
+    return ParkedFile(record.id, record.source, record.path, record.size, record.error, devices)
 
 
 @dataclass
@@ -95,7 +115,12 @@ class Status:
     downloads_held: str = ""
     ledger_ok: bool = True
     last_error: str = ""
-    last_error_time: float = 0.0
+    last_error_time: float = 0.0  # 0 with a last_error: it came from the ledger, which keeps no time
+    rate_kib_s: float = 0.0  # the rate and what is left to move in units that read well on a plot
+    bytes_to_move: int = 0  # bytes_waiting less what the transfers in progress already moved
+    mib_to_move: float = 0.0
+    files_parked: int = 0
+    parked: List[ParkedFile] = field(default_factory=list)  # the first PARKED_SHOWN, from the ledger
 
 
 class LastError(logging.Handler):
@@ -213,8 +238,9 @@ class StatusBuilder:
         targets = sorted({t for p in self.config.pipelines for t in p.targets})
         return [(SOURCE, name) for name in sources] + [(TARGET, name) for name in targets]
 
-    def build(self, counts, reports, staging_free, now=None, ledger_ok=True) -> Status:
-        """counts: {(source, state): (files, bytes)} (Ledger.counts()); reports: the live WorkerReports."""
+    def build(self, counts, reports, staging_free, now=None, ledger_ok=True, parked=()) -> Status:
+        """counts: {(source, state): (files, bytes)} (Ledger.counts()); reports: the live WorkerReports; parked: the
+        ParkedFiles the ledger holds (their reasons stay shown after a restart, when no worker remembers them)."""
         now = time.time() if now is None else now
         with self._lock:
             transfers = self._transfers(reports, now)
@@ -231,11 +257,22 @@ class StatusBuilder:
             pipelines.append(entry)
         errors = [(r.last_error_time, r.last_error) for r in reports if r.last_error]
         last_error_time, last_error = max(errors) if errors else (0.0, "")
+        parked = list(parked)
+        if not last_error and parked:  # nothing went wrong since the workers started: the ledger still knows
+            newest = max(parked, key=lambda p: p.file_id)
+            last_error = f"parked {newest.source}/{newest.path}: {newest.reason}"
+        to_move = 0
+        for pipeline in pipelines:  # progress within a file counts: a 300 MB upload goes down as it moves
+            moved = sum(t.bytes_done for t in transfers if t.source == pipeline.source)
+            to_move += max(0, pipeline.bytes_waiting - moved)
+        rate = sum(t.rate for t in transfers)
         return Status(stamp=now, pipelines=pipelines, transfers=transfers, links=self._links(reports),
-                      rate=sum(t.rate for t in transfers), bytes_waiting=sum(p.bytes_waiting for p in pipelines),
+                      rate=rate, bytes_waiting=sum(p.bytes_waiting for p in pipelines),
                       staging_free_bytes=staging_free, staging_min_free_bytes=self.config.staging_min_free_bytes,
                       downloads_held=next((r.downloads_held for r in reports if r.downloads_held), ""),
-                      ledger_ok=ledger_ok, last_error=last_error, last_error_time=last_error_time)
+                      ledger_ok=ledger_ok, last_error=last_error, last_error_time=last_error_time,
+                      rate_kib_s=rate / KiB, bytes_to_move=to_move, mib_to_move=to_move / MiB,
+                      files_parked=sum(p.failed for p in pipelines), parked=parked[:PARKED_SHOWN])
 
     def _transfers(self, reports, now):
         running = []
@@ -367,45 +404,115 @@ def progress_bar(done, total, width=20) -> str:
     return f"[{'#' * filled}{'-' * (width - filled)}] {fraction * 100:3.0f}%"
 
 
-def format_status(status, now=None, width=100) -> str:
-    """The status as text for a terminal: pipelines, transfers with a progress bar, links, staging, last error."""
+def link_text(link, now) -> str:
+    """'up', 'unknown (no node uses it)' or 'DOWN for 3m05s: why'."""
+    if not link.reported:
+        return "unknown (no node uses it)"
+    if link.up:
+        return "up"
+    return f"DOWN for {human_seconds(max(0.0, now - link.since))}: {link.reason}"
+
+
+def status_view(status, now=None) -> dict:
+    """The status shaped for people, as plain JSON-able data: the terminal view, the rqt widget and the browser page
+    all render this one shape (numbers for bars and sorting, texts with units for reading)."""
     now = time.time() if now is None else now
-    lines = []
-    if not status.ledger_ok:
-        lines.append("ledger: NOT ANSWERING (counts below may be old)")
-    for pipeline in status.pipelines:
-        counts = ", ".join(f"{state} {getattr(pipeline, state)}" for state in FILE_STATES if getattr(pipeline, state))
-        lines.append(f"{pipeline.source} -> {', '.join(pipeline.targets)}: {counts or 'no files'}")
-        lines.append(f"  waiting {pipeline.files_waiting} file(s), {human_bytes(pipeline.bytes_waiting)}; "
-                     f"rate {human_bytes(pipeline.rate)}/s")
-    if status.transfers:
-        lines.append("transfers:")
-        for transfer in status.transfers:
-            label = f"  {transfer.kind:8} {transfer.device}: {transfer.path}"
-            if len(label) > width - 55:
-                label = label[:width - 58] + "..."
-            lines.append(f"{label:<{max(20, width - 55)}} {progress_bar(transfer.bytes_done, transfer.bytes_total)} "
-                         f"{human_bytes(transfer.bytes_done)}/{human_bytes(transfer.bytes_total)} "
-                         f"{human_bytes(transfer.rate)}/s eta {human_seconds(transfer.eta)}")
-    else:
-        lines.append("transfers: none")
-    lines.append("links:")
-    for link in status.links:
-        if not link.reported:
-            state = "unknown (no node uses it)"
-        elif link.up:
-            state = "up"
-        else:
-            state = f"DOWN for {human_seconds(max(0.0, now - link.since))}: {link.reason}"
-        if link.last_location:
-            state += f"; last published {link.last_location}"
-        lines.append(f"  {link.role} {link.name}: {state}")
-    staging = f"staging: {human_bytes(status.staging_free_bytes)} free"
+    pipelines = [{
+        "source": p.source, "targets": list(p.targets),
+        "counts": ", ".join(f"{state} {getattr(p, state)}" for state in FILE_STATES if getattr(p, state)) or "no files",
+        "files_waiting": p.files_waiting, "bytes_waiting": p.bytes_waiting,
+        "waiting": f"{p.files_waiting} file(s), {human_bytes(p.bytes_waiting)}", "rate": f"{human_bytes(p.rate)}/s",
+        "failed": p.failed,
+    } for p in status.pipelines]
+    transfers = []
+    for t in status.transfers:
+        fraction = 1.0 if t.bytes_total <= 0 else min(1.0, max(0.0, t.bytes_done / t.bytes_total))
+        transfers.append({
+            "file_id": t.file_id, "kind": t.kind, "device": t.device, "source": t.source, "path": t.path,
+            "bytes_done": t.bytes_done, "bytes_total": t.bytes_total, "percent": round(fraction * 100, 1),
+            "bar": progress_bar(t.bytes_done, t.bytes_total),
+            "amount": f"{human_bytes(t.bytes_done)}/{human_bytes(t.bytes_total)}",
+            "rate": f"{human_bytes(t.rate)}/s", "eta": human_seconds(t.eta)})
+    links = [{"role": link.role, "name": link.name,
+              "state": "unknown" if not link.reported else ("up" if link.up else "down"),
+              "text": link_text(link, now), "since": _clock_time(link.since), "reason": link.reason,
+              "last_location": link.last_location} for link in status.links]
+    parked = [{"file_id": p.file_id, "source": p.source, "path": p.path, "size": human_bytes(p.size),
+               "reason": p.reason, "devices": ", ".join(p.devices)} for p in getattr(status, "parked", [])]
+    staging = f"{human_bytes(status.staging_free_bytes)} free"
     if status.staging_min_free_bytes:
         staging += f" (floor {human_bytes(status.staging_min_free_bytes)})"
-    lines.append(staging)
-    if status.downloads_held:
-        lines.append(status.downloads_held)
-    if status.last_error:
-        lines.append(f"last error ({_clock_time(status.last_error_time)}): {status.last_error}")
+    return {
+        "stamp": status.stamp if hasattr(status, "stamp") else status.header.stamp.to_sec(),  # dataclass or message
+        "ledger_ok": bool(status.ledger_ok), "pipelines": pipelines, "transfers": transfers, "links": links,
+        "parked": parked, "files_parked": int(getattr(status, "files_parked", 0)),
+        "staging": staging,
+        "staging_low": bool(status.staging_min_free_bytes and status.staging_free_bytes < status.staging_min_free_bytes),
+        "downloads_held": status.downloads_held,
+        "rate": f"{human_bytes(status.rate)}/s",
+        "to_move": human_bytes(getattr(status, "bytes_to_move", status.bytes_waiting)),
+        "last_error": status.last_error,
+        "last_error_when": _clock_time(status.last_error_time) if status.last_error_time else "from the ledger",
+    }
+
+
+def format_status(status, now=None, width=100) -> str:
+    """The status as text for a terminal: pipelines, transfers with a progress bar, links, staging, last error."""
+    view = status_view(status, now)
+    lines = []
+    if not view["ledger_ok"]:
+        lines.append("ledger: NOT ANSWERING (counts below may be old)")
+    for pipeline in view["pipelines"]:
+        lines.append(f"{pipeline['source']} -> {', '.join(pipeline['targets'])}: {pipeline['counts']}")
+        lines.append(f"  waiting {pipeline['waiting']}; rate {pipeline['rate']}")
+    if view["transfers"]:
+        lines.append("transfers:")
+        for transfer in view["transfers"]:
+            label = f"  {transfer['kind']:8} {transfer['device']}: {transfer['path']}"
+            if len(label) > width - 55:
+                label = label[:width - 58] + "..."
+            lines.append(f"{label:<{max(20, width - 55)}} {transfer['bar']} {transfer['amount']} "
+                         f"{transfer['rate']} eta {transfer['eta']}")
+    else:
+        lines.append("transfers: none")
+    if view["parked"]:
+        lines.append(f"parked: {view['files_parked']} file(s) (filesync retry ID)")
+        for parked in view["parked"]:
+            lines.append(f"  {parked['file_id']:>6} {parked['source']}/{parked['path']}: {parked['reason']}")
+    lines.append("links:")
+    for link in view["links"]:
+        state = link["text"]
+        if link["last_location"]:
+            state += f"; last published {link['last_location']}"
+        lines.append(f"  {link['role']} {link['name']}: {state}")
+    lines.append(f"staging: {view['staging']}")
+    if view["downloads_held"]:
+        lines.append(view["downloads_held"])
+    if view["last_error"]:
+        lines.append(f"last error ({view['last_error_when']}): {view['last_error']}")
     return "\n".join(lines)
+
+
+def apply_event(view, event) -> bool:
+    """Bring a status_view() up to date with a FileEvent (or anything with its fields) before the next status: a
+    file just parked shows with its reason, a parked file that was retried or forgotten leaves the list.
+    True when the view changed."""
+    parked = view["parked"]
+    index = next((i for i, p in enumerate(parked) if p["file_id"] == event.file_id), None)
+    if event.state == "failed":
+        entry = {"file_id": event.file_id, "source": event.source, "path": event.path, "size": human_bytes(event.size),
+                 "reason": event.error, "devices": f"{TARGET if event.task == UPLOAD else SOURCE} {event.device}"
+                 if event.device else ""}
+        if index is None:
+            parked.append(entry)
+            view["files_parked"] += 1
+        elif parked[index] == entry:
+            return False
+        else:
+            parked[index] = entry
+        return True
+    if index is None:
+        return False
+    del parked[index]
+    view["files_parked"] = max(0, view["files_parked"] - 1)
+    return True

@@ -3,6 +3,8 @@
 A node of its own rather than a part of the ledger node: the ledger stays the one small process that owns the
 database, and a fault here (or in diagnostic_updater) never stops a transfer. It asks the ledger for grouped counts
 (cached there until something changes, so an idle system reads nothing) and listens to the worker nodes' reports.
+The parked files and their reasons come from the ledger too (a query for failed files when the counts or an event
+say they changed), so after a restart the status still says what is wrong.
 """
 import threading
 import time
@@ -15,18 +17,20 @@ from diagnostic_updater import DiagnosticStatusWrapper, Updater
 from filesync import status as status_lib
 from filesync.engine.transfer import staging_free_bytes
 from filesync.logs import prune_logs
-from filesync.msg import (LinkStatus, PipelineStatus, Status, TransferStatus, WorkerReport)
-from filesync.ros.node import start_node, wait_for_shutdown
-from filesync.srv import Counts
+from filesync.msg import (FileEvent, LinkStatus, ParkedFile, PipelineStatus, Status, TransferStatus, WorkerReport)
+from filesync.ros.node import EVENTS_TOPIC, start_node, wait_for_shutdown
+from filesync.srv import Counts, Query
 
 STATUS_TOPIC = "/filesync/status"
 WORKERS_TOPIC = "/filesync/workers"
 COUNTS_SERVICE = "/filesync/ledger/counts"
+QUERY_SERVICE = "/filesync/ledger/query"
 PERIOD = 1.0
 REPORT_PERIOD = 1.0  # how often each worker node reports while it moves a file; the soonest after a change
 IDLE_REPORT_PERIOD = 4.0  # how often an idle worker node reports that it is still there
 REPORT_STALE = 10.0  # seconds without a report after which a worker node counts as gone
 PRUNE_PERIOD = 600.0  # seconds between checks of the ROS log directory's total size
+PARKED_REFRESH = 60.0  # seconds after which the parked files are asked for again even if nothing said they changed
 
 
 def _copy(source, target_class):
@@ -60,8 +64,10 @@ def status_to_msg(status):
                      transfers=[_copy(t, TransferStatus) for t in status.transfers],
                      links=[_copy(link, LinkStatus) for link in status.links])
     for name in ("rate", "bytes_waiting", "staging_free_bytes", "staging_min_free_bytes", "downloads_held",
-                 "ledger_ok", "last_error", "last_error_time"):
+                 "ledger_ok", "last_error", "last_error_time", "rate_kib_s", "bytes_to_move", "mib_to_move",
+                 "files_parked"):
         setattr(message, name, getattr(status, name))
+    message.parked = [_copy(parked, ParkedFile) for parked in status.parked]
     message.header.stamp = rospy.Time.from_sec(status.stamp)
     return message
 
@@ -75,7 +81,10 @@ class StatusNode:
         self.reports = {}  # node -> (received monotonic time, status.WorkerReport)
         self._lock = threading.Lock()
         self.counts, self.parked, self.ledger_ok = {}, {}, False
-        self._counts_proxy = None  # persistent: asking once a second costs no master lookup and no new connection
+        self._proxies = {}  # persistent: asking once a second costs no master lookup and no new connection
+        self.parked_files = []  # status.ParkedFile, from the ledger
+        self._parked_stale = True  # ask the ledger for the parked files at the next tick
+        self._parked_at = 0.0
         self.publisher = rospy.Publisher(STATUS_TOPIC, Status, queue_size=1, latch=True)
         self.diagnoses = {}
         self.updater = Updater()
@@ -85,6 +94,7 @@ class StatusNode:
         self._add_task("staging")
         self._add_task("ledger")
         rospy.Subscriber(WORKERS_TOPIC, WorkerReport, self._on_report, queue_size=20)
+        rospy.Subscriber(EVENTS_TOPIC, FileEvent, self._on_event, queue_size=200)
 
     def _add_task(self, name):
         def run(stat: DiagnosticStatusWrapper):
@@ -102,18 +112,33 @@ class StatusNode:
         with self._lock:
             self.reports[message.node] = (time.monotonic(), report_from_msg(message))
 
-    def _call_counts(self):
-        """One counts call on the persistent connection; a broken one (the ledger restarted) is opened again once."""
+    def _on_event(self, event):
+        """A file was parked, or a parked one changed (retried, forgotten by a person through another tool)."""
+        if event.state == "failed" or event.task_state == "parked" or \
+                any(parked.file_id == event.file_id for parked in self.parked_files):
+            self._parked_stale = True
+
+    def _call(self, name, kind, **fields):
+        """One call on the service's persistent connection; a broken one (the ledger restarted) is opened again once."""
         for attempt in (1, 2):
-            if self._counts_proxy is None:
-                self._counts_proxy = rospy.ServiceProxy(COUNTS_SERVICE, Counts, persistent=True)
+            if name not in self._proxies:
+                self._proxies[name] = rospy.ServiceProxy(name, kind, persistent=True)
             try:
-                return self._counts_proxy()
+                return self._proxies[name](**fields)
             except (rospy.ServiceException, rospy.ROSException, OSError):
-                self._counts_proxy.close()
-                self._counts_proxy = None
+                self._proxies.pop(name).close()
                 if attempt == 2:
                     raise
+
+    def _call_counts(self):
+        """The ledger's grouped counts."""
+        return self._call(COUNTS_SERVICE, Counts)
+
+    def _fetch_parked(self):
+        """The first PARKED_SHOWN failed files with their reasons, from the ledger."""
+        reply = self._call(QUERY_SERVICE, Query, state="failed", limit=status_lib.PARKED_SHOWN)
+        self.parked_files = [status_lib.parked_file(record) for record in reply.files]
+        self._parked_stale, self._parked_at = False, time.monotonic()
 
     def _fetch_counts(self):
         try:
@@ -124,9 +149,17 @@ class StatusNode:
             self.ledger_ok = False
             return
         self.ledger_ok = True
-        self.counts = {(c.source, c.state): (c.files, c.bytes) for c in reply.counts}
+        counts = {(c.source, c.state): (c.files, c.bytes) for c in reply.counts}
+        if counts != self.counts or time.monotonic() - self._parked_at > PARKED_REFRESH:
+            self._parked_stale = True
+        self.counts = counts
         self.parked = {(role, device): files for role, device, files in
                        zip(reply.parked_roles, reply.parked_devices, reply.parked_files)}
+        if self._parked_stale:
+            try:
+                self._fetch_parked()
+            except (rospy.ServiceException, rospy.ROSException, OSError) as error:
+                rospy.logwarn(f"status: the ledger's parked files could not be read ({error})")
 
     def tick(self, _event=None):
         """Build and publish one status and one round of diagnostics."""
@@ -140,7 +173,7 @@ class StatusNode:
             free = staging_free_bytes(self.config.staging_dir)
         except OSError:
             free = 0
-        status = self.builder.build(self.counts, reports, free, ledger_ok=self.ledger_ok)
+        status = self.builder.build(self.counts, reports, free, ledger_ok=self.ledger_ok, parked=self.parked_files)
         self.publisher.publish(status_to_msg(status))
         self.diagnoses = {d.name: d for d in status_lib.diagnose(status, self.parked,
                                                                  self.config.unreachable_warn_seconds)}

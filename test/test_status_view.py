@@ -1,0 +1,155 @@
+"""The shaped status that the terminal, the rqt widget and the page share; the page's server on loopback (who may
+read and who may act); the web options. No ROS: the server is fed views as the web node feeds it."""
+import threading
+import time
+
+import pytest
+import requests
+
+from conftest import assert_config_error
+from filesync.config import load_config
+from filesync.status import (MiB, ParkedFile, SOURCE, StatusBuilder, TransferStatus, WorkerReport, apply_event,
+                             format_status, status_view)
+from filesync.ui.web import StatusPage, StatusServer
+from support.launch import free_port
+
+RAW = {"sources": {"inbox": {"kind": "folder", "path": "/tmp/nowhere"}},
+       "targets": {"ftp": {"kind": "ftp", "host": "127.0.0.1", "password": "x"}},
+       "pipelines": [{"source": "inbox", "targets": ["ftp"]}]}
+CLASH = ParkedFile(3, "inbox", "a/clash.bin", 2048, "upload ftp: holds a different file", ["target ftp"])
+
+
+def _status(done=MiB, parked=(CLASH,), last_error=""):
+    builder = StatusBuilder(load_config(RAW))
+    report = WorkerReport("up", transfers=[TransferStatus(7, "inbox", "big.ulg", "upload", "ftp", 0, 4 * MiB)],
+                          last_error=last_error, last_error_time=50.0 if last_error else 0.0)
+    builder.build({}, [report], 0, now=10.0)
+    report.transfers[0].bytes_done = done
+    counts = {("inbox", "uploading"): (1, 4 * MiB), ("inbox", "failed"): (1, 2048)}
+    return builder.build(counts, [report], 1 << 30, now=11.0, parked=parked)
+
+
+def test_progress_within_a_file_counts_and_plot_fields_have_units():
+    status = _status(done=MiB)
+    assert status.bytes_waiting == 4 * MiB and status.bytes_to_move == 3 * MiB and status.mib_to_move == 3.0
+    assert status.rate_kib_s == status.rate / 1024 and status.rate > 0
+    assert _status(done=3 * MiB).mib_to_move == 1.0
+
+
+def test_parked_files_and_the_last_error_come_from_the_ledger_when_no_worker_remembers_one():
+    view = status_view(_status(), now=20.0)
+    assert view["files_parked"] == 1
+    assert view["parked"] == [{"file_id": 3, "source": "inbox", "path": "a/clash.bin", "size": "2.0 KiB",
+                               "reason": "upload ftp: holds a different file", "devices": "target ftp"}]
+    assert view["last_error"] == "parked inbox/a/clash.bin: upload ftp: holds a different file"
+    assert view["last_error_when"] == "from the ledger"
+    assert "last error (from the ledger): parked inbox/a/clash.bin" in format_status(_status(), now=20.0)
+    live = status_view(_status(last_error="upload big.ulg: 421 busy"))
+    assert live["last_error"] == "upload big.ulg: 421 busy" and live["last_error_when"] != "from the ledger"
+
+
+def test_the_shared_view_has_bars_and_texts_with_units():
+    view = status_view(_status(), now=20.0)
+    transfer = view["transfers"][0]
+    assert (transfer["percent"], transfer["amount"]) == (25.0, "1.0 MiB/4.0 MiB")
+    assert transfer["bar"] == "[#####---------------]  25%"
+    assert view["to_move"] == "3.0 MiB" and view["pipelines"][0]["counts"] == "uploading 1, failed 1"
+    assert [(link["role"], link["state"]) for link in view["links"]] == [(SOURCE, "unknown"), ("target", "unknown")]
+
+
+class Event:
+    def __init__(self, **fields):
+        self.__dict__.update(dict(file_id=0, source="inbox", path="", size=0, state="", task="", device="",
+                                  error=""), **fields)
+
+
+def test_events_bring_the_parked_list_up_to_date_between_two_statuses():
+    view = status_view(_status(parked=()))
+    assert apply_event(view, Event(file_id=9, path="b.bin", state="failed", task="upload", device="ftp",
+                                   error="upload ftp: refused"))
+    assert view["parked"][0]["reason"] == "upload ftp: refused" and view["files_parked"] == 2
+    assert not apply_event(view, Event(file_id=8, state="uploading"))  # not a parked file: nothing to change
+    assert apply_event(view, Event(file_id=9, state="downloaded"))  # retried
+    assert view["parked"] == [] and view["files_parked"] == 1
+
+
+class Actions:
+    def __init__(self):
+        self.calls = []
+
+    def retry(self, file_id):
+        self.calls.append(("retry", file_id))
+        return True, f"file {file_id} is back in line"
+
+    def forget(self, file_id):
+        self.calls.append(("forget", file_id))
+        return False, f"no file {file_id}"
+
+    def retry_all(self):
+        self.calls.append(("retry_all",))
+        return True, "1 of 1 parked file(s) back in line"
+
+
+@pytest.fixture
+def server():
+    page, actions = StatusPage(), Actions()
+    page.publish(status_view(_status()))
+    server = StatusServer("127.0.0.1", free_port(), page, actions, token="s3cret")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server, f"http://127.0.0.1:{server.server_address[1]}", actions
+    finally:
+        server.shutdown()
+
+
+def test_loopback_reads_without_the_token_and_acts_only_with_it_and_the_header(server):
+    server, base, actions = server
+    page = requests.get(base + "/", timeout=5)
+    assert page.ok and "<title>filesync</title>" in page.text and "default-src 'self'" in \
+        page.headers["Content-Security-Policy"]
+    view = requests.get(base + "/api/status", timeout=5).json()
+    assert view["parked"][0]["path"] == "a/clash.bin" and view["can_act"] is False
+    action = {"X-Filesync-Action": "1"}
+    assert requests.post(base + "/api/files/3/retry", headers=action, timeout=5).status_code == 403
+    wrong = dict(action, Authorization="Bearer s3crex")
+    assert requests.post(base + "/api/files/3/retry", headers=wrong, timeout=5).status_code == 403
+    right = {"Authorization": "Bearer s3cret"}
+    assert requests.post(base + "/api/files/3/retry", headers=right, timeout=5).status_code == 403  # no header
+    assert actions.calls == []
+    reply = requests.post(base + "/api/files/3/retry", headers=dict(action, **right), timeout=5)
+    assert reply.ok and reply.json() == {"ok": True, "message": "file 3 is back in line"}
+    assert requests.post(base + "/api/files/4/forget", headers=dict(action, **right), timeout=5).status_code == 409
+    assert requests.post(base + "/api/retry-all", headers=dict(action, **right), timeout=5).ok
+    assert actions.calls == [("retry", 3), ("forget", 4), ("retry_all",)]
+
+
+def test_the_token_in_the_address_becomes_a_cookie_and_leaves_the_address(server):
+    _, base, _ = server
+    assert requests.get(base + "/?token=nope", timeout=5, allow_redirects=False).status_code == 401
+    session = requests.Session()
+    reply = session.get(base + "/?token=s3cret", timeout=5, allow_redirects=False)
+    assert reply.status_code == 303 and reply.headers["Location"] == "/"
+    assert "HttpOnly" in reply.headers["Set-Cookie"] and "SameSite=Strict" in reply.headers["Set-Cookie"]
+    assert session.get(base + "/api/status", timeout=5).json()["can_act"] is True
+
+
+def test_the_event_stream_sends_each_new_view(server):
+    server, base, _ = server
+    with requests.get(base + "/api/events", stream=True, timeout=5) as stream:
+        lines = stream.iter_lines(chunk_size=1)  # an event at a time (the stream never ends by itself)
+        first = next(line for line in lines if line.startswith(b"data: "))
+        server.page.publish(status_view(_status(done=2 * MiB)))
+        second = next(line for line in lines if line.startswith(b"data: "))
+    assert b'"percent": 25.0' in first and b'"percent": 50.0' in second
+
+
+def test_web_options_are_checked_and_another_address_needs_a_token(monkeypatch):
+    assert load_config(RAW).web == {"enabled": True, "host": "127.0.0.1", "port": 8088, "token": "",
+                                     "token_env": "", "token_file": ""}
+    assert_config_error(lambda: load_config(dict(RAW, web={"host": "0.0.0.0"})), "web.host", "needs a token")
+    assert_config_error(lambda: load_config(dict(RAW, web={"port": 70000})), "web.port")
+    assert_config_error(lambda: load_config(dict(RAW, web={"tokn": "x"})), "web.tokn")
+    assert load_config(dict(RAW, web={"host": "0.0.0.0", "token_env": "FILESYNC_WEB_TOKEN"})).web["host"] == \
+        "0.0.0.0"
+    with pytest.raises(ValueError):
+        StatusServer("0.0.0.0", free_port(), StatusPage(), Actions(), token="")
