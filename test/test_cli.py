@@ -184,8 +184,9 @@ def test_ls_retry_forget_and_the_live_status(ros, tmp_path):
         while time.monotonic() < deadline:
             result = ros.tool("--timeout", "10", "status", "--once")
             assert result.returncode == 0, result.stderr
+            # a moving transfer, once every node has reported (the uploader's first report may come a moment later)
             if re.search(r"(download|upload) +\S+: flight\.ulg +\[#*-+\] +\d+% [\d.]+ [KM]iB/4\.0 MiB [\d.]+ \S+/s "
-                         r"eta (\d+s|\d+m\d+s)", result.stdout):
+                         r"eta (\d+s|\d+m\d+s)", result.stdout) and "no node uses it" not in result.stdout:
                 seen = result.stdout
                 break
             time.sleep(0.5)
@@ -205,6 +206,11 @@ def test_ls_retry_forget_and_the_live_status(ros, tmp_path):
         finally:
             live.send_signal(signal.SIGINT)
             assert live.wait(20) == 0
+
+        # new.bin was seeded with another time than the file now has: a second version, shown as such
+        listing = ros.tool("ls").stdout
+        assert re.search(r"new\.bin  \[version 2\]", listing), listing
+        assert re.search(r"skipped .* new\.bin  \(replaced on the source by version 2", listing), listing
     finally:
         ros.stop_all()
         server.stop()

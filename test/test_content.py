@@ -229,8 +229,18 @@ def test_a_listing_that_fails_shows_the_source_down_with_the_real_reason(tmp_pat
         finder.step()
     finally:
         runner.close()
-    assert not finder.link.up
+    assert not finder.link.up and finder.link.fault
     assert finder.link.reason.startswith("listing failed: UnicodeEncodeError") and "surrogates" in finder.link.reason
+
+
+def test_a_source_that_answers_wrongly_is_an_error_on_the_diagnostics(tmp_path):
+    from filesync.status import ERROR, WARN, LinkStatus, Status, diagnose
+    links = [LinkStatus("inbox", "source", False, time.time(), "listing failed: UnicodeEncodeError", fault=True),
+             LinkStatus("drive", "source", False, time.time(), "drive not plugged in")]
+    status = Status(stamp=time.time(), pipelines=[], transfers=[], links=links, rate=0.0, bytes_waiting=0,
+                    staging_free_bytes=1, staging_min_free_bytes=0, downloads_held="", ledger_ok=True)
+    levels = {d.name: d.level for d in diagnose(status, {}, 30.0)}
+    assert levels["source inbox"] == ERROR and levels["source drive"] == WARN
 
 
 @pytest.mark.parametrize("policy", ["park", "overwrite"])
@@ -387,3 +397,51 @@ def test_conflict_names_keep_the_extension_and_stay_within_255_bytes():
 def test_on_conflict_is_refused_where_a_target_has_no_final_name():
     assert_config_error(lambda: create_target("web", {"kind": "http", "url": "http://127.0.0.1:1/{path}",
                                                       "on_conflict": "park"}), "targets.web.on_conflict")
+
+
+def test_the_status_says_which_version_moves_and_which_is_parked():
+    from filesync.status import ParkedFile, Status, TransferStatus, status_view
+    status = Status(stamp=time.time(), pipelines=[], links=[],
+                    transfers=[TransferStatus(5, "inbox", "a.txt", "upload", "out", 10, 20, version=2),
+                               TransferStatus(7, "inbox", "c.txt", "upload", "out", 10, 20)],
+                    parked=[ParkedFile(6, "inbox", "b.txt", 3, "upload out: refused", ["target out"], version=3)])
+    view = status_view(status)
+    assert [t["path"] for t in view["transfers"]] == ["a.txt [version 2]", "c.txt"]
+    assert view["parked"][0]["path"] == "b.txt [version 3]"
+
+
+LEDGER_FULL = r"""
+import sqlite3, sys
+import rospy
+rospy.rostime.set_rostime_initialized(True)  # the node's handlers log with rospy; no master is needed for that
+from filesync.ledger.store import Ledger
+from filesync.msg import FoundFile
+from filesync.ros.ledger_node import LedgerServices
+from filesync.srv import CountsRequest, RegisterRequest
+services = LedgerServices(Ledger(sys.argv[1]))
+try:
+    for batch in range(1000):
+        services.register(RegisterRequest("inbox", ["out"], False, [
+            FoundFile(f"{batch}/{i}-" + "n" * 200, i, 1.0, "") for i in range(100)]))
+except sqlite3.OperationalError:
+    pass
+print(services.counts(CountsRequest()).ledger_error)
+services.close()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+def test_a_ledger_that_cannot_be_written_says_why_on_the_status(tmp_path):
+    import sys
+    from support.launch import NEEDS_ROS_WORKSPACE, ros_workspace_sourced
+    if not ros_workspace_sourced():
+        pytest.skip(NEEDS_ROS_WORKSPACE)
+    where = tmp_path / "small"
+    _mount_tmpfs(where, "400k")
+    try:  # a subprocess: pytest's src/ path would hide the generated messages
+        result = subprocess.run([sys.executable, "-c", LEDGER_FULL, str(where / "ledger.db")], capture_output=True,
+                                text=True, timeout=120, cwd=str(tmp_path))
+    finally:
+        subprocess.run(["umount", "-l", str(where)])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == f"the ledger {where}/ledger.db cannot be written: database or disk is full"

@@ -555,7 +555,7 @@ def test_http_token_never_appears_in_errors_or_logs(tmp_path, sink, token, caplo
                                    "token_env": "FILESYNC_TEST_UPLOAD_TOKEN"})
     texts = []
     with caplog.at_level(logging.DEBUG):
-        for status, kind in ((403, PermanentError), (400, PermanentError), (503, TransientError),
+        for status, kind in ((403, errors.AuthRefused), (400, PermanentError), (503, TransientError),
                              (202, PermanentError)):  # 202 is a 2xx outside success_status
             sink.statuses.append(status)
             with pytest.raises(kind) as raised:
@@ -661,3 +661,29 @@ def test_pipeline_waits_while_the_host_is_down_and_parks_nothing(tmp_path, revie
         runner.close()
     assert {r.state for r in records} == {"uploaded"}
     assert sorted(u.sha256 for u in review_server.uploads) == sorted(local_checksum(tmp_path / "logs" / p, "sha256") for p in paths)
+
+
+def test_refused_credentials_wait_and_park_nothing(tmp_path, review_server):
+    """401/403 are wrong for every file alike: the worker waits (growing backoff), no file is parked or charged."""
+    from filesync.engine.runner import LocalRunner
+    paths = make_logs(tmp_path, 3)
+    review_server.fail_next(401, 3)
+    runner = LocalRunner(pipeline_config(tmp_path, review_server))
+    worker = next(loop for loop in runner.loops if loop.name == "upload:review")
+    states, refused_reasons = set(), set()
+    try:
+        runner.start()
+        deadline = time.monotonic() + 60
+        while not runner.settled() and time.monotonic() < deadline:
+            states |= {r.state for r in runner.ledger.files()}
+            if not worker.link.up:
+                refused_reasons.add(worker.link.reason)
+            time.sleep(0.05)
+        records = runner.ledger.files()
+    finally:
+        runner.close()
+    assert "failed" not in states
+    assert {r.state for r in records} == {"uploaded"} and len(records) == len(paths)
+    assert all(r.task("upload", "review").attempts == 0 for r in records)
+    assert any("HTTP 401" in reason and "check the credentials" in reason for reason in refused_reasons), \
+        refused_reasons

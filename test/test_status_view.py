@@ -1,7 +1,6 @@
 """The shaped status that the terminal, the rqt widget and the page share; the page's server on loopback (who may
 read and who may act); the web options. No ROS: the server is fed views as the web node feeds it."""
 import threading
-import time
 
 import pytest
 import requests

@@ -112,6 +112,11 @@ def command_ls(args, out):
     out.write(f"{'ID':>7}  {'STATE':<11}  {'SOURCE':<10}  {'SIZE':>10}  PATH\n")
     for record in files:
         line = f"{record.id:>7}  {record.state:<11}  {record.source:<10}  {human_bytes(record.size):>10}  {record.path}"
+        if record.version > 1:  # another version of the same name came before: say which, and where this one went
+            line += f"  [version {record.version}"
+            renamed = [t.location for t in record.tasks if t.kind == "upload" and t.location
+                       and not t.location.endswith(record.path)]
+            line += f" -> {', '.join(renamed)}]" if renamed else "]"
         if record.error:
             line += f"  ({record.error})"
         out.write(line + "\n")

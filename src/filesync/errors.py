@@ -4,6 +4,7 @@
 |-------------------|------------------------------------------------------------------------------|---------------------------------|
 | DeviceUnavailable | waits for the device: the worker probes it, no attempt is counted            | host down, drive pulled out     |
 | AuthRefused       | waits likewise (a wrong password is wrong for every file): one clear line   | FTP 530, HTTP 401/403           |
+| DeviceFault       | waits likewise, shown as ERROR: the device answers but serves nothing right  | MAVROS <= 1.21.0 empty reads    |
 | TransientError    | retries this file later, with capped backoff, for as long as it takes        | full disk, dropped transfer     |
 | StartOver         | drops what the target holds of this file and sends it again from byte 0      | FTP 451 Append/Restart refused  |
 | FileError         | retries this file, then parks it after max_attempts                          | bad block, CRC mismatch         |
@@ -30,6 +31,11 @@ class TransientError(FilesyncError):
 
 class DeviceUnavailable(TransientError):
     """The device or server cannot be reached at all (unplugged, host down); nothing about the file is wrong."""
+
+
+class DeviceFault(DeviceUnavailable):
+    """The device answers but cannot serve any file (a bug of the link: MAVROS <= 1.21.0 reading 0 bytes): waited out
+    like an unreachable device, no attempt counted against files, shown as ERROR with the reason."""
 
 
 class AuthRefused(DeviceUnavailable):

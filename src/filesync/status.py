@@ -39,6 +39,7 @@ class TransferStatus:
     rate: float = 0.0
     eta: float = -1.0
     worker: str = ""
+    version: int = 1
 
 
 @dataclass
@@ -52,6 +53,7 @@ class LinkStatus:
     reported: bool = True
     last_location: str = ""  # where this target last published a file (a URL for web targets)
     last_location_time: float = 0.0
+    fault: bool = False  # down because it answers wrongly (a failing listing, a bug of the link), not out of reach
 
 
 @dataclass
@@ -63,13 +65,20 @@ class ParkedFile:
     size: int = 0
     reason: str = ""
     devices: List[str] = field(default_factory=list)  # where its tasks are parked: "target ftp", "source usb"
+    version: int = 1
 
 
 def parked_file(record) -> ParkedFile:
     """A ParkedFile of a failed ledger record (a FileRecord or its message): its reason is the record's error."""
     devices = [f"{TARGET if task.kind == UPLOAD else SOURCE} {task.device}" for task in record.tasks
                if task.state == "parked"]
-    return ParkedFile(record.id, record.source, record.path, record.size, record.error, devices)
+    return ParkedFile(record.id, record.source, record.path, record.size, record.error, devices,
+                      getattr(record, "version", 1) or 1)
+
+
+def shown_path(path, version) -> str:
+    """A file's path for people, with its version where an earlier one of the same name exists."""
+    return f"{path} [version {version}]" if version and version > 1 else path
 
 
 @dataclass
@@ -114,6 +123,7 @@ class Status:
     staging_min_free_bytes: int = 0
     downloads_held: str = ""
     ledger_ok: bool = True
+    ledger_error: str = ""  # the ledger answers but cannot be opened or written (locked, read-only, disk full)
     last_error: str = ""
     last_error_time: float = 0.0  # 0 with a last_error: it came from the ledger, which keeps no time
     rate_kib_s: float = 0.0  # the rate and what is left to move in units that read well on a plot
@@ -191,16 +201,17 @@ def worker_report(node, loops, last_error=None) -> WorkerReport:
             role = TARGET if loop.kind == UPLOAD else SOURCE
             report.links.append(LinkStatus(loop.device.name, role, loop.link.up, loop.link.since, loop.link.reason,
                                            last_location=loop.last_location[0],
-                                           last_location_time=loop.last_location[1]))
+                                           last_location_time=loop.last_location[1], fault=loop.link.fault))
             job = loop.current
             if job is not None:
                 report.transfers.append(TransferStatus(job.record.id, job.record.source, job.record.path, loop.kind,
                                                        loop.device.name, job.done, job.record.size,
-                                                       worker=loop.worker))
+                                                       worker=loop.worker, version=job.record.version))
             if loop.held_back:
                 report.downloads_held = loop.held_back
         elif isinstance(loop, Finder):
-            report.links.append(LinkStatus(loop.source.name, SOURCE, loop.link.up, loop.link.since, loop.link.reason))
+            report.links.append(LinkStatus(loop.source.name, SOURCE, loop.link.up, loop.link.since, loop.link.reason,
+                                           fault=loop.link.fault))
     if last_error is not None:
         report.last_error, report.last_error_time = last_error.message, last_error.time
     return report
@@ -238,7 +249,7 @@ class StatusBuilder:
         targets = sorted({t for p in self.config.pipelines for t in p.targets})
         return [(SOURCE, name) for name in sources] + [(TARGET, name) for name in targets]
 
-    def build(self, counts, reports, staging_free, now=None, ledger_ok=True, parked=()) -> Status:
+    def build(self, counts, reports, staging_free, now=None, ledger_ok=True, parked=(), ledger_error="") -> Status:
         """counts: {(source, state): (files, bytes)} (Ledger.counts()); reports: the live WorkerReports; parked: the
         ParkedFiles the ledger holds (their reasons stay shown after a restart, when no worker remembers them)."""
         now = time.time() if now is None else now
@@ -270,7 +281,7 @@ class StatusBuilder:
                       rate=rate, bytes_waiting=sum(p.bytes_waiting for p in pipelines),
                       staging_free_bytes=staging_free, staging_min_free_bytes=self.config.staging_min_free_bytes,
                       downloads_held=next((r.downloads_held for r in reports if r.downloads_held), ""),
-                      ledger_ok=ledger_ok, last_error=last_error, last_error_time=last_error_time,
+                      ledger_ok=ledger_ok, ledger_error=ledger_error, last_error=last_error, last_error_time=last_error_time,
                       rate_kib_s=rate / KiB, bytes_to_move=to_move, mib_to_move=to_move / MiB,
                       files_parked=sum(p.failed for p in pipelines), parked=parked[:PARKED_SHOWN])
 
@@ -285,7 +296,7 @@ class StatusBuilder:
                 eta = left / rate if rate > 0 else (0.0 if left <= 0 else -1.0)
                 running.append(TransferStatus(transfer.file_id, transfer.source, transfer.path, transfer.kind,
                                               transfer.device, transfer.bytes_done, transfer.bytes_total, rate, eta,
-                                              transfer.worker))
+                                              transfer.worker, transfer.version))
         live = {(t.file_id, t.kind, t.device) for t in running}
         for key in list(self._meters):
             if key not in live:
@@ -306,8 +317,8 @@ class StatusBuilder:
             latest = max(views, key=lambda v: v.last_location_time)
             down = [v for v in views if not v.up]
             if down:  # one worker that failed to reach it outweighs others that have not tried lately
-                first = min(down, key=lambda v: v.since)
-                link = LinkStatus(name, role, False, first.since, first.reason)
+                first = min(down, key=lambda v: (not v.fault, v.since))  # a fault says more than a timeout
+                link = LinkStatus(name, role, False, first.since, first.reason, fault=first.fault)
             else:
                 link = LinkStatus(name, role, True, max(v.since for v in views))
             link.last_location, link.last_location_time = latest.last_location, latest.last_location_time
@@ -328,8 +339,9 @@ def diagnose(status, parked, warn_after, now=None) -> List[Diagnosis]:
     """One Diagnosis per source and target, one for staging and one for the ledger.
 
     parked: {(role, device): files with a task parked there}. A source that is not reachable is WARN at once (a drive
-    not plugged in); a target only after `warn_after` seconds (short outages are normal on a radio link). Parked files
-    on a device and a staging disk under its floor are ERROR.
+    not plugged in); a target only after `warn_after` seconds (short outages are normal on a radio link). A device
+    that answers but cannot serve (a listing that fails, a known bug of the link), parked files on a device and a
+    staging disk under its floor are ERROR.
     """
     now = time.time() if now is None else now
     results = []
@@ -346,7 +358,7 @@ def diagnose(status, parked, warn_after, now=None) -> List[Diagnosis]:
         else:
             down_for = max(0.0, now - link.since)
             late = link.role == SOURCE or down_for >= warn_after
-            level = WARN if late else OK
+            level = ERROR if link.fault else WARN if late else OK
             message = f"unreachable for {down_for:.0f} s: {link.reason}" if link.reason else \
                 f"unreachable for {down_for:.0f} s"
             values["reason"] = link.reason
@@ -362,7 +374,9 @@ def diagnose(status, parked, warn_after, now=None) -> List[Diagnosis]:
                                  f"{human_bytes(floor)}; downloads wait", values))
     else:
         results.append(Diagnosis("staging", OK, f"{human_bytes(status.staging_free_bytes)} free", values))
-    if status.ledger_ok:
+    if status.ledger_error:
+        results.append(Diagnosis("ledger", ERROR, f"{status.ledger_error}; transfers wait, nothing is lost"))
+    elif status.ledger_ok:
         waiting = sum(p.files_waiting for p in status.pipelines)
         results.append(Diagnosis("ledger", OK, f"{waiting} file(s) waiting, {human_bytes(status.bytes_waiting)}",
                                  {"files waiting": str(waiting), "bytes waiting": str(status.bytes_waiting)}))
@@ -428,7 +442,8 @@ def status_view(status, now=None) -> dict:
     for t in status.transfers:
         fraction = 1.0 if t.bytes_total <= 0 else min(1.0, max(0.0, t.bytes_done / t.bytes_total))
         transfers.append({
-            "file_id": t.file_id, "kind": t.kind, "device": t.device, "source": t.source, "path": t.path,
+            "file_id": t.file_id, "kind": t.kind, "device": t.device, "source": t.source,
+            "path": shown_path(t.path, t.version),
             "bytes_done": t.bytes_done, "bytes_total": t.bytes_total, "percent": round(fraction * 100, 1),
             "bar": progress_bar(t.bytes_done, t.bytes_total),
             "amount": f"{human_bytes(t.bytes_done)}/{human_bytes(t.bytes_total)}",
@@ -437,14 +452,15 @@ def status_view(status, now=None) -> dict:
               "state": "unknown" if not link.reported else ("up" if link.up else "down"),
               "text": link_text(link, now), "since": _clock_time(link.since), "reason": link.reason,
               "last_location": link.last_location} for link in status.links]
-    parked = [{"file_id": p.file_id, "source": p.source, "path": p.path, "size": human_bytes(p.size),
+    parked = [{"file_id": p.file_id, "source": p.source, "path": shown_path(p.path, p.version),
+               "size": human_bytes(p.size),
                "reason": p.reason, "devices": ", ".join(p.devices)} for p in getattr(status, "parked", [])]
     staging = f"{human_bytes(status.staging_free_bytes)} free"
     if status.staging_min_free_bytes:
         staging += f" (floor {human_bytes(status.staging_min_free_bytes)})"
     return {
         "stamp": status.stamp if hasattr(status, "stamp") else status.header.stamp.to_sec(),  # dataclass or message
-        "ledger_ok": bool(status.ledger_ok), "pipelines": pipelines, "transfers": transfers, "links": links,
+        "ledger_ok": bool(status.ledger_ok), "ledger_problem": ledger_problem(status), "pipelines": pipelines, "transfers": transfers, "links": links,
         "parked": parked, "files_parked": int(getattr(status, "files_parked", 0)),
         "staging": staging,
         "staging_low": bool(status.staging_min_free_bytes and status.staging_free_bytes < status.staging_min_free_bytes),
@@ -456,12 +472,19 @@ def status_view(status, now=None) -> dict:
     }
 
 
+def ledger_problem(status) -> str:
+    """What is wrong with the ledger, for people ('' when nothing)."""
+    if getattr(status, "ledger_error", ""):
+        return f"{status.ledger_error} (transfers wait; nothing is lost)"
+    return "" if status.ledger_ok else "NOT ANSWERING (counts may be old)"
+
+
 def format_status(status, now=None, width=100) -> str:
     """The status as text for a terminal: pipelines, transfers with a progress bar, links, staging, last error."""
     view = status_view(status, now)
     lines = []
-    if not view["ledger_ok"]:
-        lines.append("ledger: NOT ANSWERING (counts below may be old)")
+    if view["ledger_problem"]:
+        lines.append(f"ledger: {view['ledger_problem']}")
     for pipeline in view["pipelines"]:
         lines.append(f"{pipeline['source']} -> {', '.join(pipeline['targets'])}: {pipeline['counts']}")
         lines.append(f"  waiting {pipeline['waiting']}; rate {pipeline['rate']}")
@@ -500,7 +523,8 @@ def apply_event(view, event) -> bool:
     parked = view["parked"]
     index = next((i for i, p in enumerate(parked) if p["file_id"] == event.file_id), None)
     if event.state == "failed":
-        entry = {"file_id": event.file_id, "source": event.source, "path": event.path, "size": human_bytes(event.size),
+        entry = {"file_id": event.file_id, "source": event.source,
+                 "path": shown_path(event.path, getattr(event, "version", 1)), "size": human_bytes(event.size),
                  "reason": event.error, "devices": f"{TARGET if event.task == UPLOAD else SOURCE} {event.device}"
                  if event.device else ""}
         if index is None:

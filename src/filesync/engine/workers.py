@@ -37,14 +37,16 @@ class LinkState:
         self.up = True
         self.since = clock()
         self.reason = ""
+        self.fault = False  # down because the device answers wrongly, not because it is out of reach
 
-    def set(self, up, reason=""):
+    def set(self, up, reason="", fault=False):
         """Record the link state (on_change() hears of any difference); returns True when up/down changed."""
         changed = up != self.up
         if changed:
             self.up, self.since = up, self._clock()
-        if changed or reason != self.reason:
-            self.reason = reason
+        fault = fault and not up
+        if changed or reason != self.reason or fault != self.fault:
+            self.reason, self.fault = reason, fault
             self._on_change()
         return changed
 
@@ -201,7 +203,7 @@ class TaskWorker(Loop):
 
     def _link_down(self, error):
         """Stop claiming work for this device until probe() says it answers; the task goes back unharmed."""
-        if self.link.set(False, describe(error)):
+        if self.link.set(False, describe(error), fault=isinstance(error, errors.DeviceFault)):
             log.warning("%s: %s is unreachable: %s; waiting for it", self.name, self.device.name, describe(error))
         if isinstance(error, errors.AuthRefused):
             # a probe that needs no credentials (an HTTP server's root) cannot tell when they are fixed: the work
@@ -219,7 +221,7 @@ class TaskWorker(Loop):
                 self.stop_event.wait(min(wait, self.settings.poll_interval))
                 return False
         except DeviceUnavailable as error:
-            self.link.set(False, describe(error))  # still down; the reason may be new
+            self.link.set(False, describe(error), fault=isinstance(error, errors.DeviceFault))  # still down
             self.link_retry += 1
             delay = min(self.settings.poll_interval, 0.5 * 2 ** min(self.link_retry, 6))
             self.stop_event.wait(delay)
@@ -263,8 +265,9 @@ class Finder(Loop):
         try:
             listing = list(self.source.list())
         except Exception as error:  # whatever the reason, the source is shown down with it, never a silent stall
-            reason = describe(error) if isinstance(error, DeviceUnavailable) else f"listing failed: {describe(error)}"
-            if self.link.set(False, reason):
+            fault = not isinstance(error, DeviceUnavailable) or isinstance(error, errors.DeviceFault)
+            reason = f"listing failed: {describe(error)}" if fault else describe(error)
+            if self.link.set(False, reason, fault=fault):
                 log.warning("%s: %s: %s", self.name, self.source.name, reason)
             if not isinstance(error, TransientError):
                 log.error("%s: listing %s failed", self.name, self.source.name, exc_info=error)

@@ -1,5 +1,6 @@
 """The ledger node: the only process that opens the database; offers it as services under /filesync/ledger."""
 import functools
+import sqlite3
 import threading
 
 import rospy
@@ -14,6 +15,7 @@ from filesync.srv import (Checkpoint, CheckpointResponse, Claim, ClaimResponse, 
                           FinishResponse, Manage, ManageResponse, Query, QueryResponse, Register, RegisterResponse)
 
 NAMESPACE = "/filesync/ledger"
+WRITES = {"register", "claim", "checkpoint", "finish", "retry", "forget"}
 QUERY_LIMIT = 1000
 
 
@@ -38,7 +40,7 @@ class LedgerServices:
 
     def __init__(self, ledger, announce=lambda record: None):
         self.ledger = ledger
-        self.announce = announce  # a forgotten file is announced, so the finder lists it again
+        self.announce = announce  # a retried file wakes the workers; a forgotten one, the finder lists it again
         # every ledger call runs on this one thread; rospy's connection threads only read requests and write replies
         self._database = DatabaseThread()
         # counts every call that may change a file's state (bumped after the ledger committed), so counts() queries
@@ -46,10 +48,23 @@ class LedgerServices:
         self.changes = 0
         self._changes_lock = threading.Lock()
         self._counts = (-1, None)
+        self.ledger_error = ""
 
     def _call(self, method, *args):
-        """ledger.method(*args) on the database thread; returns its result once it committed (or raises its error)."""
-        return self._database.call(getattr(self.ledger, method), *args)
+        """ledger.method(*args) on the database thread; returns its result once it committed (or raises its error).
+
+        A database that cannot be written (full disk, read-only, locked) fails the call, so the caller keeps its work
+        and asks again; the reason goes on the status (ledger_error) until a write works again.
+        """
+        try:
+            result = self._database.call(getattr(self.ledger, method), *args)
+        except sqlite3.Error as error:
+            self.ledger_error = f"the ledger {self.ledger.path} cannot be written: {error}"
+            rospy.logerr_throttle(10, self.ledger_error)
+            raise
+        if method in WRITES:
+            self.ledger_error = ""
+        return result
 
     def close(self):
         """Finish the calls under way and stop the database thread."""
@@ -96,6 +111,8 @@ class LedgerServices:
         if request.action == "retry":
             record = self._call("retry", request.file_id)
             ok = record is not None
+            if ok:
+                self.announce(record)
             message = f"file {request.file_id} is back in line" if ok else f"no file {request.file_id}"
         elif request.action == "forget":
             forgotten = self._call("get", request.file_id)
@@ -132,14 +149,20 @@ class LedgerServices:
                 parked_roles=[role for role, _ in parked], parked_devices=[device for _, device in parked],
                 parked_files=list(parked.values()))
             self._counts = (changes, cached)
+        cached.ledger_error = self.ledger_error
         return cached
 
 
 def main():
     """Run the ledger node."""
     config = start_node("ledger")
-    ledger, moved_aside = wait_for_ledger(config.database, rospy.is_shutdown, retry_base=config.retry_base,
-                                          retry_cap=config.retry_cap)
+    # while the database cannot be opened (locked, read-only, full), the counts service says why, for the status
+    problem = {"reason": ""}
+    waiting = rospy.Service(f"{NAMESPACE}/counts", Counts, lambda _: CountsResponse(ledger_error=problem["reason"]))
+    ledger, moved_aside = wait_for_ledger(config.database, rospy.is_shutdown,
+                                          lambda reason: problem.update(reason=reason),
+                                          retry_base=config.retry_base, retry_cap=config.retry_cap)
+    waiting.shutdown()
     if ledger is None:
         return
     if moved_aside:

@@ -9,7 +9,6 @@ import rospy
 
 from filesync.cli import LedgerClient, Unavailable
 from filesync.msg import FileEvent, Status
-from filesync.ros.convert import file_event, record_from_msg
 from filesync.ros.node import EVENTS_TOPIC
 from filesync.status import apply_event, status_view
 
@@ -48,23 +47,18 @@ class StatusClient:
 
 
 class LedgerActions:
-    """Retry and forget through the ledger's manage service. After a change it announces the file on
-    /filesync/events, as the workers do, so they take a retried file at once instead of at their next poll."""
+    """Retry and forget through the ledger's manage service (the ledger node announces the change on
+    /filesync/events, so workers take a retried file at once and the finder lists a forgotten one again)."""
 
     def __init__(self, timeout=ACTION_TIMEOUT):
         self.timeout = timeout
-        self._events = rospy.Publisher(EVENTS_TOPIC, FileEvent, queue_size=100)
 
     def _manage(self, action, file_id, ledger=None):
         try:
             ledger = ledger or LedgerClient(self.timeout)
-            ok, message, record = ledger.manage(action, int(file_id))
+            ok, message, _ = ledger.manage(action, int(file_id))
         except Unavailable as error:
             return False, str(error)
-        if ok and record.id:
-            self._events.publish(file_event(record_from_msg(record)))
-        elif ok:  # forgotten: nothing left to describe but its id
-            self._events.publish(FileEvent(file_id=int(file_id), state="forgotten"))
         return ok, message
 
     def retry(self, file_id):

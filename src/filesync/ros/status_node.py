@@ -64,7 +64,7 @@ def status_to_msg(status):
                      transfers=[_copy(t, TransferStatus) for t in status.transfers],
                      links=[_copy(link, LinkStatus) for link in status.links])
     for name in ("rate", "bytes_waiting", "staging_free_bytes", "staging_min_free_bytes", "downloads_held",
-                 "ledger_ok", "last_error", "last_error_time", "rate_kib_s", "bytes_to_move", "mib_to_move",
+                 "ledger_ok", "ledger_error", "last_error", "last_error_time", "rate_kib_s", "bytes_to_move", "mib_to_move",
                  "files_parked"):
         setattr(message, name, getattr(status, name))
     message.parked = [_copy(parked, ParkedFile) for parked in status.parked]
@@ -80,7 +80,7 @@ class StatusNode:
         self.builder = status_lib.StatusBuilder(config)
         self.reports = {}  # node -> (received monotonic time, status.WorkerReport)
         self._lock = threading.Lock()
-        self.counts, self.parked, self.ledger_ok = {}, {}, False
+        self.counts, self.parked, self.ledger_ok, self.ledger_error = {}, {}, False, ""
         self._proxies = {}  # persistent: asking once a second costs no master lookup and no new connection
         self.parked_files = []  # status.ParkedFile, from the ledger
         self._parked_stale = True  # ask the ledger for the parked files at the next tick
@@ -148,7 +148,7 @@ class StatusNode:
                 rospy.logwarn(f"status: the ledger does not answer ({error}); showing the last counts")
             self.ledger_ok = False
             return
-        self.ledger_ok = True
+        self.ledger_ok, self.ledger_error = True, reply.ledger_error
         counts = {(c.source, c.state): (c.files, c.bytes) for c in reply.counts}
         if counts != self.counts or time.monotonic() - self._parked_at > PARKED_REFRESH:
             self._parked_stale = True
@@ -173,7 +173,8 @@ class StatusNode:
             free = staging_free_bytes(self.config.staging_dir)
         except OSError:
             free = 0
-        status = self.builder.build(self.counts, reports, free, ledger_ok=self.ledger_ok, parked=self.parked_files)
+        status = self.builder.build(self.counts, reports, free, ledger_ok=self.ledger_ok, parked=self.parked_files,
+                                    ledger_error=self.ledger_error)
         self.publisher.publish(status_to_msg(status))
         self.diagnoses = {d.name: d for d in status_lib.diagnose(status, self.parked,
                                                                  self.config.unreachable_warn_seconds)}

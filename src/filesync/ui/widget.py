@@ -106,7 +106,7 @@ class StatusWidget(QWidget):
     def show_view(self, view):
         """Show one status view (in the GUI thread)."""
         self.view = view
-        ledger = "" if view["ledger_ok"] else "LEDGER NOT ANSWERING (counts may be old) - "
+        ledger = f"LEDGER {view['ledger_problem']} - " if view["ledger_problem"] else ""
         self.summary.setText(f"{ledger}rate {view['rate']}, {view['to_move']} still to move, "
                              f"{view['files_parked']} parked; staging {view['staging']}")
         self.last_error.setText(f"last error ({view['last_error_when']}): {view['last_error']}"

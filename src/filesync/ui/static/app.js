@@ -49,7 +49,7 @@ function render(view) {
   lastArrival = Date.now();
   $("live").textContent = "live";
   $("live").className = "badge live";
-  const ledger = view.ledger_ok ? "" : "LEDGER NOT ANSWERING (counts may be old) - ";
+  const ledger = view.ledger_problem ? "LEDGER " + view.ledger_problem + " - " : "";
   $("summary").textContent = `${ledger}rate ${view.rate}, ${view.to_move} still to move, ` +
     `${view.files_parked} parked; staging ${view.staging}`;
   $("last-error").hidden = !view.last_error;
