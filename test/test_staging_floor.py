@@ -102,5 +102,7 @@ def test_downloads_wait_above_the_floor_and_go_on(tmp_path, small_staging, slow_
         stored = os.path.join(slow_server.root, "in", path)
         assert local_checksum(stored, "sha256") == local_checksum(str(tmp_path / "inbox" / path), "sha256")
     staged = [name for _, _, names in os.walk(small_staging) for name in names]
-    expected_staged = [] if freed_by == "retention" else sorted(paths)  # retention removed what the target holds
+    # staged under their version ids, each with its description; retention removed what the target holds
+    expected_staged = [] if freed_by == "retention" else sorted(
+        name for record in records for name in (str(record.id), f"{record.id}.json"))
     assert sorted(staged) == expected_staged

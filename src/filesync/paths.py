@@ -60,7 +60,8 @@ def check_relative(path: str) -> str:
         raise UnsafePath("empty file name")
     if any(ord(c) < 32 or ord(c) == 127 for c in path):
         raise UnsafePath(f"file name {path!r} holds a control character")
-    if path.startswith("/") or "\\" in path or (len(path) > 1 and path[1] == ":"):
+    if path.startswith("/") or "\\" in path or re.match(r"[A-Za-z]:(/|$)", path):
+        # a first folder named like a drive ("C:") would be absolute on a Windows server; "a:b.txt" is an ordinary name
         raise UnsafePath(f"file name {path!r} is absolute or uses backslashes")
     parts = path.split("/")
     if any(part in ("", ".", "..") for part in parts):
