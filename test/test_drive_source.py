@@ -20,7 +20,7 @@ from filesync.devices.drive import DriveSource, mounts
 from filesync.engine.runner import LocalRunner
 from filesync.errors import DeviceUnavailable, FileError, PermanentError, TransientError
 from support.exfat_drive import (break_cluster_chain, end_fuse_mount, exfat_drive, fragment_file, lazy_unmount,
-                                 missing_tools, mounted_at, unavailable_reason)
+                                 missing_tools, mounted_at, unavailable_reason, unique_label, unique_serial)
 
 pytestmark = pytest.mark.skipif(unavailable_reason() is not None, reason=str(unavailable_reason()))
 
@@ -32,15 +32,6 @@ def _tools():
     missing = missing_tools()
     if missing:
         pytest.fail(f"install the Debian packages {' '.join(missing)} (apt-get install -y {' '.join(missing)})")
-
-
-def unique_serial():
-    """Drives of concurrent test runs must never share a UUID: blkid sees every loop device on the machine."""
-    return random.SystemRandom().getrandbits(32) | 0x10000000
-
-
-def unique_label():
-    return f"T{random.SystemRandom().getrandbits(36):09X}"[:11]
 
 
 def sha256_of(chunks):

@@ -24,6 +24,16 @@ COMMAND_TIMEOUT = 60
 BAD_CLUSTER = 0xFFFFFFF7  # the FAT's own "bad cluster" mark: outside the cluster heap, so exfat-fuse refuses it
 
 
+def unique_serial():
+    """A volume serial (the UUID) no other drive of a concurrent test run has: blkid sees every loop device here."""
+    return random.SystemRandom().getrandbits(32) | 0x10000000
+
+
+def unique_label():
+    """A volume label of 10 characters, unique like unique_serial()."""
+    return f"T{random.SystemRandom().getrandbits(36):09X}"[:11]
+
+
 def unavailable_reason():
     """Why real exFAT drives cannot be made here (a skip reason), or None when they can."""
     if os.geteuid() != 0:
