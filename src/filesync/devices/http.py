@@ -184,7 +184,8 @@ class _Uploader:
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
         self._sessions = threading.local()  # a requests.Session is not shared between threads
 
-    def _session(self):
+    def session(self):
+        """This thread's requests.Session (made on first use)."""
         session = getattr(self._sessions, "session", None)
         if session is None:
             session = requests.Session()
@@ -199,20 +200,10 @@ class _Uploader:
         """
         what = f"{self.target_name}: {method} {_without_query(url)}"
         try:
-            response = self._session().request(method, url, data=body, headers=headers, timeout=self.timeout,
-                                               verify=self.verify, allow_redirects=False, stream=True)
-        except requests.exceptions.SSLError as error:
-            raise DeviceUnavailable(_redact(f"{what}: TLS failed: {_reason(error)}", secrets)) from None
-        except requests.exceptions.ConnectTimeout:
-            raise DeviceUnavailable(f"{what}: no answer to the connection within {self.timeout[0]:g} s") from None
-        except requests.exceptions.ConnectionError as error:
-            if _is_unreachable(error):
-                raise DeviceUnavailable(_redact(f"{what}: cannot connect: {_reason(error)}", secrets)) from None
-            raise TransientError(_redact(f"{what}: connection lost: {_reason(error)}", secrets)) from None
-        except requests.exceptions.Timeout:
-            raise TransientError(f"{what}: no answer within {self.timeout[1]:g} s") from None
+            response = self.session().request(method, url, data=body, headers=headers, timeout=self.timeout,
+                                              verify=self.verify, allow_redirects=False, stream=True)
         except requests.exceptions.RequestException as error:
-            raise TransientError(_redact(f"{what}: {_reason(error)}", secrets)) from None
+            raise transport_error(error, what, self.timeout, secrets) from None
         try:
             body = response.raw.read(RESPONSE_READ_LIMIT, decode_content=True)
         except (urllib3.exceptions.HTTPError, OSError) as error:
@@ -247,6 +238,38 @@ class _Uploader:
             raise
         except TransientError as error:
             raise DeviceUnavailable(str(error)) from None
+
+
+def transport_error(error, what, timeout, secrets=()):
+    """The engine's error for a request that got no answer (see the module text); `timeout` is (connect, read)."""
+    if isinstance(error, requests.exceptions.SSLError):
+        return DeviceUnavailable(_redact(f"{what}: TLS failed: {_reason(error)}", secrets))
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return DeviceUnavailable(f"{what}: no answer to the connection within {timeout[0]:g} s")
+    if isinstance(error, requests.exceptions.ConnectionError):
+        if _is_unreachable(error):
+            return DeviceUnavailable(_redact(f"{what}: cannot connect: {_reason(error)}", secrets))
+        return TransientError(_redact(f"{what}: connection lost: {_reason(error)}", secrets))
+    if isinstance(error, requests.exceptions.Timeout):
+        return TransientError(f"{what}: no answer within {timeout[1]:g} s")
+    return TransientError(_redact(f"{what}: {_reason(error)}", secrets))
+
+
+def request_headers(options, key):
+    """The request headers a device's options give (headers, headers_env, a token as auth_scheme), and the secret
+    values among them, read now; ConfigError naming the key where a variable or file is missing."""
+    headers = dict(options["headers"])
+    secrets = []
+    for header, variable in options["headers_env"].items():
+        if variable not in os.environ:
+            raise ConfigError(f"{key}.headers_env.{header}: environment variable {variable} is not set")
+        headers[header] = os.environ[variable]
+        secrets.append(os.environ[variable])
+    token = resolve_secret(options, key, "token")
+    if token:
+        headers["Authorization"] = f"{options['auth_scheme']} {token}".strip()
+        secrets.append(token)
+    return headers, secrets
 
 
 def _without_query(url):
@@ -467,19 +490,7 @@ class HttpTarget(_HttpTargetBase):
         self._headers()  # a missing variable or file is a config error at start, not at the first upload
 
     def _headers(self):
-        """The request headers and the secret values among them."""
-        headers = dict(self.options["headers"])
-        secrets = []
-        for header, variable in self.options["headers_env"].items():
-            if variable not in os.environ:
-                raise ConfigError(f"{self.key}.headers_env.{header}: environment variable {variable} is not set")
-            headers[header] = os.environ[variable]
-            secrets.append(os.environ[variable])
-        token = resolve_secret(self.options, self.key, "token")
-        if token:
-            headers["Authorization"] = f"{self.options['auth_scheme']} {token}".strip()
-            secrets.append(token)
-        return headers, secrets
+        return request_headers(self.options, self.key)
 
     def url_for(self, path):
         """The upload URL of `path`, from the url template."""

@@ -40,9 +40,8 @@ import urllib3
 from filesync.devices.base import Checksum, RemoteFile, Source
 from filesync.devices.drive import _check_globs
 from filesync.devices.folder import _matcher
-from filesync.devices.http import (CONNECTION_OPTIONS, RESPONSE_READ_LIMIT, HttpTarget, _Answer, _http_url,
-                                   _is_unreachable, _reason, _redact, _string_mapping_check, _Uploader,
-                                   _without_query)
+from filesync.devices.http import (CONNECTION_OPTIONS, RESPONSE_READ_LIMIT, _Answer, _http_url, _reason, _string_mapping_check,
+                                   _Uploader, _without_query, request_headers, transport_error)
 from filesync.errors import DeviceUnavailable, FileError, TransientError, UnsafePath, Vanished
 from filesync.options import Option, secret_options
 from filesync.paths import PART_SUFFIX
@@ -55,23 +54,6 @@ MAX_DEPTH = 32
 SHA256 = re.compile(r"^[0-9A-Fa-f]{64}$")
 CONTENT_RANGE = re.compile(r"^bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)$")
 IDENTITY = {"Accept-Encoding": "identity"}
-
-
-def _transport_error(error, what, timeout, secrets):
-    """The engine's error for a request that got no answer, mapped as _Uploader.send does for the HTTP targets.
-
-    Written out here because send() reads at most 64 KiB of an answer and closes it, while a source streams bodies;
-    its except clauses could become this one function for both (see the report of issue 12).
-    """
-    if isinstance(error, requests.exceptions.SSLError):
-        return DeviceUnavailable(_redact(f"{what}: TLS failed: {_reason(error)}", secrets))
-    if isinstance(error, requests.exceptions.ConnectTimeout):
-        return DeviceUnavailable(f"{what}: no answer to the connection within {timeout[0]:g} s")
-    if isinstance(error, requests.exceptions.ConnectionError) and _is_unreachable(error):
-        return DeviceUnavailable(_redact(f"{what}: cannot connect: {_reason(error)}", secrets))
-    if isinstance(error, requests.exceptions.Timeout):
-        return TransientError(f"{what}: no answer within {timeout[1]:g} s")
-    return TransientError(_redact(f"{what}: connection lost: {_reason(error)}", secrets))
 
 
 def _http_time(text):
@@ -108,7 +90,8 @@ class HttpSource(Source):
     ] + secret_options("token") + CONNECTION_OPTIONS
 
     # The same options as the http target's (headers, headers_env, token...), read the same way: one implementation.
-    _headers = HttpTarget._headers
+    def _headers(self):
+        return request_headers(self.options, self.key)
 
     def __init__(self, name, raw_options, key, context=None):
         super().__init__(name, raw_options, key, context)
@@ -128,10 +111,10 @@ class HttpSource(Source):
         headers, secrets = self._headers()
         headers.update(extra or {})
         try:
-            response = self.http._session().get(url, headers=headers, timeout=self.http.timeout,
+            response = self.http.session().get(url, headers=headers, timeout=self.http.timeout,
                                                 verify=self.http.verify, allow_redirects=False, stream=True)
         except requests.exceptions.RequestException as error:
-            raise _transport_error(error, f"{self.name}: {what}", self.http.timeout, secrets) from None
+            raise transport_error(error, f"{self.name}: {what}", self.http.timeout, secrets) from None
         return response, secrets
 
     def _refusal(self, response, what, secrets):
@@ -367,7 +350,7 @@ class HttpSource(Source):
                 except StopIteration:
                     break
                 except requests.exceptions.RequestException as error:
-                    raise _transport_error(error, f"{self.name}: {what}", self.http.timeout, secrets) from None
+                    raise transport_error(error, f"{self.name}: {what}", self.http.timeout, secrets) from None
                 if skip:
                     dropped = min(skip, len(block))
                     skip -= dropped
