@@ -7,6 +7,7 @@ the source's listing, changed files and permissions. test/contract runs the shar
 import io
 import os
 import random
+import time
 from contextlib import closing
 
 import pytest
@@ -322,3 +323,47 @@ def test_a_missing_root_is_DeviceUnavailable(sshd):
     with pytest.raises(DeviceUnavailable):
         source.list()
     source.close()
+
+
+def test_through_the_engine_versions_keep_both_and_refused_credentials_park_nothing(sshd, tmp_path):
+    """folder -> sftp through LocalRunner: a second version of a name goes under its conflict name (the first keeps
+    its own), and while the password is wrong the uploads wait, counting no attempt and parking nothing."""
+    from filesync.engine.runner import LocalRunner
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "log.ulg").write_bytes(content("v1", 300_000))
+    config = {"staging_dir": str(tmp_path / "staging"), "database": str(tmp_path / "db" / "ledger.db"),
+              "scan_interval": 0.3, "poll_interval": 0.5, "retry_base": 0.1, "retry_cap": 0.5,
+              "sources": {"inbox": {"kind": "folder", "path": str(inbox), "min_age": 0.0}},
+              "targets": {"ssh": sshd.options(auth="password", password="wrong-Pa55word")},
+              "pipelines": [{"source": "inbox", "targets": ["ssh"]}]}
+    runner = LocalRunner(config)
+    try:
+        runner.start()
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (runner.ledger.files() and
+                                                    runner.ledger.files()[0].state == "downloaded"):
+            time.sleep(0.1)
+        time.sleep(2)  # refused a few times meanwhile
+        [record] = runner.ledger.files()
+        assert record.state == "downloaded" and record.task("upload").attempts == 0
+        assert "wrong-Pa55word" not in record.task("upload").error
+    finally:
+        runner.close()
+    config["targets"]["ssh"] = sshd.options(auth="password")
+    runner = LocalRunner(config)
+    try:
+        runner.run_until_settled(timeout=60)
+        (inbox / "log.ulg").write_bytes(content("v2", 300_000))
+        os.utime(inbox / "log.ulg", (1_763_632_800, 1_763_632_800))
+        deadline = time.monotonic() + 20
+        while len(runner.ledger.versions("inbox", "log.ulg")) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        runner.run_until_settled(timeout=60)
+        first, second = runner.ledger.versions("inbox", "log.ulg")
+    finally:
+        runner.close()
+    assert (first.state, second.state) == ("uploaded", "uploaded")
+    assert stored(sshd, "log.ulg") == content("v1", 300_000)
+    assert stored(sshd, "log.2025-11-20T10-00-00Z.ulg") == content("v2", 300_000)
+    assert second.task("upload").location.endswith("log.2025-11-20T10-00-00Z.ulg")
