@@ -374,7 +374,7 @@ def test_a_ledger_on_a_full_or_read_only_disk_is_not_taken_for_corrupt(tmp_path)
 
 def test_delete_after_upload_on_a_source_that_cannot_delete_is_a_config_error(tmp_path):
     config = folder_config(tmp_path, delete=True)
-    config["sources"]["inbox"] = {"kind": "mavlink", "url": "udpin:127.0.0.1:14550"}
+    config["sources"]["inbox"] = {"kind": "http", "url": "http://127.0.0.1:1/manifest.json"}
     assert_config_error(lambda: load_config(config), "pipelines[0].delete_after_upload", "cannot delete")
     config["sources"]["inbox"] = {"kind": "drive", "label": "CAM", "mount": True}
     assert_config_error(lambda: load_config(config), "pipelines[0].delete_after_upload", "cannot delete")
@@ -445,3 +445,80 @@ def test_a_ledger_that_cannot_be_written_says_why_on_the_status(tmp_path):
         subprocess.run(["umount", "-l", str(where)])
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == f"the ledger {where}/ledger.db cannot be written: database or disk is full"
+
+
+def test_a_file_rewritten_in_place_during_its_copy_is_copied_again_never_staged_mixed(tmp_path):
+    """A same-size rewrite in the middle of the staging copy: the copy must not pass for either version."""
+    import threading
+    from filesync.errors import TransientError
+    os.makedirs(tmp_path / "inbox")
+    path = tmp_path / "inbox" / "a.bin"
+    path.write_bytes(b"A" * (2 << 20))
+    source = FolderSource("inbox", {"path": str(tmp_path / "inbox")}, "sources.inbox")
+    ledger = Ledger(str(tmp_path / "ledger.db"))
+    [record] = ledger.register("inbox", ["out"], False, [("a.bin", 2 << 20, path.stat().st_mtime)])
+    record, task = ledger.claim("download", "inbox", "w", 30)
+    settings = Settings(staging_dir=str(tmp_path / "staging"), bwlimit=2 << 20, checkpoint_bytes=256 << 10)
+
+    def rewrite():
+        time.sleep(0.4)
+        with open(path, "r+b") as handle:
+            handle.write(b"B" * (2 << 20))
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    try:
+        with pytest.raises(TransientError, match="changed on the source during the copy"):
+            transfer.download(source, Job(ledger, "w", settings, record, task))
+    finally:
+        writer.join()
+    assert ledger.get(record.id).task("download").offset == 0  # the next try starts over
+    assert not os.path.exists(os.path.join(settings.staging_dir, "inbox", str(record.id)))
+    ledger.close()
+
+
+def test_an_interrupted_upload_is_resumed_only_by_its_own_version(tmp_path):
+    """Version 1's upload was cut; version 2 of the same name (same size) goes first: it must not resume version 1's
+    temporary file (pyftpdlib offers no digest, so a mixed copy would pass the size check)."""
+    from filesync.devices import create_target
+    from filesync.paths import part_name
+    from support.ftp_server import FtpServerProcess
+    server = FtpServerProcess(str(tmp_path / "ftp_root"), str(tmp_path / "ftp.log")).start()
+    os.makedirs(tmp_path / "inbox")
+    path = tmp_path / "inbox" / "a.bin"
+    source = FolderSource("inbox", {"path": str(tmp_path / "inbox")}, "sources.inbox")
+    target = create_target("out", server.target_options("/keep"))
+    ledger = Ledger(str(tmp_path / "ledger.db"))
+    settings = Settings(staging_dir=str(tmp_path / "staging"))
+    try:
+        versions = []
+        for fill, mtime in ((b"A", 1_700_000_000), (b"B", 1_763_632_800)):
+            path.write_bytes(fill * 600_000)
+            os.utime(path, (mtime, mtime))
+            [record] = ledger.register("inbox", ["out"], False, [("a.bin", 600_000, float(mtime))])
+            record, task = ledger.claim("download", "inbox", "w", 30)
+            done = transfer.download(source, Job(ledger, "w", settings, record, task))
+            ledger.finish(record.id, "download", "inbox", "w", "done", sha256=done.sha256)
+            versions.append(record)
+        first, second = versions
+        keep = os.path.join(server.root, "keep")
+        os.makedirs(keep)
+        target.set_context(version_id=first.id)
+        leftover = os.path.join(keep, target.part_name("a.bin"))
+        with open(leftover, "wb") as handle:
+            handle.write(b"A" * 300_000)  # what a cut upload of version 1 left
+        record, task = ledger.claim("upload", "out", "w", 30)
+        assert record.id == first.id
+        ledger.finish(record.id, "upload", "out", "w", "release")
+        ledger.claim("upload", "out", "other", 30)  # version 1 is held elsewhere: version 2 goes first
+        record, task = ledger.claim("upload", "out", "w", 30)
+        assert record.id == second.id
+        transfer.upload(target, Job(ledger, "w", settings, record, task))
+        with open(os.path.join(keep, "a.bin"), "rb") as handle:
+            assert handle.read() == b"B" * 600_000
+        assert os.path.getsize(leftover) == 300_000  # still version 1's
+        assert os.path.basename(leftover) == part_name("a.bin", first.id)
+    finally:
+        target.close()
+        ledger.close()
+        server.stop()

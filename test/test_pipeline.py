@@ -99,7 +99,7 @@ def test_server_stopped_mid_upload_resumes_from_its_offset(tmp_path):
     runner = LocalRunner(make_config(tmp_path, server))
     try:
         runner.start()
-        part = os.path.join(server.root, "incoming", "big.bin.part")
+        part = os.path.join(server.root, "incoming", "big.bin.v1.part")  # the temporary name of version 1
         deadline = time.monotonic() + 60
         while not (os.path.exists(part) and os.path.getsize(part) > 3 * MiB):
             assert time.monotonic() < deadline

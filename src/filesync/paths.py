@@ -80,14 +80,16 @@ def _fit(stem: str, room: int) -> str:
     return stem.encode("utf-8")[:room].decode("utf-8", "ignore")
 
 
-def part_name(path: str) -> str:
-    """The temporary name an upload of `path` lands under: <name>.part, or for a name too long to take the suffix,
-    a shortened name with a hash of the whole, so that it stays within 255 bytes and unique."""
+def part_name(path: str, version_id: int = 0) -> str:
+    """The temporary name an upload of version `version_id` of `path` lands under: <name>.v<id>.part (<name>.part
+    without a version), so that an interrupted upload is only ever resumed by the version it belongs to; for a name
+    too long to take the suffix, a shortened name with a hash of the whole, within 255 bytes and unique."""
     directory, _, name = path.rpartition("/")
-    if len((name + PART_SUFFIX).encode("utf-8")) > MAX_NAME_BYTES:
+    suffix = (f".v{version_id}" if version_id else "") + PART_SUFFIX
+    if len((name + suffix).encode("utf-8")) > MAX_NAME_BYTES:
         tag = "~" + hashlib.sha256(name.encode("utf-8")).hexdigest()[:8]
-        name = _fit(name, MAX_NAME_BYTES - len(PART_SUFFIX) - len(tag)) + tag
-    return f"{directory}/{name}{PART_SUFFIX}" if directory else name + PART_SUFFIX
+        name = _fit(name, MAX_NAME_BYTES - len(suffix) - len(tag)) + tag
+    return f"{directory}/{name}{suffix}" if directory else name + suffix
 
 
 def conflict_name(path: str, mtime: float, version_id: int, attempt: int = 0) -> str:

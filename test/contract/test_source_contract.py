@@ -74,6 +74,17 @@ def test_read_resumes_byte_exact_from_any_offset(source_peer):
     assert read_all(source, "big.bin", 5) == data[5:]
 
 
+def test_stat_says_what_the_listing_says(source_peer):
+    """The engine compares stat() with the listed size and time to tell a changed file (after a copy, before a
+    removal): for an unchanged file the two must agree exactly, or every copy would be taken for a changed file."""
+    for name in (PLAIN, "sub dir/a b.bin"):
+        source_peer.put(name, content(name))
+    listed = {entry.path: entry for entry in source_peer.source.list() if not entry.problem}
+    for name in (PLAIN, "sub dir/a b.bin"):
+        now = source_peer.source.stat(name)
+        assert (now.size, now.mtime) == (listed[name].size, listed[name].mtime), name
+
+
 def test_a_vanished_file_is_Vanished(source_peer):
     source_peer.put("gone.bin", b"x" * 100)
     source = source_peer.source

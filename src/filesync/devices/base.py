@@ -11,6 +11,7 @@ from typing import Callable, Iterator, List, Optional, Tuple
 
 from filesync.errors import ConfigError, PermanentError
 from filesync.options import Option, parse_options
+from filesync.paths import part_name
 
 # What a target does when a final name holds another file: publish this version under paths.conflict_name, park
 # it with the reason, or replace the other file (only when configured).
@@ -173,10 +174,17 @@ class Target(Device):
             raise ConfigError(f"{key}.on_conflict: {self.kind} targets name what they store themselves; there is "
                               "no final name that could conflict")
 
-    def set_context(self, source=None, vehicle=None, version_time=None, sha256=""):
-        """Whose version the following calls on this thread are about (the engine calls it before an upload): the
-        source's name, the vehicle, the version's time and its SHA-256. Targets that name or label objects by them
-        (S3 keys and metadata) use it; others need nothing."""
+    version_id = 0  # the version being uploaded, for its temporary name (set_context)
+
+    def set_context(self, source=None, vehicle=None, version_time=None, sha256="", version_id=0):
+        """Whose version the following calls are about (the engine calls it before an upload, on the target's one
+        worker thread): the source's name, the vehicle, the version's time, its SHA-256 and its ledger id. Targets
+        that name or label objects by them (S3 keys and metadata) use them; every target's part_name() uses the id."""
+        self.version_id = version_id
+
+    def part_name(self, path: str) -> str:
+        """The temporary name of the upload of `path` for the version set_context() named (paths.part_name)."""
+        return part_name(path, self.version_id)
 
     def stat(self, path: str) -> Optional[int]:
         """The size of the file under the final name `path`, or None when there is none (DeviceUnavailable when

@@ -47,7 +47,7 @@ from filesync.devices.folder import _rename_no_replace
 from filesync.errors import (ConfigError, DeviceUnavailable, FileError, FinalNameTaken, PermanentError, TransientError,
                              UnsafePath, Vanished)
 from filesync.options import Option, expand_path, not_negative
-from filesync.paths import MAX_NAME_BYTES, PART_SUFFIX, check_relative, part_name
+from filesync.paths import MAX_NAME_BYTES, PART_SUFFIX, check_relative
 
 log = logging.getLogger(__name__)
 
@@ -600,7 +600,7 @@ class DriveTarget(Target):
         """The size of <path>.part on the drive plugged in now (another drive holds its own part, or none)."""
         uuid, mounted, _ = self._where()
         try:
-            return os.path.getsize(self._local(mounted, part_name(fat_name(path))))
+            return os.path.getsize(self._local(mounted, self.part_name(fat_name(path))))
         except (FileNotFoundError, NotADirectoryError):
             return 0
         except OSError as error:
@@ -609,7 +609,7 @@ class DriveTarget(Target):
     def discard(self, path):
         uuid, mounted, _ = self._where()
         try:
-            os.remove(self._local(mounted, part_name(fat_name(path))))
+            os.remove(self._local(mounted, self.part_name(fat_name(path))))
         except (FileNotFoundError, NotADirectoryError):
             pass
         except OSError as error:
@@ -620,7 +620,7 @@ class DriveTarget(Target):
         TransientError) to go on from beyond what the part on this drive holds: the drive was swapped meanwhile."""
         uuid, mounted, fstype = self._where()
         check_fits(fstype, size, path, uuid)
-        part = self._local(mounted, part_name(fat_name(path)))
+        part = self._local(mounted, self.part_name(fat_name(path)))
         what = f"writing {path}{PART_SUFFIX}"
         try:
             os.makedirs(os.path.dirname(part), exist_ok=True)
@@ -650,7 +650,7 @@ class DriveTarget(Target):
         """Rename <path>.part to `path` on the drive (check, then rename: see the module text); fsync the folder."""
         uuid, mounted, _ = self._where()
         name = fat_name(path)
-        final, part = self._local(mounted, name), self._local(mounted, part_name(name))
+        final, part = self._local(mounted, name), self._local(mounted, self.part_name(name))
         try:
             held = os.path.getsize(part)
         except FileNotFoundError:

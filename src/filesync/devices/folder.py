@@ -9,7 +9,7 @@ import time
 from filesync.devices.base import RemoteFile, Source, Target, local_digest
 from filesync.errors import DeviceUnavailable, FinalNameTaken, PermanentError, TransientError, Vanished
 from filesync.options import Option, expand_path, not_negative
-from filesync.paths import PART_SUFFIX, part_name
+from filesync.paths import PART_SUFFIX
 
 CHUNK = 256 * 1024
 
@@ -157,19 +157,19 @@ class FolderTarget(Target):
     def held(self, path, note=""):
         self.probe()
         try:
-            return os.path.getsize(_under(self.root, part_name(path)))
+            return os.path.getsize(_under(self.root, self.part_name(path)))
         except FileNotFoundError:
             return 0
 
     def discard(self, path):
         try:
-            os.remove(_under(self.root, part_name(path)))
+            os.remove(_under(self.root, self.part_name(path)))
         except FileNotFoundError:
             pass
 
     def write(self, path, stream, offset, size, progress):
         self.probe()
-        part = _under(self.root, part_name(path))
+        part = _under(self.root, self.part_name(path))
         try:
             os.makedirs(os.path.dirname(part), exist_ok=True)
             with open(part, "r+b" if os.path.exists(part) else "wb") as handle:
@@ -186,7 +186,7 @@ class FolderTarget(Target):
 
     def publish(self, path, size, replace=False):
         final = _under(self.root, path)
-        part = _under(self.root, part_name(path))
+        part = _under(self.root, self.part_name(path))
         held = os.path.getsize(part)
         if held != size:
             raise TransientError(f"{part} holds {held} bytes, expected {size}")

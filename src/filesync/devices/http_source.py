@@ -100,7 +100,7 @@ class HttpSource(Source):
         self._included = _matcher(self.options["include"])
         self._excluded = _matcher(self.options["exclude"])
         self._listed = {}  # path -> (size, mtime or None where the time is not the server's), from the last listing
-        self._is_index = False  # the url answered with an nginx index: no digests to fetch
+        self._is_index = None  # whether the url answers with an nginx index (no digests) or a manifest; None: not yet
         self._ignores_range = set()  # files already logged as read from their start
         self._headers()  # a missing variable or file is a config error at start, not at the first request
 
@@ -213,7 +213,7 @@ class HttpSource(Source):
                 continue
             if mtime is None:  # the server's time, so that a new version of the file is told from the old one
                 try:
-                    mtime = self.stat(path).mtime
+                    mtime = self._head(path).mtime
                 except Vanished:
                     found.append((RemoteFile(path, size, -1.0, problem=f"the manifest lists {path!r}, but the "
                                              "server answers 404 for it"), None))
@@ -280,6 +280,18 @@ class HttpSource(Source):
         self.http.probe(self.url)
 
     def stat(self, path):
+        """What the manifest says of `path` now (its time is the manifest's, not the server's), or for an index the
+        size (Content-Length) and time (Last-Modified) from a HEAD request; Vanished when it is no longer offered."""
+        if self._is_index is None:
+            self.list()
+        if not self._is_index:
+            entry = next((f for f in self.list() if f.path == path and not f.problem), None)
+            if entry is None:
+                raise Vanished(f"{path} is no longer in the manifest {_without_query(self.url)}")
+            return entry
+        return self._head(path)
+
+    def _head(self, path):
         """Size (Content-Length) and time (Last-Modified) from a HEAD request; Vanished on 404."""
         headers, secrets = self._headers()
         headers.update(IDENTITY)

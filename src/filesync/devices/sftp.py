@@ -55,7 +55,7 @@ from filesync.devices.base import Checksum, RemoteFile, Source, Target
 from filesync.errors import (AuthRefused, ConfigError, DeviceUnavailable, FilesyncError, FinalNameTaken,
                              PermanentError, StartOver, TransientError, Vanished)
 from filesync.options import Option, expand_path, port_number, positive, resolve_secret, secret_options
-from filesync.paths import PART_SUFFIX, part_name
+from filesync.paths import PART_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -489,13 +489,13 @@ class SftpTarget(Target):
 
     def held(self, path, note=""):
         """The size the server holds of the upload's temporary name (0 when none)."""
-        part = self._remote(part_name(path))
+        part = self._remote(self.part_name(path))
         with self.connections.get().session(f"stat {device_text(part)}") as sftp:
             return _size_or_none(sftp, part) or 0
 
     def discard(self, path):
         """Remove the upload's temporary name; one that is not there counts as discarded."""
-        part = self._remote(part_name(path))
+        part = self._remote(self.part_name(path))
         with self.connections.get().session(f"removing {device_text(part)}") as sftp:
             _remove(sftp, part)
 
@@ -523,7 +523,7 @@ class SftpTarget(Target):
     def write(self, path, stream, offset, size, progress):
         """Write the stream to the temporary name from `offset` (the size the server holds: the file is cut there
         first), with pipelined requests. StartOver where the temporary name is gone."""
-        part = self._remote(part_name(path))
+        part = self._remote(self.part_name(path))
         what = f"writing {device_text(part)}"
         connection = self.connections.get()
         try:
@@ -577,7 +577,7 @@ class SftpTarget(Target):
     def publish(self, path, size, replace=False):
         """fsync@openssh.com on the finished upload, then rename it to its final name: the plain rename (which
         OpenSSH refuses onto an existing name: FinalNameTaken) unless `replace`, then posix-rename@openssh.com."""
-        final, part = self._remote(path), self._remote(part_name(path))
+        final, part = self._remote(path), self._remote(self.part_name(path))
         connection = self.connections.get()
         with connection.session(f"publishing {device_text(final)}") as sftp:
             held = _size_or_none(sftp, part)

@@ -207,6 +207,7 @@ def download(source, job) -> Done:
         job.checkpoint(offset)
         raise FileError(f"{record.path}: source gave {offset} of {record.size} bytes")
     job.checkpoint(offset)
+    _check_unchanged(source, record, job)
     try:
         checksum = _verify_source_checksum(source, record, part)
     except FileError:
@@ -220,6 +221,19 @@ def download(source, job) -> Done:
     except OSError as error:
         raise _staging_error(error, final) from None
     return Done(final, sha256, checksum)
+
+
+def _check_unchanged(source, record, job):
+    """After a copy: the source must still hold the version that was listed, or the copy may mix two contents (a file
+    rewritten in place with the same size). Changed: the copy starts over, and the finder registers the new version
+    (which makes this one skipped). Gone: the copy is all there is of it, kept as it is."""
+    try:
+        now = source.stat(device_name(record.path))
+    except Vanished:
+        return
+    if now.size != record.size or (record.mtime >= 0 and now.mtime != record.mtime):
+        job.checkpoint(0)
+        raise TransientError(f"{record.path} changed on the source during the copy; copying it again")
 
 
 def _staged(record, final):
@@ -329,7 +343,7 @@ def upload(target, job) -> Done:
     record = job.record
     check_relative(record.path)
     staged, sha256 = _staged_copy(job)
-    target.set_context(source=record.source, version_time=record.mtime, sha256=sha256)
+    target.set_context(source=record.source, version_time=record.mtime, sha256=sha256, version_id=record.id)
     if not target.verifiable:  # an upload API: the server names and keeps what it receives; nothing to compare
         _send(target, job, record.path, staged, record.size)
         job.checkpoint(record.size)

@@ -11,10 +11,9 @@ import posixpath
 from urllib.parse import quote
 
 from filesync.devices.base import Target
-from filesync.devices.ftp.connection import (OPTIONS, FtpConnection, offered_digests, reply_code, reply_text,
-                                             server_digest, size_or_none, wire)
+from filesync.devices.ftp.connection import (OPTIONS, FtpConnection, end_data, offered_digests, reply_code,
+                                             reply_text, server_digest, size_or_none, tls_context, wire)
 from filesync.errors import FinalNameTaken, StartOver, TransientError, Vanished
-from filesync.paths import part_name
 
 READ_BLOCK = 256 * 1024
 # Sending: 512 MiB to pyftpdlib on loopback went at 1.23-1.34 of curl's rate with 256 KiB blocks, 1.01-1.21 with 64 KiB;
@@ -49,7 +48,7 @@ class FtpTarget(Target):
 
     def __init__(self, name, raw_options, key, context=None):
         super().__init__(name, raw_options, key, context)
-        self.connection = FtpConnection(self.options, key)
+        self.connection = FtpConnection(self.options, key, tls_context(self.options, key))
         self._made_directories = set()
 
     def _remote(self, path):
@@ -91,16 +90,17 @@ class FtpTarget(Target):
             with data:
                 for block in iter(lambda: data.recv(READ_BLOCK), b""):
                     yield block
+                end_data(data)
             ftp.voidresp()
 
     def held(self, path, note=""):
         """SIZE of the upload's temporary name (0 when there is none)."""
         with self.connection.session("SIZE") as ftp:
-            return size_or_none(ftp, self._remote(part_name(path))) or 0
+            return size_or_none(ftp, self._remote(self.part_name(path))) or 0
 
     def discard(self, path):
         """DELE the upload's temporary name; one that is not there counts as discarded."""
-        part = self._remote(part_name(path))
+        part = self._remote(self.part_name(path))
         with self.connection.session(f"DELE {part}") as ftp:
             try:
                 ftp.delete(wire(part))
@@ -126,7 +126,7 @@ class FtpTarget(Target):
 
         StartOver where the server refuses to continue at `offset`.
         """
-        part = self._remote(part_name(path))
+        part = self._remote(self.part_name(path))
         try:
             with self.connection.session(f"STOR {part}") as ftp:
                 self._make_directories(ftp, posixpath.dirname(part))
@@ -171,8 +171,7 @@ class FtpTarget(Target):
                 except BaseException as error:
                     stopped = error
                     break
-            if hasattr(data, "unwrap"):  # TLS: close it cleanly, as storbinary does
-                data.unwrap()
+            end_data(data)  # TLS: close it cleanly, as storbinary does
         try:
             ftp.voidresp()
         except ftplib.Error:
@@ -185,7 +184,7 @@ class FtpTarget(Target):
     def publish(self, path, size, replace=False):
         """RNFR/RNTO the finished upload to its final name; FinalNameTaken if that name holds a file and not replace."""
         final = self._remote(path)
-        part = self._remote(part_name(path))
+        part = self._remote(self.part_name(path))
         with self.connection.session(f"RNTO {final}") as ftp:
             held = size_or_none(ftp, part)
             if held != size:
