@@ -2,14 +2,27 @@
 
 The real server is a tornado application with bokeh, a SQLite database and e-mail notifications; this is a
 http.server.ThreadingHTTPServer on 127.0.0.1 that reproduces only its upload contract, as its code defines it
-(app/tornado_handlers/upload.py, common.py; see ../shared/FACTS.md), quirks included:
+(app/tornado_handlers/upload.py, common.py, app/plot_app/helper.py, db_entry.py at 26c87079; see
+../shared/FACTS.md), quirks included:
 
 - POST /upload, multipart/form-data, parsed while it streams in (the file part goes straight to disk). The file part is
   `filearg`; the text fields read are description, email, allowForAnalysis, obfuscated, source, type, feedback,
   windSpeed, rating, videoUrl, public, vehicleName, redirect.
 - A missing `description` or `email` (or no `filearg`) is an unexpected exception there: 500, "HTTP Error 500".
-- A file that does not start with the ULog magic: 400 "Invalid File". A file pyulog cannot parse: 400 "Failed to parse
-  the file. It is most likely corrupt." (parsed with a message filter, as the real one does, unless source is "CI").
+- A file that does not start with the ULog magic: 400 "Invalid File".
+- Unless source is "CI", the file is parsed as helper.load_ulog_file does: pyulog's ULog(path, <the server's 46-topic
+  filter>, disable_str_exceptions=True), with the pyulog pinned in requirements.txt (Flight Review asks for
+  pyulog>=1.1, so a server built now runs 1.3.0 too). Any exception there is a ULogException: 400 "Failed to parse the
+  file. It is most likely corrupt.". pyulog skips corrupt messages (file_corruption) rather than failing, so
+  truncated and partly garbled logs pass; the ULog magic followed by random bytes fails (at tens of kB: pyulog seeks
+  before the file's start, OSError), though a large such file can pass as corrupt-but-readable, there as here.
+- The file is moved into storage before parsing, so a refused one stays there: `orphans` lists those paths.
+- After parsing, the handler reads the log and an exception is a 500 (tests: support.ulog's writers make such logs):
+  before its database commit, the vehicle UUID (html.escape: a non-string info value fails) and the flight time
+  parameters LND_FLIGHT_T_HI/LO (bit shifts: float values fail), and the upload is not stored; after the commit, MAV
+  type, ver_hw, ver_sw, ver_sw_branch, and for a public flight report the duration, estimator, version and
+  vehicle_status, and the log IS stored although the answer is 500. It does not touch required topics: a log without
+  any of the filter's topics is accepted.
 - Success: 302 with Location /plot_app?log=<uuid>; with redirect=false, or source=QGroundControl and no redirect
   field, 200 with the body {"url": "/plot_app?log=<uuid>"}.
 - Errors are tornado's custom error page: <html><title>Error N</title><body>HTTP Error N: message</body></html>.
@@ -20,12 +33,15 @@ http.server.ThreadingHTTPServer on 127.0.0.1 that reproduces only its upload con
 - No deduplication (the same file twice gives two logs), no resume.
 - GET /download?log=<uuid> returns the stored bytes; GET /plot_app?log=<uuid> answers 200 for a stored log.
 
-Not reproduced: the database, plots, e-mail, .ulge decryption, the parse timeout's 503 (a failure mode stands in).
+Not reproduced: the database, plots, e-mail, .ulge decryption, the airframe name lookup (it downloads PX4's airframe
+list), the parse timeout's 503 (off by default there, log_load_timeout = 0; a failure mode stands in).
 
 Failure modes for tests: fail_next(status, times) answers `status` to the next uploads (after reading their body),
 die_after(n) kills the whole server once an upload has sent n body bytes (its connection is reset), stop()/start()
 take the server down and up on the same port.
 """
+import contextlib
+import html
 import io
 import json
 import os
@@ -40,16 +56,28 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 from pyulog import ULog
+from pyulog.px4 import PX4ULog
 from filesync.devices.base import local_checksum
+from support.ulog import DATA_BYTES, MIN_ULOG_SIZE, ULOG_MAGIC, write_log
 
-ULOG_MAGIC = b"ULog\x01\x12\x35"
 DEFAULT_BODY_LIMIT = 300 * 1024 * 1024
 READ_BLOCK = 1 << 20
 FIELD_LIMIT = 1 << 20
 FORM_FIELDS = ("description", "email", "allowForAnalysis", "obfuscated", "source", "type", "feedback", "windSpeed",
                "rating", "videoUrl", "public", "vehicleName", "redirect")
-# A few of the topics the real server loads (helper.load_ulog_file); data of other topics is skipped while parsing.
-PARSE_FILTER = ["battery_status", "vehicle_status", "vehicle_gps_position", "vehicle_attitude"]
+# The topics the real server loads (plot_app/helper.py load_ulog_file at 26c87079); data of others is skipped.
+PARSE_FILTER = [
+    "battery_status", "distance_sensor", "esc_status", "estimator_status", "sensor_combined", "cpuload",
+    "vehicle_gps_position", "vehicle_local_position", "vehicle_local_position_setpoint", "vehicle_global_position",
+    "actuator_controls_0", "actuator_controls_1", "actuator_outputs", "vehicle_angular_velocity", "vehicle_attitude",
+    "vehicle_attitude_setpoint", "vehicle_rates_setpoint", "rc_channels", "position_setpoint_triplet",
+    "vehicle_attitude_groundtruth", "vehicle_local_position_groundtruth", "vehicle_visual_odometry", "vehicle_status",
+    "airspeed", "airspeed_validated", "manual_control_setpoint", "rate_ctrl_status", "vehicle_air_data",
+    "vehicle_magnetometer", "system_power", "tecs_status", "sensor_baro", "sensor_accel", "sensor_accel_fifo",
+    "sensor_gyro_fifo", "vehicle_angular_acceleration", "ekf2_timestamps", "manual_control_switches", "event",
+    "vehicle_imu_status", "actuator_motors", "actuator_servos", "vehicle_thrust_setpoint", "vehicle_torque_setpoint",
+    "failsafe_flags", "device_information"]
+PARSE_FAILED = "Failed to parse the file. It is most likely corrupt."
 
 
 @dataclass
@@ -318,15 +346,27 @@ class _Handler(BaseHTTPRequestHandler):
         log_id = str(uuid.uuid4())
         stored = os.path.join(owner.storage_dir, f"{log_id}.ulg")
         file_part.sink.close()
-        os.rename(file_part.sink.name, stored)
+        os.rename(file_part.sink.name, stored)  # moved into place before parsing: a refused file stays (orphan)
+        upload = Upload(log_id, file_part.filename, values, stored, file_part.size, local_checksum(stored, "sha256"),
+                        query)
         source = values.get("source", "webui")
         if source != "CI":
             try:
-                ULog(stored, PARSE_FILTER)
-            except Exception:  # the real server turns every pyulog failure into ULogException -> 400
-                os.unlink(stored)
-                return 400, _error_page(400, "Failed to parse the file. It is most likely corrupt."), ()
-        owner._store(Upload(log_id, file_part.filename, values, stored, file_part.size, local_checksum(stored, "sha256"), query))
+                ulog = _load_ulog_file(stored)
+            except Exception:  # load_ulog_file turns every pyulog failure into ULogException: 400
+                owner._orphan(stored)
+                return 400, _error_page(400, PARSE_FAILED), ()
+            try:
+                _read_before_commit(ulog)
+            except Exception:  # the database insert is rolled back: 500, the file stays as an orphan
+                owner._orphan(stored)
+                return 500, _error_page(500), ()
+        owner._store(upload)
+        if source != "CI":
+            try:
+                _read_after_commit(ulog, values)
+            except Exception:  # the log is stored and listed, yet the uploader is told 500
+                return 500, _error_page(500), ()
         url = "/plot_app?log=" + log_id
         should_redirect = source != "QGroundControl"
         if "redirect" in values:
@@ -334,6 +374,52 @@ class _Handler(BaseHTTPRequestHandler):
         if should_redirect:
             return 302, b"", (("Location", url),)
         return 200, json.dumps({"url": url}).encode(), ()
+
+
+def _load_ulog_file(path):
+    """helper.load_ulog_file: pyulog with the server's topic filter and lenient string decoding."""
+    with contextlib.redirect_stdout(io.StringIO()):  # pyulog prints its warnings
+        return ULog(path, PARSE_FILTER, disable_str_exceptions=True)
+
+
+def _read_before_commit(ulog):
+    """What UploadHandler.post reads from the parsed log before committing its database rows
+    (update_vehicle_db_entry): the vehicle UUID and, with it, the flight time parameters."""
+    info, parameters = ulog.msg_info_dict, ulog.initial_parameters
+    if "sys_uuid" in info:
+        html.escape(info["sys_uuid"])  # a non-string value raises
+        if "LND_FLIGHT_T_HI" in parameters and "LND_FLIGHT_T_LO" in parameters:  # helper.get_total_flight_time
+            high, low = parameters["LND_FLIGHT_T_HI"], parameters["LND_FLIGHT_T_LO"]
+            ((high + 2 ** 32 if high < 0 else high) << 32) | (low + 2 ** 32 if low < 0 else low)  # floats raise
+
+
+def _read_after_commit(ulog, values):
+    """What UploadHandler.post reads after its commit, for the notification e-mail and, for a public flight report,
+    DBDataGenerated.from_log_file. The airframe name (a download of PX4's airframe list) is not reproduced."""
+    info = ulog.msg_info_dict
+    px4 = PX4ULog(ulog)
+    px4.get_mav_type()
+    hardware = html.escape(info["ver_hw"]) if "ver_hw" in info else ""
+    if "sys_uuid" in info and hardware != "SITL":
+        html.escape(info["sys_uuid"])
+    branch = " (branch: " + info["ver_sw_branch"] + ")" if "ver_sw_branch" in info else ""
+    if "ver_sw" in info:
+        html.escape(info["ver_sw"]) + branch
+    public_report = values.get("type") == "flightreport" and values.get("public") == "true"
+    if not public_report:
+        return
+    int(ulog.last_timestamp) - int(ulog.start_timestamp)
+    px4.get_estimator()
+    html.escape(info.get("ver_hw", ""))
+    html.escape(info.get("ver_sw", ""))
+    version = ulog.get_version_info()  # a non-integer ver_sw_release raises
+    if version is not None:
+        "v{}.{}.{} {}".format(*version)
+    try:
+        changes = ulog.get_dataset("vehicle_status").list_value_changes("nav_state")
+        {int(mode) for _, mode in changes}
+    except (KeyError, IndexError):
+        pass
 
 
 def _discard(handles):
@@ -375,6 +461,7 @@ class FlightReviewServer:
         self.body_limit = body_limit
         self.port = port
         self.uploads = []
+        self.orphans = []  # paths of files the server kept although it refused them (a parse failure)
         self.events = []  # (method, path, status[, note]) of every answered request
         self._lock = threading.Lock()
         self._connections = set()
@@ -448,6 +535,10 @@ class FlightReviewServer:
         with self._lock:
             self.uploads.append(upload)
 
+    def _orphan(self, path):
+        with self._lock:
+            self.orphans.append(path)
+
     def _event(self, *event):
         with self._lock:
             self.events.append(event)
@@ -459,39 +550,12 @@ class FlightReviewServer:
         self.stop()
 
 
-# --- small valid ULog files --------------------------------------------------------------------------------------
+def write_ulog(path, payload_bytes=1000, seed=0, block=DATA_BYTES):
+    """Write a valid ULog file with at least `payload_bytes` of data in data messages of `block` bytes; return its size.
 
-def _message(kind, payload):
-    return struct.pack("<HB", len(payload), ord(kind)) + payload
-
-
-def _info(key_type, value):
-    key = key_type.encode()
-    return _message("I", bytes([len(key)]) + key + value)
-
-
-def write_ulog(path, payload_bytes=1000, seed=0, block=4000, vehicle="filesync-test"):
-    """Write a valid ULog file to `path` with about `payload_bytes` of data messages; return its size.
-
-    Header (magic, version 1, start time), flag bits, info messages (sys_name, ver_hw), one format, one subscription and
-    data messages of `block` payload bytes each (the last one padded to full size), seeded so that files differ.
-    pyulog parses it without reporting corruption. Memory stays flat: a 400 MB file is written block by block.
+    support.ulog.write_log() writes it (header, flag bits, formats, info, subscription, data, filler); this size-by-payload
+    form is what the HTTP target tests and the soak ask for. Memory stays flat: a 400 MB file is written block by block.
     """
-    import random
-    generator = random.Random(seed)
-    block = max(16, min(block, 60000))
-    topic = "filesync_test_data"
-    with open(path, "wb") as handle:
-        handle.write(ULOG_MAGIC + b"\x01" + struct.pack("<Q", 1_000_000 + seed))
-        handle.write(_message("B", bytes(8) + bytes(8) + bytes(24)))
-        handle.write(_info(f"char[{len(vehicle)}] sys_name", vehicle.encode()))
-        handle.write(_info("char[4] ver_hw", b"SITL"))
-        handle.write(_message("F", f"{topic}:uint64_t timestamp;uint8_t[{block}] data;".encode()))
-        handle.write(_message("A", struct.pack("<BH", 0, 1) + topic.encode()))
-        pattern = generator.randbytes(block)
-        count = max(1, -(-payload_bytes // block))
-        for index in range(count):
-            stamp = struct.pack("<Q", 2_000_000 + index * 1000)
-            data = pattern if index % 2 == 0 else pattern[::-1]
-            handle.write(_message("D", struct.pack("<H", 1) + stamp + data))
-        return handle.tell()
+    size = MIN_ULOG_SIZE + payload_bytes + block + (payload_bytes // block + 1) * 32
+    write_log(path, size, seed, data_bytes=block)
+    return size
