@@ -10,6 +10,8 @@ Pipelines:
 - px4:   PX4 logs from a real MAVLink FTP server (MAVSDK as the autopilot, support/mavsdk_autopilot.py) over an
          emulated 921600-baud serial link with PX4's one-session rule (support/linkemu.py) -> Flight Review (the
          stand-in of support/flight_review_server.py) and FTP.
+- twin:  a second folder -> the keep pipeline's FTP target, with delete_after_upload: the same relative name
+         (sessNNN/log001.ulg) appears on both folders, so one of the two lands under a conflict name.
 
 Faults: kill -9 of any node of the launch (roslaunch respawns it), FTP server restarts, drive unplugs (the FUSE
 mount dies under its reader and the loop device goes; the drive comes back, perhaps as another /dev/loopN), 20% loss
@@ -17,11 +19,29 @@ each way on the MAVLink link for a while, bursts of HTTP 5xx answers and Flight 
 small tmpfs) that fills up and frees again. Faults that last (a server down, the lossy link, the full disk) may
 overlap; the first to begin applies the fault and the last to end lifts it.
 
-At the end it checks and prints: every file byte-identical on every target; each published (RNTO) at most once on
-FTP and at least once on Flight Review; no source file deleted before every target held it verified; bytes sent
-again over FTP within one checkpoint interval per interruption; nothing parked or left waiting, with no person
-involved. The plan (files, sizes and fault times) comes from the seed, printed first and on failure; replaying a
-seed repeats the plan (process timing differs).
+Content events on the folder sources (a file is its content, not its name): files rewritten with the same size (in
+place or written aside and renamed) once their copy is made, appended to while they upload (on delete_after_upload
+folders too), rewritten again within a scan interval (a version that never stays), the same name on two folders into
+one target, and odd names (bytes that are not UTF-8, a newline, '#', '%', a leading dash, 251-255-byte names).
+
+Ground truth: the soak is the only writer of its sources, so it records every version (SHA-256) each source file
+held, when it was written and until when it stayed, and, when filesync removed a file, which version it held then.
+Every 1 s it snapshots the hash of every published file on the FTP targets.
+
+At the end it checks and prints:
+- every version that stayed two scan intervals (or that filesync copied) is on every target of its pipeline, byte-
+  identical, under its own safe name or a conflict name the ledger records as that version's upload location;
+  every log on Flight Review at least once; no published file holds bytes that were never a version of a source;
+- no source file was removed whose bytes then were not on every target (looked at the moment it vanished, and at
+  the end through the ledger's locations), and every delete_after_upload source is removed in the end;
+- nothing stalled: at the end of the settle phase no task waits or runs, none is parked, and every skipped one says
+  an expected reason (a version replaced before its copy, a removal refused because the source changed);
+- no final name was overwritten: a published file's bytes never changed (the snapshots) and each name was
+  published (RNTO) at most once on FTP;
+- bytes sent again over FTP within one checkpoint interval per interruption.
+Figures: versions, conflict copies, removals refused because the source changed, odd names carried, and the
+faults, printed as a table. The plan (files, sizes, content events and fault times) comes from the seed, printed first
+and on failure; replaying a seed repeats the plan (process timing differs).
 
   make soak                                                 # 20 minutes, a new seed
   make soak SOAK_SEED=1234                                  # replay a seed
@@ -44,12 +64,14 @@ import threading
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from typing import Optional
+from urllib.parse import unquote, urlparse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))  # test/, for `support`
 
 from filesync.devices.base import local_checksum  # noqa: E402
-from filesync.paths import PART_SUFFIX  # noqa: E402
+from filesync.paths import PART_SUFFIX, conflict_name, part_name, safe_name  # noqa: E402
 from support import exfat_drive  # noqa: E402
 from support.flight_review_server import FlightReviewServer, write_ulog  # noqa: E402
 from support.ftp_server import FtpServerProcess  # noqa: E402
@@ -59,16 +81,28 @@ from support.mavsdk_autopilot import MavsdkAutopilot, Px4SessionRule  # noqa: E4
 
 KiB, MiB = 1 << 10, 1 << 20
 CHECKPOINT = 256 * KiB
+SCAN_INTERVAL = 1.0
+STAYED = 2 * SCAN_INTERVAL  # a version unchanged this long "stayed": filesync must carry it
 SERIAL_921600 = 92160  # bytes/s of a 921600-baud 8N1 line, the usual Pixhawk-to-companion link
 LINK_LOSS = 0.2
 PX4_SESSION_IDLE = 10.0  # PX4 closes an FTP session nobody used for this long
 KILL_WEIGHTS = {"ledger": 3, "downloader": 3, "uploader": 3, "finder": 2}  # other nodes of the launch weigh 1
-TARGETS = {"keep": ["keep_ftp"], "del": ["del_ftp1", "del_ftp2"], "drive": ["drive_ftp"], "px4": ["px4_ftp", "review"]}
+TARGETS = {"keep": ["keep_ftp"], "del": ["del_ftp1", "del_ftp2"], "drive": ["drive_ftp"], "px4": ["px4_ftp", "review"],
+           "twin": ["keep_ftp"]}
 FTP_ROOTS = {"keep_ftp": "/keep", "del_ftp1": "/del1", "del_ftp2": "/del2", "drive_ftp": "/drive", "px4_ftp": "/px4"}
-SHARES = {"keep": 0.35, "del": 0.27, "drive": 0.28, "px4": 0.10}  # of the files dropped
-# The faults of the 20-minute soak; a shorter one gets them in proportion.
+SHARES = {"keep": 0.35, "del": 0.27, "drive": 0.28, "px4": 0.10, "twin": 0.0}  # of the files dropped
+FOLDERS = ("keep", "del", "twin")  # the folder sources: content events happen there
+DELETING = ("del", "twin")  # pipelines with delete_after_upload
+# The faults and content events of the 20-minute soak; a shorter one gets them in proportion.
 FAULTS_20_MINUTES = {"kill": 220, "ftp_restart": 50, "unplug": 50, "link_loss": 25, "http_5xx": 50,
                      "http_restart": 10, "fill": 20}
+CONTENT_20_MINUTES = {"rewrite": 60, "append": 60, "flicker": 20, "twin": 25, "odd": 40}
+# Why a task may end skipped: a version replaced before its copy was made, a removal refused because the source
+# holds other bytes now. Anything else skipped, and anything parked, is a failure.
+EXPECTED_SKIPS = {"download": ("replaced on the source by version",),
+                  "remove": ("not removed: the source holds version", "not removed: the source changed after the copy")}
+EXPECTED_PARKED = ()  # no person steps in during a soak: nothing may wait for one
+REFUSED_REMOVALS = ("changed after the copy", "the source holds version")
 VEHICLE_ROOT = "/log"  # where the autopilot's logs are, as the mavlink source sees it
 DRIVE_FOLDER = "DCIM/100SOAK"
 DRIVE_SERIAL = 0x50A4D41E
@@ -82,18 +116,42 @@ def drive_unavailable():
     return reason or (f"missing Debian packages: {', '.join(missing)}" if missing else None)
 
 
+def odd_name(kind, index):
+    """An odd file name (as the device lists it: undecodable bytes surrogate-escaped) that filesync must carry.
+
+    The long ones stay within 255 bytes in their safe form too (an escape takes 3 bytes for 1)."""
+    tag = b"%05d" % index
+    raw = [b"caf\xe9-" + tag + b".bin",  # Latin-1, not UTF-8
+           b"new\nline-" + tag + b".bin",
+           b"#hash " + tag + b" #.bin",
+           b"pct%41 100%-" + tag + b".bin",  # '%' before two hex digits (escaped as %25) and a lone one
+           b"-dash-" + tag + b".bin",
+           b"L" + tag + b"\xe9" + b"x" * (251 - 11) + b".bin",  # 251 bytes, 253 in safe form
+           *(b"L" + tag + b"#" + b"y" * (length - 11) + b".bin" for length in (252, 253, 254, 255))][kind % 10]
+    return os.fsdecode(raw)
+
+
+def content_bytes(key, size):
+    """Reproducible file contents: the same key gives the same bytes (twins that are meant to be identical)."""
+    return random.Random(key.encode("utf-8", "surrogateescape")).randbytes(size)
+
+
 @dataclass
 class Plan:
-    """What happens when, drawn from the seed: (time, file) drops and (time, fault) injections."""
+    """What happens when, drawn from the seed: (time, file) drops, content events and (time, fault) injections."""
     seed: int
     inject_seconds: float
     pipelines: list
     drops: list = field(default_factory=list)  # (at, pipeline, name, size)
     faults: list = field(default_factory=list)  # (at, kind, argument)
+    events: list = field(default_factory=list)  # (at, kind, pipeline, name, argument): content events
+    odd: set = field(default_factory=set)  # (pipeline, name) of the files with odd names
+    identical_twins: set = field(default_factory=set)  # twin names whose two files hold the same bytes
 
     @classmethod
-    def draw(cls, seed, inject_seconds, faults, files_per_second, nodes, pipelines):
-        """`faults`: {kind: count}; faults of a device whose pipeline is left out are not drawn."""
+    def draw(cls, seed, inject_seconds, faults, files_per_second, nodes, pipelines, content=None):
+        """`faults`: {kind: count}; faults of a device whose pipeline is left out are not drawn. `content`: {kind:
+        count} of content events (rewrite, append, flicker, twin, odd), on the folder pipelines of the plan."""
         rng = random.Random(seed)
         plan = cls(seed, inject_seconds, list(pipelines))
         at = 0.0
@@ -120,7 +178,41 @@ class Plan:
                     moment = rng.uniform(min(2.0, end), end)
                 plan.faults.append((moment, kind, cls._draw_argument(rng, kind, nodes, weights)))
         plan.faults.sort(key=lambda fault: fault[0])
+        plan._draw_content(random.Random(f"{seed}/content"), content or {})
         return plan
+
+    def _draw_content(self, rng, content):
+        """Content events from their own generator, so that a seed's files and faults stay what they were."""
+        folders = [p for p in FOLDERS if p in self.pipelines]
+        if not folders:
+            return
+        latest = self.inject_seconds * 0.8  # events end while faults still come, and settle afterwards
+        candidates = [i for i, (at, p, _, _) in enumerate(self.drops) if p in folders and at < latest]
+        for kind, index in enumerate(rng.sample(candidates, min(content.get("odd", 0), len(candidates)))):
+            at, pipeline, name, size = self.drops[index]
+            name = f"{name.rsplit('/', 1)[0]}/{odd_name(kind, index)}"
+            self.drops[index] = (at, pipeline, name, size)
+            self.odd.add((pipeline, name))
+        if "twin" in folders and "keep" in folders:
+            for number in range(content.get("twin", 0)):
+                at, name, size = rng.uniform(1.0, latest), f"sess{number:03d}/log001.ulg", rng.randrange(1, 2 * MiB)
+                self.drops += [(at, "keep", name, size), (at + rng.uniform(0.0, 1.0), "twin", name, size)]
+                if rng.random() < 0.25:
+                    self.identical_twins.add(name)
+        self.drops.sort(key=lambda drop: drop[0])
+        folder_drops = [drop for drop in self.drops if drop[1] in folders and drop[0] < latest]
+        big = [drop for drop in folder_drops if drop[3] >= 256 * KiB] or folder_drops
+        for kind in ("rewrite", "append", "flicker"):
+            for _ in range(content.get(kind, 0) if folder_drops else 0):
+                at, pipeline, name, size = rng.choice(big if kind == "append" else folder_drops)
+                if kind == "rewrite":  # once its copy is made: in place, or written aside and renamed
+                    event = (at + rng.uniform(1.0, 20.0), kind, pipeline, name, rng.random() < 0.5)
+                elif kind == "append":  # while it uploads
+                    event = (at + rng.uniform(0.1, 2.0), kind, pipeline, name, rng.randrange(1, 512 * KiB))
+                else:  # a new version within a scan interval: the first one never stays
+                    event = (at + rng.uniform(0.1, 0.6), kind, pipeline, name, None)
+                self.events.append((min(event[0], self.inject_seconds * 0.85), *event[1:]))
+        self.events.sort(key=lambda event: event[0])
 
     @staticmethod
     def _draw_file(rng, pipeline, index):
@@ -144,13 +236,38 @@ class Plan:
                 "http_restart": lambda: rng.uniform(0.5, 5.0)}[kind]()  # seconds down
 
     def staging_bytes(self):
-        return sum(size for _, _, _, size in self.drops)
+        """Bytes staged at most: every drop, and a new version per content event."""
+        sizes = {(p, name): size for _, p, name, size in self.drops}
+        events = sum(sizes.get((p, name), 0) + (argument if kind == "append" else 0)
+                     for _, kind, p, name, argument in self.events)
+        return sum(size for _, _, _, size in self.drops) + events
 
     def pipeline_bytes(self, pipeline):
         return sum(size for _, p, _, size in self.drops if p == pipeline)
 
     def fault_counts(self):
         return Counter(kind for _, kind, _ in self.faults)
+
+    def event_counts(self):
+        counts = Counter(kind for _, kind, _, _, _ in self.events)
+        counts.update(odd=len(self.odd), twin=len({name for _, p, name, _ in self.drops if p == "twin"} &
+                                                  {name for _, p, name, _ in self.drops if p == "keep"}))
+        return counts
+
+
+@dataclass
+class Version:
+    """One content a source file held: its SHA-256 and size, its time as the source lists it, when it was written
+    and until when it stayed (monotonic; None: still there), and whether filesync removed the file holding it."""
+    sha256: str
+    size: int
+    mtime: float
+    written: float
+    until: Optional[float] = None
+    deleted: bool = False
+
+    def stayed(self, end):
+        return (self.until if self.until is not None else end) - self.written >= STAYED
 
 
 class Outage:
@@ -176,19 +293,90 @@ class Outage:
             self.end()
 
 
+class HashCache:
+    """SHA-256 of local files, computed again only when a file's size, time or inode changed."""
+
+    def __init__(self):
+        self._known = {}
+        self._lock = threading.Lock()
+
+    def sha256(self, path):
+        """The file's SHA-256, or None where there is no file."""
+        try:
+            status = os.stat(path)
+        except OSError:
+            return None
+        key = (status.st_size, status.st_mtime_ns, status.st_ino)
+        with self._lock:
+            known = self._known.get(path)
+        if known and known[0] == key:
+            return known[1]
+        try:
+            digest = local_checksum(path, "sha256")
+        except OSError:
+            return None
+        with self._lock:
+            self._known[path] = (key, digest)
+        return digest
+
+
+class LedgerView:
+    """The ledger's rows as read from its SQLite file (read-only): files with their tasks, by (source, path)."""
+
+    def __init__(self, rows):
+        self.rows = rows  # dicts: id, source, path, version, size, mtime, sha256, state, error, tasks
+        self.by_name = defaultdict(list)
+        for row in rows:
+            self.by_name[(row["source"], row["path"])].append(row)
+
+    @classmethod
+    def read(cls, database):
+        """The ledger in `database`, or None where it cannot be read (not there yet, or being replaced)."""
+        try:
+            db = sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=5)
+        except sqlite3.Error:
+            return None
+        try:
+            files = db.execute("SELECT id, source, path, version, size, mtime, sha256, state, error FROM files "
+                               "ORDER BY source, path, version").fetchall()
+            tasks = db.execute("SELECT file_id, kind, device, state, error, location FROM tasks").fetchall()
+        except sqlite3.Error:
+            return None
+        finally:
+            db.close()
+        rows = {row[0]: dict(zip(("id", "source", "path", "version", "size", "mtime", "sha256", "state", "error"),
+                                 row), tasks={}) for row in files}
+        for file_id, kind, device, state, error, location in tasks:
+            if file_id in rows:
+                rows[file_id]["tasks"][(kind, device)] = dict(state=state, error=error, location=location)
+        return cls(list(rows.values()))
+
+    def tasks(self):
+        """(row, kind, device, task) for every task."""
+        return [(row, kind, device, task) for row in self.rows for (kind, device), task in row["tasks"].items()]
+
+
 class Soak:
     """One soak run in `workdir` (must exist); run() returns a dict of figures and a list of failures."""
 
     def __init__(self, workdir, plan, settle_seconds=180.0, log=print):
         self.workdir, self.plan, self.settle_seconds, self.log = workdir, plan, settle_seconds, log
         self.pipelines = plan.pipelines
-        self.expected = {}  # (pipeline, name) -> (size, sha256)
-        self.deleted_early = []
+        self.history = {}  # (pipeline, name as listed) -> [Version], oldest first: the ground truth
+        self.deleted_early = []  # (name, target): removed while a target did not hold its bytes
+        self.published = {}  # path under the FTP root -> SHA-256 it had when first seen
+        self.overwritten = []  # (path, first SHA-256, later SHA-256)
+        self.hashes = HashCache()
+        self.settle_ledger = None  # the ledger at the end of the settle phase
+        self.ended = None  # when the content events and faults stopped (monotonic)
+        self._events_end = float("inf")
         self.counts = Counter()
         self.failures = []
         self.stop_event = threading.Event()
+        self._locks_guard = threading.Lock()
+        self._file_locks, self._event_locks = defaultdict(threading.Lock), defaultdict(threading.Lock)
         self.staging = os.path.join(workdir, "staging")
-        self.inboxes = {p: os.path.join(workdir, "inbox_" + p) for p in ("keep", "del")}
+        self.inboxes = {p: os.path.join(workdir, "inbox_" + p) for p in FOLDERS}
         self.server = FtpServerProcess(os.path.join(workdir, "ftp_root"), os.path.join(workdir, "ftp.log"))
         self.database = os.path.join(workdir, "db", "ledger.db")
         self.tmpfs = False
@@ -198,8 +386,8 @@ class Soak:
                                                 size_mb=int(plan.pipeline_bytes("drive") * 1.15 / MiB) + 64)
             self.drive_mount = os.path.join(workdir, "media", "SOAKCAM")
         self.autopilot = self.link = self.session_rule = self.review = None
+        self.vehicle_root = os.path.join(workdir, "vehicle")
         if "px4" in self.pipelines:
-            self.vehicle_root = os.path.join(workdir, "vehicle")
             self.autopilot = MavsdkAutopilot(self.vehicle_root, log_path=os.path.join(workdir, "mavsdk.log"))
             self.review = FlightReviewServer(os.path.join(workdir, "flight_review"))
 
@@ -209,7 +397,7 @@ class Soak:
         targets = {name: dict(self.server.target_options(root), timeout=10.0)
                    for name, root in FTP_ROOTS.items() if name in used}
         sources = {p: {"kind": "folder", "path": self.inboxes[p], "min_age": 0.0}
-                   for p in ("keep", "del") if p in self.pipelines}
+                   for p in FOLDERS if p in self.pipelines}
         if self.drive:
             sources["drive"] = {"kind": "drive", "uuid": self.drive.uuid, "include": ["*.bin"]}
         if self.autopilot:
@@ -218,10 +406,10 @@ class Soak:
             targets["review"] = {"kind": "flight_review", "server": self.review.url, "timeout": 30.0}
         return {
             "staging_dir": self.staging, "database": self.database, "checkpoint_bytes": CHECKPOINT,
-            "scan_interval": 1.0, "poll_interval": 2.0, "lease_seconds": 5.0, "retry_base": 0.2, "retry_cap": 3.0,
-            "bwlimit": 3 * MiB, "max_attempts": 5,
+            "scan_interval": SCAN_INTERVAL, "poll_interval": 2.0, "lease_seconds": 5.0, "retry_base": 0.2,
+            "retry_cap": 3.0, "bwlimit": 3 * MiB, "max_attempts": 5,
             "sources": sources, "targets": targets,
-            "pipelines": [{"source": p, "targets": TARGETS[p], "delete_after_upload": p == "del"}
+            "pipelines": [{"source": p, "targets": TARGETS[p], "delete_after_upload": p in DELETING}
                           for p in self.pipelines],
             "ftp_server": {"enabled": False},
         }
@@ -229,6 +417,22 @@ class Soak:
     def remote_name(self, pipeline, name):
         """The file's path under its targets' roots: a drive's files carry the drive's UUID first."""
         return f"{self.drive.uuid}/{name}" if pipeline == "drive" else name
+
+    def ledger_path(self, pipeline, name):
+        """The file's path in the ledger and on its targets: the safe form of its name (paths.safe_name)."""
+        return self.remote_name(pipeline, safe_name(name))
+
+    def target_path(self, target, pipeline, name):
+        """Where the file's own name is on an FTP target, relative to the server's root."""
+        return f"{FTP_ROOTS[target].lstrip('/')}/{self.ledger_path(pipeline, name)}"
+
+    def source_path(self, pipeline, name):
+        """The local path of a source file the soak writes."""
+        if pipeline == "px4":
+            return os.path.join(self.vehicle_root, VEHICLE_ROOT.lstrip("/"), name)
+        if pipeline == "drive":
+            return os.path.join(self.drive_mount, name)
+        return os.path.join(self.inboxes[pipeline], name)
 
     # Setup and teardown -------------------------------------------------------------------------------------------
 
@@ -272,7 +476,105 @@ class Soak:
         self.drive.attach()
         self.drive.mount(self.drive_mount)
 
+    # The ground truth ---------------------------------------------------------------------------------------------
+
+    def _lock(self, table, key):
+        with self._locks_guard:
+            return table[key]
+
+    def record_version(self, pipeline, name, sha256, size, mtime, began=None, written=None):
+        """Note that the source file now holds these bytes (the last one it held stays until `began`)."""
+        written = time.monotonic() if written is None else written
+        versions = self.history.setdefault((pipeline, name), [])
+        if versions and versions[-1].until is None:
+            versions[-1].until = written if began is None else began
+        else:
+            self.counts["files"] += 1
+            self.counts[f"files {pipeline}"] += 1
+        versions.append(Version(sha256, size, mtime, written))
+        self.counts["bytes"] += size
+
+    def _write_aside(self, pipeline, name, data):
+        """Write a whole new file beside the name, then rename it into place (a reader keeps the old bytes)."""
+        final = self.source_path(pipeline, name)
+        temporary = os.path.join(os.path.dirname(final), f".tmp-{threading.get_ident()}")  # never listed ('.*')
+        os.makedirs(os.path.dirname(final), exist_ok=True)
+        began = time.monotonic()
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        mtime = os.stat(temporary).st_mtime
+        os.rename(temporary, final)
+        self.record_version(pipeline, name, hashlib.sha256(data).hexdigest(), len(data), mtime, began)
+
+    def _write_in_place(self, pipeline, name, data, append):
+        """Rewrite the file's bytes in place (same size) or append to it; False where the file is gone."""
+        began = time.monotonic()
+        try:
+            descriptor = os.open(self.source_path(pipeline, name), os.O_RDWR | (os.O_APPEND if append else 0))
+        except FileNotFoundError:
+            return False
+        try:
+            if append:
+                os.write(descriptor, data)
+            else:
+                os.pwrite(descriptor, data, 0)
+            status = os.fstat(descriptor)
+            if status.st_nlink == 0:  # filesync removed it while it was written: the removal took the old bytes
+                self.counts["deleted_mid_write"] += 1
+                self._removed(pipeline, name)
+                return True
+            digest = hashlib.sha256()
+            offset = 0
+            while offset < status.st_size:  # what the file holds now, read through our own descriptor
+                block = os.pread(descriptor, 1 << 20, offset)
+                digest.update(block)
+                offset += len(block)
+        finally:
+            os.close(descriptor)
+        self.record_version(pipeline, name, digest.hexdigest(), status.st_size, status.st_mtime, began)
+        return True
+
+    def _removed(self, pipeline, name):
+        """filesync removed the file (the soak never does): its last version went; did every target hold it?"""
+        version = self.history[(pipeline, name)][-1]
+        version.deleted, version.until = True, time.monotonic()
+        self.counts["deletions_seen"] += 1
+        for target in TARGETS[pipeline]:
+            if self._find_copy(target, pipeline, name, version) is None:
+                self.deleted_early.append((name, target))
+
+    def _notice_removal(self, pipeline, name):
+        """Under the file's lock: if the file is gone, filesync removed it (its removal is recorded once)."""
+        versions = self.history.get((pipeline, name))
+        if versions and not versions[-1].deleted and not os.path.lexists(self.source_path(pipeline, name)):
+            self._removed(pipeline, name)
+
+    def _find_copy(self, target, pipeline, name, version):
+        """Where on an FTP target (a path under the server's root) this version's bytes are, under its own name or
+        one of its conflict names; None where they are not."""
+        own = self.target_path(target, pipeline, name)
+        root = FTP_ROOTS[target].lstrip("/")
+        candidates = [own] + [f"{root}/{conflict_name(self.ledger_path(pipeline, name), version.mtime, 0, attempt)}"
+                              for attempt in range(10)]
+        for path in candidates:
+            if self.hashes.sha256(os.path.join(self.server.root, path)) == version.sha256:
+                return path
+        return None
+
+    def _ftp_relative(self, location):
+        """The path under the FTP server's root of an ftp:// location the ledger recorded (None for others)."""
+        parsed = urlparse(location or "")
+        return unquote(parsed.path).lstrip("/") if parsed.scheme == "ftp" else None
+
     # The threads --------------------------------------------------------------------------------------------------
+
+    def _guarded(self, work, *args):
+        """Run one of the soak's threads; an exception in it is a failure of the soak, never a silent gap."""
+        try:
+            work(*args)
+        except Exception as error:  # noqa: BLE001 - reported as a failure with its place
+            self.failures.append(f"soak thread {work.__name__} failed: {error!r}")
+            self.log(f"soak: {work.__name__} failed: {error!r}")
 
     def _wait_until(self, moment):
         """Sleep until `moment` (monotonic); True when the run is being stopped."""
@@ -280,34 +582,122 @@ class Soak:
 
     def _drop_files(self, started):
         """Files appear in the folders and on the vehicle (written aside, then renamed into place)."""
-        rng = random.Random(self.plan.seed + 1)
         for index, (at, pipeline, name, size) in enumerate(self.plan.drops):
             if pipeline == "drive":
                 continue  # the drive's thread writes those
             if self._wait_until(started + at):
                 return
             if pipeline == "px4":
-                final = os.path.join(self.vehicle_root, VEHICLE_ROOT.lstrip("/"), name)
+                final = self.source_path(pipeline, name)
                 os.makedirs(os.path.dirname(final), exist_ok=True)
                 size = write_ulog(final + ".tmp", payload_bytes=size, seed=self.plan.seed + index)
                 digest = local_checksum(final + ".tmp", "sha256")
+                mtime = os.stat(final + ".tmp").st_mtime
                 os.rename(final + ".tmp", final)
-            else:
-                final = os.path.join(self.inboxes[pipeline], name)
-                temporary = os.path.join(os.path.dirname(final), ".tmp-" + os.path.basename(final))
-                os.makedirs(os.path.dirname(final), exist_ok=True)
-                data = rng.randbytes(size)
-                with open(temporary, "wb") as handle:
-                    handle.write(data)
-                os.rename(temporary, final)
-                digest = hashlib.sha256(data).hexdigest()
-            self._expect(pipeline, name, size, digest)
+                self.record_version(pipeline, name, digest, size, mtime)
+                continue
+            identical = pipeline in ("keep", "twin") and name in self.plan.identical_twins
+            data = content_bytes(f"{self.plan.seed}/{name}" if identical else f"{self.plan.seed}/{pipeline}/{name}",
+                                 size)
+            with self._lock(self._file_locks, (pipeline, name)):
+                self._write_aside(pipeline, name, data)
 
-    def _expect(self, pipeline, name, size, digest):
-        self.expected[(pipeline, name)] = (size, digest)  # after the file is in place: the watcher looks
-        self.counts["files"] += 1
-        self.counts[f"files {pipeline}"] += 1
-        self.counts["bytes"] += size
+    def _content_events(self, started):
+        """The plan's content events, each in a thread of its own (a rewrite waits for its copy to be made)."""
+        workers = []
+        self._events_end = started + self.plan.inject_seconds  # an event still waiting for its copy then is skipped
+        for number, (at, kind, pipeline, name, argument) in enumerate(self.plan.events):
+            if self._wait_until(started + at):
+                break
+            worker = threading.Thread(target=self._guarded, daemon=True,
+                                      args=(self._content_event, number, kind, pipeline, name, argument))
+            worker.start()
+            workers.append(worker)
+        deadline = self._events_end + 10.0
+        for worker in workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+
+    def _content_event(self, number, kind, pipeline, name, argument):
+        key = (pipeline, name)
+        with self._lock(self._event_locks, key):  # events on one file happen one after another
+            if not self._wait(lambda: key in self.history, 10.0):
+                self.counts["content_events_skipped"] += 1
+                return
+            if kind in ("rewrite", "append"):
+                # a version replaced before filesync could copy it is lost to it: wait until its copy is made
+                # (an append waits for an upload in flight), so that every version that stayed can be checked
+                moment = self._wait_for_copy(pipeline, name, uploading=kind == "append")
+                if moment is None:
+                    self.counts["content_events_skipped"] += 1
+                    return
+                if kind == "append" and moment == "uploading":
+                    self.counts["appends_mid_upload"] += 1
+            rng = random.Random(f"{self.plan.seed}/event/{number}")
+            with self._lock(self._file_locks, key):
+                self._notice_removal(pipeline, name)
+                current = self.history[key][-1]
+                extra = rng.randbytes(argument) if kind == "append" else b""
+                data = rng.randbytes(current.size)
+                if current.deleted:  # removed already: the same name appears again
+                    self._write_aside(pipeline, name, data + extra)
+                    self.counts["recreated"] += 1
+                elif kind == "append":
+                    self._write_in_place(pipeline, name, extra, append=True) or \
+                        self._write_aside(pipeline, name, data + extra)
+                elif kind == "rewrite" and argument and current.size:
+                    self._write_in_place(pipeline, name, data, append=False) or self._write_aside(pipeline, name, data)
+                    self.counts["rewrites_in_place"] += 1
+                else:
+                    self._write_aside(pipeline, name, data)
+            self.counts[f"{kind}s"] += 1
+
+    def _wait(self, condition, seconds, step=0.1):
+        """Wait until `condition()` (at most `seconds`); False on timeout or when the run is being stopped."""
+        deadline = time.monotonic() + seconds
+        while not condition():
+            if time.monotonic() > deadline or self.stop_event.wait(step):
+                return False
+        return True
+
+    def _wait_for_copy(self, pipeline, name, uploading, seconds=30.0):
+        """Wait until the file's current version is copied: 'uploading' (an upload runs), 'copied', or None."""
+        version = self.history[(pipeline, name)][-1]
+        if version.deleted:
+            return "copied"
+        path = self.ledger_path(pipeline, name)
+        seconds = max(1.0, min(seconds, self._events_end - time.monotonic()))
+        deadline = time.monotonic() + seconds
+        while not self.stop_event.wait(0.1):
+            tasks = self._version_tasks(pipeline, path, version)
+            if tasks.get("download") == "done":
+                uploads = tasks.get("uploads", [])
+                if not uploading:
+                    return "copied"
+                if "active" in uploads:
+                    return "uploading"
+                if all(state == "done" for state in uploads) or time.monotonic() > deadline - seconds / 2:
+                    return "copied"  # uploaded already, or no upload seen moving for a while: the copy is enough
+            if time.monotonic() > deadline:
+                return None
+        return None
+
+    def _version_tasks(self, pipeline, path, version):
+        """{'download': state, 'uploads': [states]} of this version in the ledger ({} where not found)."""
+        try:
+            db = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=2)
+        except sqlite3.Error:
+            return {}
+        try:
+            rows = db.execute("SELECT t.kind, t.state FROM files f JOIN tasks t ON t.file_id = f.id WHERE f.source = ? "
+                              "AND f.path = ? AND f.size = ? AND abs(f.mtime - ?) < 1e-6",
+                              (pipeline, path, version.size, version.mtime)).fetchall()
+        except sqlite3.Error:
+            return {}
+        finally:
+            db.close()
+        found = {"uploads": [state for kind, state in rows if kind == "upload"]}
+        found.update((kind, state) for kind, state in rows if kind == "download")
+        return found
 
     def _drive_life(self, started):
         """The drive's life: clips written onto it while it is plugged in, and unplugs (away a while, then back)."""
@@ -328,8 +718,8 @@ class Soak:
             else:
                 name, size = argument
                 data = rng.randbytes(size)
-                self._write_clip(name, data)
-                self._expect("drive", name, size, hashlib.sha256(data).hexdigest())
+                mtime = self._write_clip(name, data)
+                self.record_version("drive", name, hashlib.sha256(data).hexdigest(), size, mtime)
 
     def _wait_for_a_copy(self, seconds):
         """Wait (at most `seconds`) until a clip is being copied into staging, so that the pull comes mid-copy."""
@@ -343,7 +733,7 @@ class Soak:
 
     def _write_clip(self, name, data):
         """Write a clip as a camera would, but durably before it counts: exfat-fuse's fsync flushes the FAT and
-        the directory too, so a later unplug cannot take the file back."""
+        the directory too, so a later unplug cannot take the file back. Returns its time."""
         final = os.path.join(self.drive_mount, name)
         temporary = os.path.join(os.path.dirname(final), "." + os.path.basename(final) + ".part")
         os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -355,23 +745,38 @@ class Soak:
         descriptor = os.open(final, os.O_RDONLY)
         try:
             os.fsync(descriptor)
+            return os.fstat(descriptor).st_mtime
         finally:
             os.close(descriptor)
 
     def _watch_deletions(self):
-        """A source file of `del` may vanish only once both targets hold it whole: look the moment it is gone."""
-        checked = set()
+        """A source file of a delete_after_upload pipeline may vanish only once every target holds the bytes it had
+        then: look the moment it is gone."""
         while not self.stop_event.wait(0.05):
-            for (pipeline, name), (size, digest) in list(self.expected.items()):
-                if pipeline != "del" or name in checked or os.path.exists(os.path.join(self.inboxes["del"], name)):
+            for (pipeline, name), versions in list(self.history.items()):
+                if pipeline in DELETING and not versions[-1].deleted and \
+                        not os.path.lexists(self.source_path(pipeline, name)):
+                    with self._lock(self._file_locks, (pipeline, name)):
+                        self._notice_removal(pipeline, name)
+
+    def _watch_targets(self):
+        """Every second, the hash of every published file on the FTP targets: a final name's bytes never change."""
+        while not self.stop_event.wait(1.0):
+            self._snapshot_targets()
+
+    def _snapshot_targets(self):
+        for directory, _, names in os.walk(self.server.root):
+            for name in names:
+                if name.endswith(PART_SUFFIX):
                     continue
-                checked.add(name)
-                for target in TARGETS["del"]:
-                    held = os.path.join(self.server.root, FTP_ROOTS[target].lstrip("/"), name)
-                    if not os.path.exists(held) or os.path.getsize(held) != size or \
-                            local_checksum(held, "sha256") != digest:
-                        self.deleted_early.append((name, target))
-        self.counts["deletions_seen"] = len(checked)
+                path = os.path.join(directory, name)
+                digest = self.hashes.sha256(path)
+                if digest is None:
+                    continue
+                relative = os.path.relpath(path, self.server.root)
+                first = self.published.setdefault(relative, digest)
+                if first != digest and not any(seen[0] == relative and seen[2] == digest for seen in self.overwritten):
+                    self.overwritten.append((relative, first, digest))
 
     def _outages(self):
         """The faults that last, by kind: what begins and what ends them."""
@@ -439,25 +844,28 @@ class Soak:
 
     # The run ------------------------------------------------------------------------------------------------------
 
-    def _ledger_rows(self):
-        try:
-            with sqlite3.connect(f"file:{self.database}?mode=ro", uri=True, timeout=5) as db:
-                files = db.execute("SELECT source, path, state, error FROM files").fetchall()
-                busy = db.execute("SELECT COUNT(*) FROM tasks WHERE state IN ('waiting', 'active')").fetchone()[0]
-            return files, busy
-        except sqlite3.Error:
-            return None, None
-
     def _settled(self):
-        files, busy = self._ledger_rows()
-        if files is None:
+        """(settled, detail): nothing waits or runs, and every file's last version went where it must."""
+        ledger = LedgerView.read(self.database)
+        if ledger is None:
             return False, "ledger not readable"
-        states = Counter(state for _, _, state, _ in files)
-        failed = [(s, p, e) for s, p, state, e in files if state in ("failed", "skipped")]
-        if failed:
-            return True, f"failed: {failed[:5]}"
-        done = len(files) == len(self.expected) and busy == 0 and set(states) <= {"uploaded", "removed"}
-        return done, dict(states)
+        busy = sum(1 for _, _, _, task in ledger.tasks() if task["state"] in ("waiting", "active"))
+        parked = [(row["source"], row["path"], f"{kind} {device}: {task['error']}")
+                  for row, kind, device, task in ledger.tasks() if task["state"] == "parked"]
+        if parked:
+            return True, f"parked: {parked[:5]}"
+        behind = [key for key, versions in self.history.items() if not self._last_version_done(ledger, key)]
+        return busy == 0 and not behind, dict(Counter(row["state"] for row in ledger.rows), busy=busy,
+                                              behind=len(behind))
+
+    def _last_version_done(self, ledger, key):
+        pipeline, name = key
+        last = self.history[key][-1]
+        if pipeline in DELETING:
+            return last.deleted
+        rows = ledger.by_name.get((pipeline, self.ledger_path(pipeline, name)), [])
+        return any(row["size"] == last.size and row["state"] == "uploaded" and
+                   (pipeline not in FOLDERS or abs(row["mtime"] - last.mtime) < 1e-6) for row in rows)
 
     def run(self):
         """Run the plan; returns (figures, failures)."""
@@ -473,18 +881,20 @@ class Soak:
             launch.wait_nodes(timeout=120)
             started = time.monotonic()
             outages = self._outages()
-            work = [(self._drop_files, (started,)), (self._inject, (launch, started, outages)),
-                    (self._watch_deletions, ())]
+            finite = [(self._drop_files, (started,)), (self._inject, (launch, started, outages)),
+                      (self._content_events, (started,))]
             if self.drive:
-                work.append((self._drive_life, (started,)))
-            threads = [threading.Thread(target=target, args=args, daemon=True) for target, args in work]
+                finite.append((self._drive_life, (started,)))
+            watchers = [(self._watch_deletions, ()), (self._watch_targets, ())]
+            threads = [threading.Thread(target=self._guarded, args=(target, *args), daemon=True)
+                       for target, args in finite + watchers]
             for thread in threads:
                 thread.start()
-            for thread in threads[:2] + threads[3:]:  # faults that last end at most 30 s after the last begins
+            for thread in threads[:len(finite)]:  # faults that last end at most 30 s after the last begins
                 thread.join(max(0.0, started + self.plan.inject_seconds - time.monotonic()) + 90)
             for outage in outages.values():  # a fault still on (a thread cut short) is lifted now
                 outage.end_all()
-            inject_end = time.monotonic()
+            self.ended = inject_end = time.monotonic()
             deadline = inject_end + self.settle_seconds
             settled, detail = False, ""
             while time.monotonic() < deadline:
@@ -493,10 +903,13 @@ class Soak:
                     break
                 time.sleep(1.0)
             self.counts["settle_seconds"] = round(time.monotonic() - inject_end, 1)
-            if not settled or str(detail).startswith("failed"):
+            time.sleep(1.0)  # let the deletion watcher see the last removals
+            self.settle_ledger = LedgerView.read(self.database)
+            if not settled:
                 self.failures.append(f"not settled {self.settle_seconds:.0f} s after the faults stopped "
                                      f"(no person steps in): {detail}")
-            time.sleep(1.0)  # let the deletion watcher see the last removals
+            if self.settle_ledger is None:
+                self.failures.append("the ledger could not be read at the end of the settle phase")
         finally:
             self.stop_event.set()
             for thread in threads:
@@ -525,64 +938,181 @@ class Soak:
     # The checks ---------------------------------------------------------------------------------------------------
 
     def _check(self):
-        events = self.server.events()
-        publications = Counter(e["path"] for e in events if e["op"] == "RNTO")
-        stors = defaultdict(list)
-        for event in events:
-            if event["op"] == "STOR":
-                stors[event["path"]].append(event)
+        end = self.ended if self.ended is not None else time.monotonic()
+        self._snapshot_targets()
+        ledger = LedgerView.read(self.database) or LedgerView([])  # the launch has stopped: read-only, as it is
         uploads = defaultdict(list)  # sha256 -> file names of the logs Flight Review took
         for upload in (self.review.uploads if self.review else []):
             uploads[upload.sha256].append(upload.filename)
-        wrong, missing, twice, unpublished, not_on_web = [], [], [], [], []
-        resent, sizes_sum, web_copies = 0, 0, 0
-        for (pipeline, name), (size, digest) in sorted(self.expected.items()):
-            for target in TARGETS[pipeline]:
-                if target == "review":
-                    copies = [f for f in uploads.get(digest, []) if f == os.path.basename(name)]
-                    web_copies += len(copies)
-                    if not copies:
-                        not_on_web.append(name)
-                    continue
-                remote = os.path.join(FTP_ROOTS[target].lstrip("/"), self.remote_name(pipeline, name))
-                held = os.path.join(self.server.root, remote)
-                if not os.path.exists(held):
-                    missing.append(remote)
-                elif os.path.getsize(held) != size or local_checksum(held, "sha256") != digest:
-                    wrong.append(remote)
-                count = publications.get(remote, 0)
-                if count > 1:
-                    twice.append((remote, count))
-                elif count == 0:  # present, but the server was killed between its rename and its log line
-                    unpublished.append(remote)
-                resent += self._written(stors.get(remote + ".part", []), size) - size
-                sizes_sum += size
-        # what can cut an FTP upload short; unplugs, link loss and web faults touch other legs
-        interruptions = self.counts["kills"] + self.counts["ftp_restarts"] + self.counts["staging_fills"]
-        logs = self.counts["files px4"]
-        self.counts.update(resent_bytes=resent, interruptions=interruptions,
-                           resent_bound_bytes=interruptions * CHECKPOINT, target_bytes=sizes_sum,
-                           published=sum(publications.values()), rnto_not_logged=len(unpublished),
-                           web_uploads=web_copies, web_uploads_again=max(0, web_copies - logs + len(not_on_web)))
+        self._check_versions_carried(ledger, uploads, end)
+        self._check_removals(ledger, uploads)
+        if self.settle_ledger is not None:
+            self._check_nothing_stalled(self.settle_ledger)
+        self._check_never_overwritten()
+        self._check_resent()
+        self._count_content_figures(ledger)
         if self.counts["files"] == 0:
             self.failures.append("no files flowed")
-        if missing:
-            self.failures.append(f"{len(missing)} files missing on an FTP target: {missing[:5]}")
-        if wrong:
-            self.failures.append(f"{len(wrong)} files differ on an FTP target: {wrong[:5]}")
-        if twice:
-            self.failures.append(f"{len(twice)} files published more than once on FTP: {twice[:5]}")
-        if not_on_web:
-            self.failures.append(f"{len(not_on_web)} logs never reached Flight Review identical: {not_on_web[:5]}")
+
+    def _where(self, target, pipeline, name, version, rows, uploads):
+        """Where a version is on a target: (None, path) when it is there as it must be, else (problem, detail)."""
+        if target == "review":
+            return (None, "review") if os.path.basename(name) in uploads.get(version.sha256, []) else ("web", name)
+        own = self.target_path(target, pipeline, name)
+        if self.hashes.sha256(os.path.join(self.server.root, own)) == version.sha256:
+            return None, own
+        recorded = []
+        for row in rows:  # the ledger's rows of this version: where its upload says it landed
+            location = row["tasks"].get(("upload", target), {}).get("location", "")
+            if row["sha256"] != version.sha256 or not location:
+                continue
+            relative = self._ftp_relative(location)
+            recorded.append(relative)
+            conflicts = {f"{FTP_ROOTS[target].lstrip('/')}/{conflict_name(row['path'], row['mtime'], row['id'], n)}"
+                         for n in range(10)}
+            if relative in conflicts and \
+                    self.hashes.sha256(os.path.join(self.server.root, relative)) == version.sha256:
+                return None, relative
+        held = self._find_copy(target, pipeline, name, version)
+        if held:
+            return "unrecorded", f"{held} (the ledger records {recorded or 'no location'})"
+        there = self.hashes.sha256(os.path.join(self.server.root, own))
+        if there is not None and there not in {v.sha256 for v in self.history[(pipeline, name)]}:
+            return "differ", own
+        return "missing", own
+
+    def _check_versions_carried(self, ledger, uploads, end):
+        """(1) Every version that stayed two scan intervals, or that filesync copied, is on every target of its
+        pipeline under its own name or a conflict name the ledger records; Flight Review has every log."""
+        problems = defaultdict(list)
+        for (pipeline, name), versions in sorted(self.history.items()):
+            rows = ledger.by_name.get((pipeline, self.ledger_path(pipeline, name)), [])
+            copied = {row["sha256"] for row in rows if row["tasks"].get(("download", pipeline), {}).get("state") ==
+                      "done"}
+            carried = True
+            for number, version in enumerate(versions, 1):
+                if not (version.stayed(end) or version.sha256 in copied):
+                    continue
+                self.counts["versions_checked"] += 1
+                for target in TARGETS[pipeline]:
+                    problem, detail = self._where(target, pipeline, name, version, rows, uploads)
+                    if problem:
+                        carried = False
+                        problems[problem].append(detail if problem == "web" else f"{detail} (version {number})")
+            if (pipeline, name) in self.plan.odd and carried:
+                self.counts["odd_names_carried"] += 1
+        written = {version.sha256 for versions in self.history.values() for version in versions}
+        foreign = sorted(path for path, digest in self.published.items() if digest not in written)
+        self.counts["foreign_copies"] = len(foreign)
+        texts = {"missing": "versions missing on an FTP target",
+                 "differ": "versions differ on an FTP target (their name holds bytes of no version)",
+                 "unrecorded": "versions on an FTP target only under a name the ledger does not record",
+                 "web": "logs never reached Flight Review identical"}
+        for problem, text in texts.items():
+            if problems[problem]:
+                self.failures.append(f"{len(problems[problem])} {text}: {problems[problem][:5]}")
+        if foreign:
+            self.failures.append(f"{len(foreign)} published files hold bytes that were never a version of a source "
+                                 f"(a torn copy): {foreign[:5]}")
+
+    def _check_removals(self, ledger, uploads):
+        """(2) No source file was removed whose bytes then were not on every target (at the moment it vanished,
+        and at the end through the ledger); every delete_after_upload source is removed in the end."""
         if self.deleted_early:
             self.failures.append(f"{len(self.deleted_early)} source files deleted before every target held them: "
                                  f"{self.deleted_early[:5]}")
-        deletable = sum(1 for pipeline, _ in self.expected if pipeline == "del")
-        if self.counts["deletions_seen"] != deletable:
-            self.failures.append(f"{self.counts['deletions_seen']} of {deletable} delete_after_upload sources removed")
+        unheld, deletable, removed = [], 0, 0
+        for (pipeline, name), versions in sorted(self.history.items()):
+            if pipeline not in DELETING:
+                continue
+            deletable += 1
+            removed += versions[-1].deleted
+            rows = ledger.by_name.get((pipeline, self.ledger_path(pipeline, name)), [])
+            for version in versions:
+                for target in TARGETS[pipeline] if version.deleted else ():
+                    problem, detail = self._where(target, pipeline, name, version, rows, uploads)
+                    if problem:
+                        unheld.append((name, target, problem))
+        if unheld:
+            self.failures.append(f"{len(unheld)} source files removed whose bytes are not on every target: "
+                                 f"{unheld[:5]}")
+        if removed != deletable:
+            self.failures.append(f"{removed} of {deletable} delete_after_upload sources removed")
+
+    def _check_nothing_stalled(self, ledger):
+        """(3) At the end of the settle phase no task waits or runs, none is parked for a reason not expected, and
+        every skipped one says why in an expected way."""
+        busy, parked, skipped = [], [], []
+        for row, kind, device, task in ledger.tasks():
+            what = f"{row['source']}:{row['path']} v{row['version']} {kind} {device}"
+            if task["state"] in ("waiting", "active"):
+                busy.append(f"{what} {task['state']} ({task['error'] or 'no error'})")
+            elif task["state"] == "parked" and not any(reason in task["error"] for reason in EXPECTED_PARKED):
+                parked.append(f"{what}: {task['error']}")
+            elif task["state"] == "skipped" and not task["error"].startswith(EXPECTED_SKIPS.get(kind, ())):
+                skipped.append(f"{what}: {task['error']}")
+        if busy:
+            self.failures.append(f"stalled: {len(busy)} tasks still waiting or active at the end of the settle "
+                                 f"phase: {busy[:5]}")
+        if parked:
+            self.failures.append(f"stalled: {len(parked)} tasks parked (a person would have to step in): "
+                                 f"{parked[:5]}")
+        if skipped:
+            self.failures.append(f"{len(skipped)} tasks skipped for a reason not expected: {skipped[:5]}")
+
+    def _check_never_overwritten(self):
+        """(4) A published file's bytes never changed, and no name was published (RNTO) twice on FTP."""
+        publications = Counter(e["path"] for e in self.server.events() if e["op"] == "RNTO")
+        twice = sorted((path, count) for path, count in publications.items() if count > 1)
+        self.counts.update(published=sum(publications.values()), overwritten=len(self.overwritten))
+        if twice:
+            self.failures.append(f"{len(twice)} files published more than once on FTP: {twice[:5]}")
+        if self.overwritten:
+            self.failures.append(f"{len(self.overwritten)} published files overwritten (their bytes changed): "
+                                 f"{[path for path, _, _ in self.overwritten][:5]}")
+
+    def _check_resent(self):
+        """Bytes sent again over FTP: at most one checkpoint interval per interruption."""
+        stors = defaultdict(list)
+        for event in self.server.events("STOR"):
+            stors[event["path"]].append(event)
+        resent, sizes_sum = 0, 0
+        for path in self.published:
+            try:
+                size = os.path.getsize(os.path.join(self.server.root, path))
+            except OSError:
+                continue
+            try:
+                part = part_name(path)
+            except UnicodeEncodeError:  # not a name filesync writes (safe names are UTF-8): nothing was sent
+                continue
+            resent += self._written(stors.get(part, []), size) - size
+            sizes_sum += size
+        # what can cut an FTP upload short; unplugs, link loss and web faults touch other legs
+        interruptions = self.counts["kills"] + self.counts["ftp_restarts"] + self.counts["staging_fills"]
+        self.counts.update(resent_bytes=resent, interruptions=interruptions,
+                           resent_bound_bytes=interruptions * CHECKPOINT, target_bytes=sizes_sum)
         if resent > interruptions * CHECKPOINT:
             self.failures.append(f"{resent} bytes sent again over FTP in {interruptions} interruptions: more than one "
                                  f"checkpoint interval ({CHECKPOINT}) each")
+
+    def _count_content_figures(self, ledger):
+        """Versions, conflict copies, removals refused because the source changed, odd names, web uploads."""
+        versions = [version for versions in self.history.values() for version in versions]
+        conflicts = 0
+        for row, kind, device, task in ledger.tasks():
+            relative = self._ftp_relative(task["location"]) if kind == "upload" and task["state"] == "done" else None
+            if relative and device in FTP_ROOTS and relative != f"{FTP_ROOTS[device].lstrip('/')}/{row['path']}":
+                conflicts += 1
+        refused = sum(1 for _, kind, _, task in ledger.tasks()
+                      if kind == "remove" and task["state"] == "skipped" and
+                      any(reason in task["error"] for reason in REFUSED_REMOVALS))
+        web = [(upload.sha256, upload.filename) for upload in (self.review.uploads if self.review else [])]
+        end = self.ended if self.ended is not None else time.monotonic()
+        self.counts.update(versions_written=len(versions), versions_stayed=sum(v.stayed(end) for v in versions),
+                           ledger_versions=len(ledger.rows), conflict_copies=conflicts, removals_refused=refused,
+                           odd_names=len(self.plan.odd), web_uploads=len(web),
+                           web_uploads_again=len(web) - len(set(web)))
 
     @staticmethod
     def _written(stors, size):
@@ -606,30 +1136,70 @@ def available_pipelines(log=print):
     return [p for p in TARGETS if p != "drive" or not reason]
 
 
-def scaled_faults(inject_seconds):
-    """The 20-minute soak's fault counts in proportion to `inject_seconds` (it injects for 960 s)."""
-    return {kind: round(count * inject_seconds / 960) for kind, count in FAULTS_20_MINUTES.items()}
+def scaled_faults(inject_seconds, table=None):
+    """The 20-minute soak's fault (or `table`'s) counts in proportion to `inject_seconds` (it injects for 960 s)."""
+    return {kind: round(count * inject_seconds / 960) for kind, count in (table or FAULTS_20_MINUTES).items()}
 
 
-def run_soak(workdir, seed, inject_seconds, faults, settle_seconds, files_per_second=1.0, log=print):
-    """Draw the plan for `seed` with `faults` ({kind: count}), run it and print the figures.
+# The summary table: (figure, what it counts), in the order printed.
+SUMMARY = [
+    ("files", "source files"), ("bytes", "bytes written to sources"),
+    ("versions_written", "versions the sources held"), ("versions_stayed", "  of them stayed two scan intervals"),
+    ("versions_checked", "  checked on every target (stayed or copied)"), ("ledger_versions", "versions in the ledger"),
+    ("rewrites", "same-size rewrites"), ("rewrites_in_place", "  of them in place"), ("appends", "appends"),
+    ("appends_mid_upload", "  of them while an upload ran"), ("flickers", "versions replaced within an interval"),
+    ("recreated", "names written again after their removal"), ("content_events_skipped", "content events skipped"),
+    ("conflict_copies", "conflict copies (ledger locations)"), ("removals_refused", "removals refused: source changed"),
+    ("deletions_seen", "source files removed by filesync"), ("deleted_mid_write", "  removed while being written"),
+    ("odd_names", "odd names"), ("odd_names_carried", "  carried to every target"),
+    ("published", "FTP publications (RNTO)"), ("overwritten", "published files overwritten"),
+    ("foreign_copies", "published files matching no version"), ("web_uploads", "Flight Review uploads"),
+    ("web_uploads_again", "  of them again"),
+    ("kills", "kill -9 of a node"), ("ftp_restarts", "FTP server restarts"), ("unplugs", "drive unplugs"),
+    ("drive_reads_cut", "  reads cut by an unplug"), ("link_loss_episodes", "MAVLink loss episodes"),
+    ("link_loss_seconds", "  seconds lossy"), ("link_packets_lost", "  datagrams lost"),
+    ("http_5xx_answered", "HTTP 5xx answered"), ("http_restarts", "Flight Review restarts"),
+    ("staging_fills", "staging fills"), ("resent_bytes", "bytes sent again over FTP"),
+    ("interruptions", "  interruptions (bound: one checkpoint each)"), ("settle_seconds", "seconds to settle"),
+]
+
+
+def summary_table(figures):
+    """The figures as a two-column table: the content figures, then the faults, then anything else."""
+    rows = [(text, figures[key]) for key, text in SUMMARY if key in figures]
+    named = {key for key, _ in SUMMARY}
+    rows += [(key, value) for key, value in sorted(figures.items()) if key not in named]
+    width = max(len(text) for text, _ in rows)
+    return "\n".join(f"  {text:<{width}}  {value:>12,}" if isinstance(value, int) else
+                     f"  {text:<{width}}  {value:>12}" for text, value in rows)
+
+
+def run_soak(workdir, seed, inject_seconds, faults, settle_seconds, files_per_second=1.0, log=print, content=None):
+    """Draw the plan for `seed` with `faults` and `content` events ({kind: count}), run it and print the figures.
 
     Returns (figures, failures)."""
-    plan = Plan.draw(seed, inject_seconds, faults, files_per_second, launch_nodes(), available_pipelines(log))
+    plan = Plan.draw(seed, inject_seconds, faults, files_per_second, launch_nodes(), available_pipelines(log),
+                     content)
     drops = Counter(pipeline for _, pipeline, _, _ in plan.drops)
-    log(f"soak: seed {seed}; {len(plan.drops)} files ({plan.staging_bytes() / MiB:.0f} MiB; "
-        f"{', '.join(f'{p} {n}' for p, n in sorted(drops.items()))}); faults over {inject_seconds:.0f} s: "
-        f"{', '.join(f'{k} {n}' for k, n in sorted(plan.fault_counts().items()))}; workdir {workdir}")
+    log(f"soak: seed {seed}; {len(plan.drops)} files ({plan.staging_bytes() / MiB:.0f} MiB staged at most; "
+        f"{', '.join(f'{p} {n}' for p, n in sorted(drops.items()))}); content events: "
+        f"{', '.join(f'{k} {n}' for k, n in sorted(plan.event_counts().items()))}; faults over "
+        f"{inject_seconds:.0f} s: {', '.join(f'{k} {n}' for k, n in sorted(plan.fault_counts().items()))}; "
+        f"workdir {workdir}")
     figures, failures = Soak(workdir, plan, settle_seconds, log).run()
+    log(f"soak: figures (seed {seed})\n{summary_table(figures)}")
     log("soak: " + json.dumps(figures, sort_keys=True))
     if failures:
         log(f"soak FAILED (replay with --seed {seed}):")
         for failure in failures:
             log("  " + failure)
     else:
-        log(f"soak passed (seed {seed}): every file identical on every target, published once on FTP and at least "
-            f"once on Flight Review, no early deletion, {figures.get('resent_bytes', 0)} bytes sent again over FTP "
-            f"in {figures.get('interruptions', 0)} interruptions")
+        log(f"soak passed (seed {seed}): {figures.get('versions_checked', 0)} versions on every target under their "
+            f"own or a recorded conflict name, {figures.get('conflict_copies', 0)} conflict copies, no final name "
+            f"overwritten, no source removed before its bytes were on every target "
+            f"({figures.get('removals_refused', 0)} removals refused because the source changed), nothing stalled, "
+            f"{figures.get('resent_bytes', 0)} bytes sent again over FTP in {figures.get('interruptions', 0)} "
+            f"interruptions")
     return figures, failures
 
 
@@ -637,19 +1207,23 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=20.0, help="the whole run, setup and checks included")
     parser.add_argument("--seed", type=int, default=None)
-    for kind, count in FAULTS_20_MINUTES.items():
+    for kind, count in {**FAULTS_20_MINUTES, **CONTENT_20_MINUTES}.items():
         parser.add_argument(f"--{kind.replace('_', '-')}", type=int, default=None, dest=kind,
-                            help=f"how many {kind} faults (default: {count} in 20 minutes, in proportion in less)")
+                            help=f"how many {kind} events (default: {count} in 20 minutes, in proportion in less)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder")
     args = parser.parse_args()
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     settle = min(180.0, args.minutes * 15)
     inject = args.minutes * 60 - settle - min(60.0, args.minutes * 10)  # startup, teardown and the checks
-    faults = {kind: getattr(args, kind) if getattr(args, kind) is not None else count
-              for kind, count in scaled_faults(inject).items()}
+
+    def counts(table):
+        return {kind: getattr(args, kind) if getattr(args, kind) is not None else count
+                for kind, count in scaled_faults(inject, table).items()}
+
     workdir = tempfile.mkdtemp(prefix="filesync-soak-", dir="/var/tmp")
     try:
-        _, failures = run_soak(workdir, seed, inject, faults, settle)
+        _, failures = run_soak(workdir, seed, inject, counts(FAULTS_20_MINUTES), settle,
+                               content=counts(CONTENT_20_MINUTES))
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
