@@ -3,13 +3,20 @@
 installed here) relaying to a real MAVLink FTP server: MAVSDK acting as an autopilot (support.mavsdk_autopilot).
 Some vehicles put the user-space link emulator (support.linkemu) between the stand-in and MAVSDK, with PX4's
 one-session rule in front of the server (support.mavsdk_autopilot.Px4SessionRule): a lossy or a 921600-baud link.
+Vehicles that are written to also put Px4FileRules there (below): PX4's answers where MAVSDK's FtpServer differs.
+The `mavros` target runs the conformance checks of test/contract/test_target_contract.py here (they need a roscore,
+MAVSDK and the stand-in, which the pytest suite does not start), through MavrosTargetContractTest.
 
 Runs in the test workspace of test/mavros_msgs (make test-mavros-msgs-ws), whose md5sums equal mavros_msgs 1.21.0's.
 The test node is the supervisor: it starts the autopilots, the MAVROS stand-ins and the filesync nodes as processes.
 """
+import errno
 import hashlib
+import io
 import os
+import pathlib
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -23,9 +30,11 @@ import rostest
 HERE = os.path.dirname(os.path.realpath(__file__))
 sys.path.insert(0, HERE)  # filesync itself comes from the workspace (devel space)
 
-from filesync.devices import create_source  # noqa: E402
-from filesync.devices.base import DeviceContext, local_checksum, mavftp_crc32  # noqa: E402
-from filesync.errors import ConfigError, PermanentError, TransientError  # noqa: E402
+from filesync.devices import create_source, create_target  # noqa: E402
+from filesync.devices.base import DeviceContext, local_checksum, local_digest, mavftp_crc32  # noqa: E402
+from filesync.errors import (ConfigError, DeviceUnavailable, FinalNameTaken, PermanentError, StartOver,  # noqa: E402
+                             TransientError)
+from filesync.paths import part_name  # noqa: E402
 from filesync.lock import LeaseTable  # noqa: E402
 from support.ulog import write_log  # noqa: E402
 from filesync.ros.ledger_client import RosLedger  # noqa: E402
@@ -38,34 +47,165 @@ FAKE_MAVROS = os.path.join(HERE, "support", "fake_mavros.py")
 SERIAL = 92160  # bytes/s of a 921600-baud 8N1 serial link
 
 
+class Px4FileRules:
+    """Stand-in for PX4 (src/modules/mavlink/mavlink_ftp.cpp) where MAVSDK 4.1.0's FtpServer answers otherwise, as a
+    LinkEmulator filter in front of it (measured here: MAVSDK ACKs a WriteFile with size 0 and offset 0, answers a
+    write on a full disk with NAK Fail once its buffer flushes, and has no protected files):
+    - a WriteFile ACK carries the bytes written (uint32 data) and the request's offset and session, as PX4's does;
+      MAVROS advances by that count and refuses another offset (EBADE);
+    - `full` (a full SD card): WriteFile is answered NAK FailErrno ENOSPC and not passed on;
+    - `protected` (paths, bytes): CreateFile, OpenFileWO, RemoveFile and Rename naming one are answered NAK
+      FileProtected and not passed on;
+    - `extra_entries` ({folder path (bytes): [raw entries]}): added to the first page of that folder's listing, as a
+      broken or hostile server would list them (a name with '..');
+    - a WriteFile while no file is open for writing (after a reboot: rebooted()) is answered NAK InvalidSession, as
+      PX4 answers a session it does not know (MAVSDK writes into its closed stream and answers NAK Fail).
+    """
+
+    FTP, ACK, NAK = 110, 128, 129
+    TERMINATE, RESET, LIST, CREATE, WRITE, REMOVE, OPEN_WO, RENAME = 1, 2, 3, 6, 7, 8, 11, 13
+    FAIL_ERRNO, INVALID_SESSION, FILE_PROTECTED = 2, 4, 9
+
+    def __init__(self):
+        from pymavlink.dialects.v20 import common as mavlink2
+        self._mavlink2 = mavlink2
+        self.full = False
+        self.protected = set()
+        self.extra_entries = {}
+        self.writing = False  # a file is open for writing on the server
+        self._pending = {}  # reply seq -> (opcode, offset, size, session, path) of the request
+        self._parsers = {}
+        self._lock = threading.Lock()
+        self._packer = mavlink2.MAVLink(None, srcSystem=1, srcComponent=1)
+
+    def _messages(self, key, data):
+        parser = self._parsers.get(key)
+        if parser is None:
+            parser = self._parsers[key] = self._mavlink2.MAVLink(None)
+            parser.robust_parsing = True
+        try:
+            return parser.parse_buffer(data) or []
+        except Exception:  # not MAVLink: let it through untouched
+            return []
+
+    def _frame(self, system, component, payload):
+        message = self._mavlink2.MAVLink_file_transfer_protocol_message(0, system, component, payload.ljust(251, b"\0"))
+        return message.pack(self._packer)
+
+    def _answer(self, request, seq, opcode, data):
+        """A NAK to `request`, as the server would frame it."""
+        header = struct.pack("<HBBBBBxI", (seq + 1) % 65536, 0, self.NAK, len(data), opcode, 0, 0)
+        return self._frame(request.get_srcSystem(), request.get_srcComponent(), header + data)
+
+    def _rewrite(self, reply, payload):
+        return self._frame(reply.target_system, reply.target_component, payload)
+
+    def rebooted(self):
+        """The server restarted: it holds no open file."""
+        with self._lock:
+            self.writing = False
+
+    def __call__(self, direction, client, data, reply):
+        with self._lock:
+            messages = [m for m in self._messages((direction, client), data) if m.get_msgId() == self.FTP]
+            if len(messages) != 1:
+                return data
+            message = messages[0]
+            payload = bytes(message.payload)
+            seq, session, opcode, size, req_opcode, _, offset = struct.unpack_from("<HBBBBBxI", payload)
+            body = payload[12:12 + size]
+            if direction == "up":
+                path = body.split(b"\0")[0]
+                if opcode == self.WRITE and not self.writing:
+                    reply(self._answer(message, seq, opcode, bytes([self.INVALID_SESSION])))
+                    return None
+                if opcode == self.WRITE and self.full:
+                    reply(self._answer(message, seq, opcode, bytes([self.FAIL_ERRNO, errno.ENOSPC])))
+                    return None
+                if opcode in (self.CREATE, self.OPEN_WO, self.REMOVE, self.RENAME) and path in self.protected:
+                    reply(self._answer(message, seq, opcode, bytes([self.FILE_PROTECTED])))
+                    return None
+                self._pending[(seq + 1) % 65536] = (opcode, offset, size, session, path)
+                while len(self._pending) > 256:  # the oldest first (dicts keep their order)
+                    del self._pending[next(iter(self._pending))]
+                return data
+            request = self._pending.get(seq)  # MAVSDK sends a reply to every address its client used: each copy
+            if request is None or opcode != self.ACK:
+                return data
+            kind, request_offset, request_size, request_session, path = request
+            if kind in (self.CREATE, self.OPEN_WO, self.TERMINATE, self.RESET):
+                self.writing = kind in (self.CREATE, self.OPEN_WO)
+            if kind == self.WRITE:
+                header = struct.pack("<HBBBBBxI", seq, request_session, self.ACK, 4, req_opcode, 0, request_offset)
+                return self._rewrite(message, header + struct.pack("<I", request_size))
+            extra = self.extra_entries.get(path) if kind == self.LIST and request_offset == 0 else None
+            if extra:
+                body = body + b"".join(entry + b"\0" for entry in extra)
+                header = struct.pack("<HBBBBBxI", seq, session, self.ACK, len(body), req_opcode, 0, offset)
+                return self._rewrite(message, header + body)
+            return data
+
+
 class Vehicle:
     """A MAVSDK autopilot serving `root` and a MAVROS stand-in named `name` (services under /<name>/ftp).
 
-    `link`: LinkEmulator options for a link between the two (PX4's session rule in front of the server), or None
-    for plain loopback. The stand-in appends every /ftp/read call to `read_log` ("path offset size" lines).
+    `link`: LinkEmulator options for a link between the two (PX4's session rule and Px4FileRules in front of the
+    server), or None for plain loopback. The stand-in appends every /ftp/read call to `read_log` ("path offset size"
+    lines; writes as "write path offset size").
     """
 
     def __init__(self, workdir, name, mode, link=None):
-        self.name = name
+        self.name, self.mode, self.workdir = name, mode, workdir
         self.root = os.path.join(workdir, f"{name}-fs")
         self.read_log = os.path.join(workdir, f"{name}-reads.txt")
-        os.makedirs(self.root)
+        os.makedirs(self.root, exist_ok=True)
         self.autopilot = MavsdkAutopilot(self.root, log_path=os.path.join(workdir, f"{name}-mavsdk.log")).start()
-        self.link = None
+        self.link = self.session_rule = self.rules = None
         if link is not None:
-            self.link = LinkEmulator(("127.0.0.1", self.autopilot.port), filters=[Px4SessionRule()], **link).start()
+            self.session_rule, self.rules = Px4SessionRule(), Px4FileRules()
+            self.link = LinkEmulator(("127.0.0.1", self.autopilot.port), filters=[self.session_rule, self.rules],
+                                     **link).start()
         self.log = open(os.path.join(workdir, f"{name}.log"), "ab")
+        self.process = None
+        self.start_mavros()
+
+    def start_mavros(self, mode=None, settle=False):
+        """Start the MAVROS stand-in (again, as roslaunch restarts mavros_node) and wait for its services. `settle`:
+        also wait until a listing works (MAVSDK routes replies by system id, so for a while they still go to the old
+        process's address; a reply that then comes late makes MAVROS reset every session)."""
+        self.mode = mode or self.mode
         url = self.link.url if self.link else self.autopilot.url
-        self.process = subprocess.Popen([sys.executable, FAKE_MAVROS, url, mode, f"__name:={name}",
+        self.process = subprocess.Popen([sys.executable, FAKE_MAVROS, url, self.mode, f"__name:={self.name}",
                                          f"_read_log:={self.read_log}"], stdout=self.log, stderr=subprocess.STDOUT)
-        rospy.wait_for_service(f"/{name}/ftp/list", timeout=60)
+        rospy.wait_for_service(f"/{self.name}/ftp/list", timeout=60)
+        if settle:
+            from mavros_msgs.srv import FileList
+            listing = rospy.ServiceProxy(f"/{self.name}/ftp/list", FileList)
+            deadline = time.monotonic() + 30
+            while not listing("/").success and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.5)  # replies to the requests that timed out meanwhile arrive (and reset) now
+
+    def kill_mavros(self):
+        """kill -9 of mavros_node."""
+        self.process.kill()
+        self.process.wait(10)
+
+    def reboot(self):
+        """The autopilot dies and comes back (another MAVSDK process serving the same folder); the link follows."""
+        self.autopilot.stop()
+        self.autopilot = MavsdkAutopilot(self.root, log_path=os.path.join(self.workdir, f"{self.name}-mavsdk.log"))
+        self.autopilot.start()
+        self.rules.rebooted()
+        self.link.server_address = ("127.0.0.1", self.autopilot.port)
 
     def reads(self):
         """The /ftp/read calls so far: [(path, offset, size)]."""
         if not os.path.exists(self.read_log):
             return []
         with open(self.read_log) as log:
-            return [(path, int(offset), int(size)) for path, offset, size in (line.split() for line in log)]
+            return [(path, int(offset), int(size)) for path, offset, size in
+                    (line.split() for line in log if not line.startswith("write "))]
 
     def stop(self):
         try:
@@ -121,6 +261,8 @@ class MavrosSourceTest(unittest.TestCase):
 
     @classmethod
     def tearDownClass(cls):
+        if getattr(cls, "_writable", None) is not None:
+            cls._writable.stop()
         cls.vehicle.stop()
         shutil.rmtree(cls.workdir, ignore_errors=True)
 
@@ -140,10 +282,17 @@ class MavrosSourceTest(unittest.TestCase):
                     srv.FileList: "1647c627907cac72fa2d06e0e5f96aac", srv.FileOpen: "99a3f49cc67b91477cf49ff15c42af0e",
                     srv.FileRead: "7700526a6a54d8971e0db6dc1d712523", srv.FileClose: "1c309002d7f7c6df7d3f094925ea8e10",
                     srv.FileChecksum: "c32158e17d9a1a1c682fe19adbd29fac",
-                    srv.FileRemove: "1c309002d7f7c6df7d3f094925ea8e10"}
+                    srv.FileRemove: "1c309002d7f7c6df7d3f094925ea8e10",
+                    # from the definitions of mavros_msgs 1.21.0 (srv/*.srv, identical text), computed by genmsg
+                    srv.FileWrite: "7d7e0ed4d86797a80355795ee6728fac",
+                    srv.FileRename: "07d853e3d48c88a648998515aab1f5b7",
+                    srv.FileTruncate: "71bf45fe3600fc220a82346ce1d1430c",
+                    srv.FileMakeDir: "f140c5ef05b00c3cfc30d5a2061b4d63",
+                    srv.FileRemoveDir: "f140c5ef05b00c3cfc30d5a2061b4d63"}
         for kind, md5 in expected.items():
             self.assertEqual(kind._md5sum, md5, kind._type)
-        for name in ("FileList", "FileOpen", "FileRead", "FileClose", "FileChecksum", "FileRemove"):
+        for name in ("FileList", "FileOpen", "FileRead", "FileClose", "FileChecksum", "FileRemove", "FileWrite",
+                     "FileRename", "FileTruncate", "FileMakeDir", "FileRemoveDir"):
             output = subprocess.run(["rossrv", "md5", f"mavros_msgs/{name}"], capture_output=True, text=True,
                                     timeout=60).stdout.strip()
             self.assertEqual(output, getattr(srv, name)._md5sum, name)
@@ -337,8 +486,9 @@ class MavrosSourceTest(unittest.TestCase):
 
     # ----- through the real filesync nodes (ledger, lock, finder, downloader, uploader) -----
 
-    def start_nodes(self, name, mode, sizes, link=None):
-        """A second vehicle with its own MAVROS stand-in `name`, logs of `sizes`, and the filesync nodes."""
+    def start_nodes(self, name, mode, sizes, link=None, nodes=("ledger", "lock", "finder", "downloader", "uploader"),
+                    source=None, delete=False):
+        """A second vehicle with its own MAVROS stand-in `name`, logs of `sizes`, and the filesync `nodes`."""
         workdir = tempfile.mkdtemp(prefix="filesync-mavros-nodes-", dir=self.workdir)
         self.out = os.path.join(workdir, "out")
         os.makedirs(self.out)
@@ -351,13 +501,14 @@ class MavrosSourceTest(unittest.TestCase):
                   "database": os.path.join(workdir, "db", "ledger.db"), "checkpoint_bytes": 64 * 1024,
                   "scan_interval": 0.5, "poll_interval": 1.0, "lease_seconds": 10.0, "retry_base": 0.5,
                   "retry_cap": 2.0,
-                  "sources": {"fc": {"kind": "mavros", "namespace": f"/{name}", "root": "/log", "settle": False}},
+                  "sources": {"fc": dict({"kind": "mavros", "namespace": f"/{name}", "root": "/log", "settle": False},
+                                         **(source or {}))},
                   "targets": {"out": {"kind": "folder", "path": self.out}},
-                  "pipelines": [{"source": "fc", "targets": ["out"]}]}
+                  "pipelines": [{"source": "fc", "targets": ["out"], "delete_after_upload": delete}]}
         rospy.set_param("/filesync/config", config)
         self.stack = stack = Stack(workdir)
         self.addCleanup(stack.stop_all)  # runs before vehicle.stop
-        for node in ("ledger", "lock", "finder", "downloader", "uploader"):
+        for node in nodes:
             stack.start(node)
         self.ledger = RosLedger(wait=60)
         return digests
@@ -418,23 +569,357 @@ class MavrosSourceTest(unittest.TestCase):
         self.assertLess(sum(wanted for _, wanted in after), size - checkpoint + 64 * 1024,
                         "the restarted downloader read much more than the rest of the file")
 
-    def test_empty_read_bug_gives_the_clear_error_and_keeps_the_file_waiting(self):
-        digests = self.start_nodes("mavros_legacy", "legacy", [35_001])
-        path = next(iter(digests))
+    def test_empty_read_bug_is_a_source_wide_error_until_mavros_is_fixed(self):
+        """MAVROS <= 1.21.0 reads 0 bytes: the source is down with fault (ERROR on /diagnostics and the status), the
+        files wait without an attempt counted, and a MAVROS with the fix (restarted in `fixed` mode) ends it."""
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+        from filesync.msg import Status
+        digests = self.start_nodes("mavros_legacy", "legacy", [35_001, 1000],
+                                   nodes=("ledger", "lock", "finder", "downloader", "uploader", "status"))
+        expected = "MAVROS <= 1.21.0 reads 0 bytes from this vehicle; use the `mavlink` source or a MAVROS with the fix"
+        seen = []
+        subscriber = rospy.Subscriber("/diagnostics", DiagnosticArray, lambda message: seen.extend(message.status))
+        self.addCleanup(subscriber.unregister)
         deadline = time.monotonic() + 90
-        record = None
+        error = None
+        while time.monotonic() < deadline and error is None:
+            error = next((status for status in list(seen) if "source fc" in status.name
+                          and status.level == DiagnosticStatus.ERROR and expected in status.message), None)
+            time.sleep(0.5)
+        self.assertIsNotNone(error, [(s.name, s.level, s.message) for s in seen if "source fc" in s.name][-3:])
+        status = rospy.wait_for_message("/filesync/status", Status, timeout=10)
+        link = next(link for link in status.links if link.name == "fc" and link.role == "source")
+        self.assertEqual((link.up, link.fault), (False, True), link)
+        self.assertIn(expected, link.reason)
+        self.assertNotIn("\n", link.reason)
+        time.sleep(3)  # probed again meanwhile: still down, nothing counted against the files, nothing delivered
+        records = self.records()
+        for path in digests:
+            self.assertEqual((records[path].state, records[path].task("download").attempts), ("found", 0),
+                             (path, records[path].error))
+            self.assertFalse(os.path.exists(os.path.join(self.out, path)))
+        self.nodes_vehicle.kill_mavros()  # the operator installs a MAVROS with the fix
+        self.nodes_vehicle.start_mavros("fixed")
+        self.wait_uploaded(digests, 60)
+        status = rospy.wait_for_message("/filesync/status", Status, timeout=10)
+        deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            record = self.records().get(path)
-            if record is not None and record.error:
+            link = next(link for link in status.links if link.name == "fc" and link.role == "source")
+            if link.up:
+                break
+            status = rospy.wait_for_message("/filesync/status", Status, timeout=10)
+        self.assertTrue(link.up and not link.fault, link)
+
+    def test_a_restarted_mavros_node_recovers_without_a_person(self):
+        """kill -9 of mavros_node mid-file with PX4's one-session rule: the vehicle keeps the dead session and the
+        finder's listings keep it alive. Seen as a restart (services gone and back): reset at once. Not seen (the
+        downloader restarted too): reset once the refusal outlasts session_idle."""
+        session_idle = 11.0  # Px4SessionRule's idle timeout (10 s, as PX4's) and a second
+        big, other = 500_000, 400_000
+        digests = self.start_nodes("mavros_restart", "fixed", [big], link=dict(bandwidth=SERIAL, latency=0.001),
+                                   source={"session_idle": session_idle})
+        vehicle = self.nodes_vehicle
+        figures = []
+
+        def wait_offset(path, at_least):
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                record = self.records().get(path)
+                if record is not None and record.task("download").offset >= at_least:
+                    return
+                time.sleep(0.1)
+            self.fail(f"the download of {path} never reached {at_least} bytes")
+
+        def recovery(remote, restart):
+            """Restart as `restart` does, then the seconds until the first read of `remote` after it."""
+            reads_before = len(vehicle.reads())
+            refusals_before = vehicle.session_rule.refusals
+            started = restart()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if any(name == remote for name, _, _ in vehicle.reads()[reads_before:]):
+                    break
+                time.sleep(0.05)
+            else:
+                self.fail(f"no read of {remote} within 120 s of the restart")
+            self.assertGreater(vehicle.session_rule.refusals, refusals_before,
+                               "the vehicle never refused a session: the test proved nothing")
+            return time.monotonic() - started
+
+        path = next(iter(digests))
+        wait_offset(path, 128 * 1024)
+
+        def restart_mavros():
+            vehicle.kill_mavros()
+            time.sleep(1.0)
+            vehicle.start_mavros()
+            return time.monotonic()
+
+        figures.append(("mavros_node restarted", recovery("/log/" + path, restart_mavros)))
+        self.wait_uploaded(digests, 120)
+        # again, with a downloader that never saw the old MAVROS: only the refusal's length tells
+        extra = "2024-06-09/14_00_00.ulg"
+        digests[extra] = write_log(os.path.join(vehicle.root, "log", extra), other, seed=9)
+        wait_offset(extra, 64 * 1024)
+
+        def restart_both():
+            self.stack.kill("downloader")
+            vehicle.kill_mavros()
+            time.sleep(1.0)
+            vehicle.start_mavros()
+            started = time.monotonic()
+            self.stack.start("downloader")
+            return started
+
+        figures.append(("mavros_node and downloader restarted", recovery("/log/" + extra, restart_both)))
+        self.wait_uploaded(digests, 120)
+        for what, seconds in figures:
+            rospy.loginfo("recovery after %s: %.1f s (session_idle %.0f s, poll_interval 1 s)", what, seconds,
+                          session_idle)
+            print(f"MAVROS recovery after {what}: {seconds:.1f} s", flush=True)
+        self.assertLess(figures[0][1], 15.0, "a restart seen as one must be recovered from at once")
+        self.assertLess(figures[1][1], session_idle + 15.0, "the refusal must end after about session_idle")
+
+    def test_logs_leave_the_vehicle_once_every_target_holds_them(self):
+        """delete_after_upload through the nodes: logs downloaded, uploaded, verified, then removed from the MAVSDK
+        autopilot's folder; a log whose bytes changed after the copy (same size) is not removed; a listed name with
+        '..' is a failed file with its reason while the others go on."""
+        digests = self.start_nodes("mavros_delete", "fixed", [1000, 35_001, 100_000], link=dict(latency=0.0),
+                                   nodes=("ledger", "lock", "finder", "downloader"), delete=True)
+        vehicle = self.nodes_vehicle
+        vehicle.rules.extra_entries[b"/log/2024-06-01"] = [b"F../escape.ulg\t5"]
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            records = self.records()
+            if all(records.get(path) is not None and records[path].state == "downloaded" for path in digests):
                 break
             time.sleep(0.5)
-        self.assertIsNotNone(record, "the file was never found")
-        self.assertRegex(record.error, r"empty-read bug of MAVROS <= 1\.21\.0.*`mavlink` source")
-        self.assertNotIn("\n", record.error)
-        time.sleep(3)  # a few retries later: still waiting, nothing marked downloaded, nothing delivered
-        record = self.records()[path]
-        self.assertEqual(record.state, "found", (record.state, record.error))
-        self.assertFalse(os.path.exists(os.path.join(self.out, path)))
+        self.assertEqual({path: records[path].state for path in digests}, {path: "downloaded" for path in digests})
+        unsafe = [record for path, record in records.items() if ".." in path]
+        self.assertEqual(len(unsafe), 1, list(records))
+        self.assertEqual(unsafe[0].state, "failed")
+        self.assertIn("..", unsafe[0].error)
+        changed = sorted(digests)[1]  # the same size, other bytes: a log rewritten after the copy
+        local = os.path.join(vehicle.root, "log", changed)
+        with open(local, "r+b") as handle:
+            handle.seek(1000)
+            byte = handle.read(1)
+            handle.seek(1000)
+            handle.write(bytes([byte[0] ^ 0xFF]))
+        self.stack.start("uploader")
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            records = self.records()
+            if all(records[path].state in ("removed", "uploaded") and records[path].task("remove").state != "waiting"
+                   for path in digests):
+                break
+            time.sleep(0.5)
+        for path in digests:
+            on_vehicle = os.path.exists(os.path.join(vehicle.root, "log", path))
+            self.assertEqual(local_checksum(os.path.join(self.out, path), "sha256"), digests[path], path)
+            if path == changed:
+                self.assertTrue(on_vehicle, "a log that changed after the copy was removed")
+                remove = records[path].task("remove")
+                self.assertEqual(remove.state, "skipped", (records[path].state, remove))
+                self.assertIn("changed after the copy", remove.error)
+            else:
+                self.assertEqual(records[path].state, "removed", (path, records[path].error))
+                self.assertFalse(on_vehicle, f"{path} is still on the vehicle")
+
+    # ----- the `mavros` target and bad input, on a vehicle with PX4's file rules in front of MAVSDK -----
+
+    @classmethod
+    def writable(cls):
+        """A vehicle behind the link emulator with Px4FileRules (started on first use, shared)."""
+        if getattr(cls, "_writable", None) is None:
+            cls._writable = Vehicle(cls.workdir, "mavros_rw", "fixed", link=dict(latency=0.0))
+        return cls._writable
+
+    def target(self, root, **options):
+        config = {"kind": "mavros", "namespace": "/mavros_rw", "root": root, "service_timeout": 1.0}
+        config.update(options)
+        return create_target("vehicle", config, DeviceContext(LeaseTable(), "test"))
+
+    def test_the_stand_in_refuses_what_mavros_refuses(self):
+        from mavros_msgs.srv import FileOpen, FileRename, FileWrite
+        vehicle = self.writable()
+        rename = rospy.ServiceProxy("/mavros_rw/ftp/rename", FileRename)
+        opening = rospy.ServiceProxy("/mavros_rw/ftp/open", FileOpen)
+        writing = rospy.ServiceProxy("/mavros_rw/ftp/write", FileWrite)
+        response = rename("/" + "a" * 120, "/" + "b" * 120)
+        self.assertEqual((response.success, response.r_errno), (False, errno.ENAMETOOLONG))
+        response = opening("/x.bin", 7)
+        self.assertEqual((response.success, response.r_errno), (False, errno.EINVAL))
+        with self.assertRaises(rospy.ServiceException):
+            writing("/not-open.bin", 0, b"x")
+        response = opening("/no/such/folder/x.bin", 2)  # MAVSDK: NAK Fail -> EFAULT
+        self.assertEqual((response.success, response.r_errno), (False, errno.EFAULT))
+        response = opening("/no-such-file.bin", 0)  # NAK FileNotFound, unknown to MAVROS 1.x: r_errno stays
+        self.assertEqual((response.success, response.r_errno), (False, errno.EFAULT))
+        self.assertEqual(vehicle.process.poll(), None)
+
+    def test_target_writes_publishes_and_verifies_by_the_vehicles_crc(self):
+        vehicle = self.writable()
+        target = self.target("/up/a")
+        self.assertEqual(target.digests, ("mavftp-crc32",))
+        for index, size in enumerate([0, 1, 239, 240, 35_001, 200_000]):
+            path = f"d{index % 2}/f{index}.ulg"
+            data = os.urandom(size)
+            self.assertIsNone(target.stat(path))
+            seen = []
+            target.write(path, io.BytesIO(data), 0, size, seen.append)
+            self.assertEqual(target.held(path), size)
+            with open(os.path.join(vehicle.root, "up", "a", part_name(path)), "rb") as handle:
+                self.assertEqual(handle.read(), data)
+            self.assertEqual(target.publish(path, size), f"/mavros_rw:/up/a/{path}")
+            self.assertEqual((target.stat(path), target.held(path)), (size, 0))
+            local = os.path.join(self.workdir, "local.bin")
+            with open(local, "wb") as handle:
+                handle.write(data)
+            self.assertEqual(target.digest(path, "mavftp-crc32"), local_digest(local, "mavftp-crc32"))
+            if size:
+                self.assertEqual(seen[-1], size)
+        data = b"ours" * 100
+        target.write("d0/f0.ulg", io.BytesIO(data), 0, len(data), lambda done: None)
+        with self.assertRaises(FinalNameTaken):
+            target.publish("d0/f0.ulg", len(data))
+        target.publish("d0/f0.ulg", len(data), replace=True)
+        self.assertEqual(target.stat("d0/f0.ulg"), len(data))
+        target.delete("d0/f0.ulg")
+        target.delete("d0/f0.ulg")
+        self.assertIsNone(target.stat("d0/f0.ulg"))
+
+    def test_target_bad_input_gives_its_error_class_and_publishes_nothing(self):
+        vehicle = self.writable()
+        target = self.target("/up/bad")
+        data = os.urandom(30_000)
+        # a full SD card: NAK FailErrno ENOSPC -> TransientError (retried until there is room), nothing published
+        vehicle.rules.full = True
+        try:
+            with self.assertRaisesRegex(TransientError, r"storage is full \(NAK FailErrno ENOSPC\)") as caught:
+                target.write("full.ulg", io.BytesIO(data), 0, len(data), lambda done: None)
+            self.assertNotIsInstance(caught.exception, DeviceUnavailable)
+        finally:
+            vehicle.rules.full = False
+        self.assertIsNone(target.stat("full.ulg"))
+        # a protected file: NAK FileProtected, which MAVROS 1.x reports as r_errno 0 -> PermanentError (parked)
+        vehicle.rules.protected.add(b"/up/bad/locked.ulg.part")
+        with self.assertRaisesRegex(PermanentError, "refused") as caught:
+            target.write("locked.ulg", io.BytesIO(data), 0, len(data), lambda done: None)
+        self.assertNotIn("\n", str(caught.exception))
+        self.assertIsNone(target.stat("locked.ulg"))
+        # the vehicle reboots mid-write: the write fails as transient, nothing is published, and the upload goes on
+        # from what the vehicle holds (MAVSDK's OpenFileWO empties the file: StartOver, then from byte 0)
+        big = os.urandom(400_000)
+
+        class Rebooting(io.BytesIO):
+            def read(inner, size=-1):
+                if inner.tell() >= 150_000 and not getattr(inner, "rebooted", False):
+                    inner.rebooted = True
+                    vehicle.reboot()
+                return super().read(size)
+
+        with self.assertRaises(TransientError) as caught:
+            target.write("reboot.ulg", Rebooting(big), 0, len(big), lambda done: None)
+        rospy.loginfo("write across a reboot: %s", caught.exception)
+        self.assertIsNone(target.stat("reboot.ulg"))
+        held = target.held("reboot.ulg")
+        self.assertGreater(held, 0)
+        try:
+            target.write("reboot.ulg", io.BytesIO(big[held:]), held, len(big), lambda done: None)
+        except StartOver:
+            target.discard("reboot.ulg")
+            target.write("reboot.ulg", io.BytesIO(big), 0, len(big), lambda done: None)
+        target.publish("reboot.ulg", len(big))
+        with open(os.path.join(vehicle.root, "up", "bad", "reboot.ulg"), "rb") as handle:
+            self.assertEqual(handle.read(), big)
+
+    def test_source_delete_refuses_while_armed_and_a_protected_log_parks(self):
+        vehicle = self.writable()
+        area = os.path.join(vehicle.root, "del")
+        write_log(os.path.join(area, "a.ulg"), 1000)
+        write_log(os.path.join(area, "b.ulg"), 1000)
+        source = create_source("fc", {"kind": "mavros", "namespace": "/mavros_rw", "root": "/del", "settle": False},
+                               DeviceContext(LeaseTable(), "test"))
+        vehicle.autopilot.set_armed(True)
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not (source._state is not None and source._state.armed):
+                source.probe()
+                time.sleep(0.2)
+            with self.assertRaisesRegex(TransientError, "armed"):
+                source.delete("a.ulg")
+            self.assertTrue(os.path.exists(os.path.join(area, "a.ulg")))
+        finally:
+            vehicle.autopilot.set_armed(False)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and source._state.armed:
+            time.sleep(0.2)
+        source.delete("a.ulg")
+        self.assertFalse(os.path.exists(os.path.join(area, "a.ulg")))
+        source.delete("a.ulg")  # gone: counts as removed
+        vehicle.rules.protected.add(b"/del/b.ulg")
+        with self.assertRaisesRegex(PermanentError, "refused") as caught:
+            source.delete("b.ulg")
+        self.assertNotIn("\n", str(caught.exception))
+        self.assertTrue(os.path.exists(os.path.join(area, "b.ulg")))
+
+    def test_target_passes_the_conformance_checks(self):
+        """test/contract/test_target_contract.py's checks, with this vehicle as the peer (see the top)."""
+        import pytest
+        from contract import test_target_contract as contract
+        from contract.peer import Peer
+        vehicle = self.writable()
+        skipped, passed, retried = {}, [], []
+        long_name = "test_odd_safe_names_are_written_as_given"
+        for name in sorted(dir(contract)):
+            if not name.startswith("test_"):
+                continue
+            area = tempfile.mkdtemp(prefix="contract-", dir=vehicle.root)
+            remote = "/" + os.path.basename(area)
+
+            def restart():
+                vehicle.start_mavros(settle=True)
+
+            running = Peer(storage=area, stop=vehicle.kill_mavros, start=restart,
+                           new_target=lambda **extra: self.target(remote, **extra),
+                           expect={"digests": ("mavftp-crc32",), "start_over": True})
+            running.target = running.new_target()
+            if name == long_name:
+                # a MAVLink FTP request carries at most 238 bytes of path: a 255-byte name cannot be written
+                skipped[name] = "names longer than a MAVLink FTP request"
+                continue
+            function = getattr(contract, name)
+            arguments = [running] + ([pathlib.Path(area + ".local")] if "tmp_path" in
+                                     function.__code__.co_varnames[:function.__code__.co_argcount] else [])
+            if len(arguments) == 2:
+                arguments[1].mkdir()
+            try:
+                function(*arguments)
+                passed.append(name)
+            except pytest.skip.Exception as skip:
+                skipped[name] = str(skip)
+            except TransientError as error:
+                # MAVROS's 200 ms per call can expire on this busy machine, and a late reply then makes MAVROS
+                # reset the sessions: the engine retries such a step, so the check runs once more, from scratch
+                rospy.logwarn("target contract %s: %s; running it again as the engine would retry", name, error)
+                retried.append(name)
+                if vehicle.process.poll() is not None:
+                    vehicle.start_mavros(settle=True)
+                area = tempfile.mkdtemp(prefix="contract-", dir=vehicle.root)
+                remote = "/" + os.path.basename(area)
+                running.storage, running.target = area, running.new_target()
+                if len(arguments) == 2:
+                    arguments[1] = pathlib.Path(area + ".local")
+                    arguments[1].mkdir()
+                function(*arguments)
+                passed.append(name)
+            finally:
+                if vehicle.process.poll() is not None:
+                    vehicle.start_mavros(settle=True)
+        rospy.loginfo("target contract: passed %s (run again after a transient failure: %s); skipped %s", passed,
+                      retried, skipped)
+        self.assertGreaterEqual(len(passed), 8, (passed, skipped))
 
 
 if __name__ == "__main__":

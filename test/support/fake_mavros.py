@@ -4,19 +4,30 @@ Debian's nor PyPI's registries), so this ROS node offers its service API exactly
 server (the MAVSDK autopilot of support.mavsdk_autopilot) over MAVLink, as MAVROS would.
 
 Run as `fake_mavros.py URL MODE __name:=mavros` (URL: pymavlink's, e.g. udpout:127.0.0.1:PORT; MODE: `fixed` or
-`legacy`). With node name `mavros` the services are /mavros/ftp/{list,open,read,close,checksum,remove,reset} with
-the types of mavros_msgs (the test copy in test/mavros_msgs, same md5sums as 1.21.0) and std_srvs/Empty for reset.
+`legacy`). With node name `mavros` the services are the twelve of MAVROS's ftp plugin, /mavros/ftp/{list, open,
+close, read, write, mkdir, rmdir, remove, truncate, reset, rename, checksum}, with the types of mavros_msgs (the test
+copy in test/mavros_msgs, same md5sums as 1.21.0) and std_srvs/Empty for reset.
 
-What it reproduces of MAVROS 1.x (mavros/src/plugins/ftp.cpp and the observations in FACTS.md):
+What it reproduces of MAVROS 1.x (mavros/src/plugins/ftp.cpp at 1.21.0, identical on 'master', and FACTS.md):
 - One operation at a time: a call while another is in progress logs "FTP: Busy" and the ROS call itself fails
-  (rospy.ServiceException). So do a read or close of a file that is not open and an open of a file already open.
+  (rospy.ServiceException). So do an open of a file already open and (as FACTS.md records from a real build) a read,
+  write or close of a file that is not open.
 - Every operation sends its requests one at a time and never resends: sequential ReadFile of at most 239 bytes per
   round trip (a read goes on while a reply carries exactly 239 bytes, and ends with success on a shorter reply or
-  NAK EOF). Timeouts per call: open/close 200 ms, list/checksum 5 s, read 200 ms x (size/239 + 1). A timeout answers
-  success=False, r_errno=110 (ETIMEDOUT).
+  NAK EOF); sequential WriteFile of at most 239 bytes, each advancing by the byte count the ACK carries (PX4 puts
+  it in the ACK's data; an ACK without it advances nothing, and the chunk is sent again until the call times out,
+  as a release build of MAVROS does). Timeouts per call: open/close/remove/rename/mkdir/rmdir 200 ms,
+  list/checksum 5 s, truncate 25 s, read and write 200 ms x (size/239 + 1). A timeout answers success=False,
+  r_errno=110 (ETIMEDOUT). Paths are cut to 238 bytes. Open modes: MODE_READ OpenFileRO, MODE_WRITE OpenFileWO, MODE_CREATE CreateFile, others
+  success=False, r_errno EINVAL. A rename whose two paths take 239 bytes or more answers ENAMETOOLONG unsent.
 - NAK codes become r_errno as MAVROS 1.x maps them (FailErrno: the server's errno; Fail EFAULT; InvalidDataSize
   EMSGSIZE; InvalidSession EBADFD; NoSessionsAvailable EMFILE; UnknownCommand ENOSYS); codes it does not know
-  (FileNotFound, FileExists, FileProtected) leave r_errno 0.
+  (FileNotFound, FileExists, FileProtected) leave r_errno as it was: 0 after a success, the previous failure's errno
+  after a failure (MAVROS keeps r_errno in one member and sets it only then).
+- reset sends ResetSessions without waiting and forgets every open file; until its ACK comes back, every call is
+  refused as busy (MAVROS's op_state stays ACK: if that ACK is lost, MAVROS stays busy). An ACK that arrives while
+  MAVROS is idle and carries the sequence number it expects (the late reply to a request that timed out) is
+  answered with ResetSessions, which ends every session on the vehicle.
 - Two modes. `fixed`: each ReadFile carries the size it wants (mavros PR 2179). `legacy`: MAVROS <= 1.21.0, whose
   ReadFile carries size 0; a server that honours the size (MAVSDK's does, as PX4 since v1.13) answers with 0 bytes,
   so every read succeeds with no data.
@@ -25,9 +36,14 @@ What it reproduces of MAVROS 1.x (mavros/src/plugins/ftp.cpp and the observation
   and still answer success=False, r_errno=110.
 - /mavros/state (mavros_msgs/State): connected and armed from the vehicle's HEARTBEAT, as MAVROS publishes them. The
   test arms the MAVSDK autopilot itself (MavsdkAutopilot.set_armed).
+- Killed (kill -9) and started again, as roslaunch restarts mavros_node: the services vanish and come back from a
+  new process that knows no open file, while the vehicle keeps any session the old one held.
 - For tests, not MAVROS: the parameter ~read_log (a file path) makes every /ftp/read call append a line
-  "<file_path> <offset> <size>" to that file, so a test can see where reads start (resume after a crash).
-Not reproduced: MAVROS answering a stray ACK while idle with ResetSessions, and the write/mkdir/rename services.
+  "<file_path> <offset> <size>" to that file, and every /ftp/write call a line "write <file_path> <offset> <size>",
+  so a test can see where transfers start (resume after a crash).
+Not reproduced: MAVROS's reuse of the last reply's sequence number after a timeout (PX4 then resends its previous
+reply) and its "Lost sync" failure (EILSEQ) on a reply with another sequence number: the stand-in numbers each
+request anew and ignores replies to earlier requests during an operation.
 """
 import errno
 import os
@@ -46,17 +62,23 @@ from filesync.devices.mavftp import MAX_DATA, MavFtpClient, Nak, Op  # noqa: E40
 
 from mavros_msgs.msg import FileEntry, State  # noqa: E402
 from mavros_msgs.srv import (FileChecksum, FileChecksumResponse, FileClose, FileCloseResponse,  # noqa: E402
-                             FileList, FileListResponse, FileOpen, FileOpenResponse, FileRead, FileReadResponse,
-                             FileRemove, FileRemoveResponse)
+                             FileList, FileListResponse, FileMakeDir, FileMakeDirResponse, FileOpen,
+                             FileOpenResponse, FileRead, FileReadResponse, FileRemove, FileRemoveDir,
+                             FileRemoveDirResponse, FileRemoveResponse, FileRename, FileRenameResponse, FileTruncate,
+                             FileTruncateResponse, FileWrite, FileWriteResponse)
 
 MAVROS_SYSTEM_ID, MAVROS_COMPONENT_ID = 1, 240  # MAVROS's defaults (system_id, component_id)
 LIST_TIMEOUT, OPEN_TIMEOUT, CHUNK_TIMEOUT = 5.0, 0.2, 0.2
+TRUNCATE_TIMEOUT = 5 * LIST_TIMEOUT
+# opcodes filesync's MAVLink FTP client does not send (FACTS.md)
+CREATE_FILE, WRITE_FILE, CREATE_DIRECTORY, REMOVE_DIRECTORY = 6, 7, 9, 10
+OPEN_FILE_WO, TRUNCATE_FILE, RENAME = 11, 12, 13
 NAK_ERRNO = {Nak.FAIL: errno.EFAULT, Nak.INVALID_DATA_SIZE: errno.EMSGSIZE, Nak.INVALID_SESSION: errno.EBADFD,
              Nak.NO_SESSIONS_AVAILABLE: errno.EMFILE, Nak.UNKNOWN_COMMAND: errno.ENOSYS}
 
 
 class _Failed(Exception):
-    """The operation ended with success=False and this r_errno."""
+    """The operation ended with success=False; r_errno None: keep MAVROS's r_errno as it was (an unknown NAK code)."""
 
     def __init__(self, r_errno):
         super().__init__(r_errno)
@@ -72,27 +94,65 @@ class FakeMavros:
         self.link = threading.Lock()  # the connection: one user at a time (operations, heartbeat polling)
         self.operation = threading.Lock()  # MAVROS's op_state: held while an operation is in progress
         self.sessions = {}  # file path -> session, MAVROS's session_file_map
+        self.r_errno = 0  # MAVROS's r_errno member: what a failure answers
+        self.expected_seq = None  # the sequence number of the reply to the last request sent
+        self.reset_ack_seq = None  # set while a ResetSessions waits for its ACK (op_state ACK)
 
     # ----- one request, no resend -----
 
     def _exchange(self, opcode, deadline, session=0, offset=0, data=b"", size=None):
-        """Send one request and wait for its reply until `deadline`; _Failed(ETIMEDOUT) when none comes."""
+        """Send one request and wait for its reply until `deadline`; _Failed(ETIMEDOUT) when none comes. A path
+        (size None) is cut to 238 bytes and NUL-terminated, as MAVROS's set_data_string does."""
+        if size is None:
+            data = data[:MAX_DATA - 1] + b"\0"
+            size = len(data) - 1
         seq = self.client._next_seq()
+        self.expected_seq = (seq + 1) % 65536
         self.client._send(opcode, seq, session, offset, data, size)
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _Failed(errno.ETIMEDOUT)
             reply = self.client._poll(remaining)
-            if reply is not None and reply.seq == (seq + 1) % 65536 and reply.req_opcode == opcode:
+            if reply is not None and reply.seq == self.expected_seq and reply.req_opcode == opcode:
+                self.expected_seq = None
                 return reply
+
+    def _ack(self, opcode, deadline, **request):
+        """_exchange, raising the NAK as MAVROS maps it."""
+        reply = self._exchange(opcode, deadline, **request)
+        if reply.opcode == Op.NAK:
+            raise _Failed(self._nak_errno(reply))
+        return reply
 
     @staticmethod
     def _nak_errno(reply):
         code = reply.nak_code()
         if code == Nak.FAIL_ERRNO:
             return reply.data[1] if len(reply.data) > 1 else 0
-        return NAK_ERRNO.get(code, 0)
+        return NAK_ERRNO.get(code)  # None: a code MAVROS 1.x does not know leaves r_errno alone
+
+    def _drain(self):
+        """Take in replies that came while no operation waited, as MAVROS's message handler does (holds link)."""
+        while True:
+            reply = self.client._poll(0)
+            if reply is None:
+                return
+            if self.reset_ack_seq is not None and reply.seq == self.reset_ack_seq:
+                self.reset_ack_seq = None  # op_state ACK -> IDLE
+            elif self.expected_seq is not None and reply.seq == self.expected_seq:
+                self.expected_seq = None
+                if reply.opcode == Op.ACK:  # a late ACK while idle: MAVROS answers it with ResetSessions
+                    rospy.logwarn("FTP: late ACK of opcode %d while idle: ResetSessions", reply.req_opcode)
+                    self._send_reset()
+
+    def _send_reset(self):
+        if self.sessions:
+            rospy.logwarn("FTP: Reset closes %d sessons", len(self.sessions))
+        self.sessions.clear()
+        seq = self.client._next_seq()
+        self.reset_ack_seq, self.expected_seq = (seq + 1) % 65536, None
+        self.client._send(Op.RESET_SESSIONS, seq)
 
     def _run(self, name, work):
         """Run `work` as MAVROS runs a service: busy -> the call fails; else (success, r_errno, result)."""
@@ -101,10 +161,18 @@ class FakeMavros:
             raise rospy.ServiceException("FTP: Busy")
         try:
             with self.link:
+                self._drain()
+                if self.reset_ack_seq is not None:
+                    rospy.logerr("FTP: Busy")
+                    raise rospy.ServiceException("FTP: Busy")
                 try:
-                    return True, 0, work()
+                    result = work()
+                    self.r_errno = 0
+                    return True, 0, result
                 except _Failed as failed:
-                    return False, failed.r_errno, None
+                    if failed.r_errno is not None:
+                        self.r_errno = failed.r_errno
+                    return False, self.r_errno, None
         finally:
             self.operation.release()
 
@@ -131,23 +199,25 @@ class FakeMavros:
                 elif kind == b"D":
                     entries.append(FileEntry(name=text, type=FileEntry.TYPE_DIRECTORY, size=0))
 
-    def open(self, path):
-        reply = self._exchange(Op.OPEN_FILE_RO, time.monotonic() + OPEN_TIMEOUT, data=path.encode())
-        if reply.opcode == Op.NAK:
-            raise _Failed(self._nak_errno(reply))
+    OPEN_OPCODES = {FileOpen._request_class.MODE_READ: Op.OPEN_FILE_RO,
+                    FileOpen._request_class.MODE_WRITE: OPEN_FILE_WO,
+                    FileOpen._request_class.MODE_CREATE: CREATE_FILE}
+
+    def open(self, path, mode):
+        deadline = time.monotonic() + OPEN_TIMEOUT
+        reply = self._ack(self.OPEN_OPCODES[mode], deadline, data=path.encode())
         self.sessions[path] = reply.session
         size = struct.unpack_from("<I", reply.data.ljust(4, b"\0"))[0]
         lost = rospy.get_param("~lost_open_replies", 0)
-        if lost > 0:  # the reply came before MAVROS started waiting: done, yet reported as a timeout
-            rospy.set_param("~lost_open_replies", lost - 1)
+        if lost > 0:  # the reply came before MAVROS started waiting: done, yet reported as a timeout (it waits
+            rospy.set_param("~lost_open_replies", lost - 1)  # its whole 200 ms for a notification it missed)
+            time.sleep(max(0.0, deadline - time.monotonic()))
             raise _Failed(errno.ETIMEDOUT)
         return size
 
     def close(self, path):
         session = self.sessions.pop(path)
-        reply = self._exchange(Op.TERMINATE_SESSION, time.monotonic() + OPEN_TIMEOUT, session=session)
-        if reply.opcode == Op.NAK:
-            raise _Failed(self._nak_errno(reply))
+        self._ack(Op.TERMINATE_SESSION, time.monotonic() + OPEN_TIMEOUT, session=session)
 
     def read(self, path, offset, size):
         session = self.sessions[path]
@@ -160,6 +230,8 @@ class FakeMavros:
                 if reply.nak_code() == Nak.EOF:
                     return bytes(data)
                 raise _Failed(self._nak_errno(reply))
+            if reply.session != session:
+                raise _Failed(errno.EBADSLT)
             if reply.offset != offset:
                 raise _Failed(errno.EBADE)
             copied = reply.data[:size - len(data)]
@@ -168,22 +240,40 @@ class FakeMavros:
                 return bytes(data)
             offset += len(copied)
 
+    def write(self, path, offset, data):
+        session = self.sessions[path]
+        deadline = time.monotonic() + CHUNK_TIMEOUT * (len(data) // MAX_DATA + 1)
+        done = 0
+        while done < len(data):
+            chunk = data[done:done + MAX_DATA]
+            reply = self._ack(WRITE_FILE, deadline, session=session, offset=offset + done, data=chunk,
+                             size=len(chunk))
+            if reply.session != session:
+                raise _Failed(errno.EBADSLT)
+            if reply.offset != offset + done:
+                raise _Failed(errno.EBADE)
+            # bytes written, from the ACK's data (0 without it: MAVROS's asserts are compiled out, it sends again)
+            done += min(struct.unpack_from("<I", reply.data.ljust(4, b"\0"))[0], len(chunk))
+
     def checksum(self, path):
-        reply = self._exchange(Op.CALC_FILE_CRC32, time.monotonic() + LIST_TIMEOUT, data=path.encode())
-        if reply.opcode == Op.NAK:
-            raise _Failed(self._nak_errno(reply))
+        reply = self._ack(Op.CALC_FILE_CRC32, time.monotonic() + LIST_TIMEOUT, data=path.encode())
         return struct.unpack_from("<I", reply.data.ljust(4, b"\0"))[0]
 
-    def remove(self, path):
-        reply = self._exchange(Op.REMOVE_FILE, time.monotonic() + OPEN_TIMEOUT, data=path.encode())
-        if reply.opcode == Op.NAK:
-            raise _Failed(self._nak_errno(reply))
+    def path_command(self, opcode, path, timeout, offset=0):
+        """Remove, mkdir, rmdir, truncate (offset: the length), rename (path: both names, NUL-separated)."""
+        self._ack(opcode, time.monotonic() + timeout, offset=offset, data=path.encode())
+
+    def rename(self, old_path, new_path):
+        paths = old_path.encode() + b"\0" + new_path.encode()
+        if len(paths) >= MAX_DATA:
+            rospy.logerr("FTP: rename file paths is too long: %d", len(paths))
+            raise _Failed(errno.ENAMETOOLONG)
+        self._ack(RENAME, time.monotonic() + OPEN_TIMEOUT, data=paths)
 
     def reset(self):
         """ResetSessions, sent without waiting (MAVROS's reset does not check for an operation in progress)."""
-        self.sessions.clear()
         with self.link:
-            self.client._send(Op.RESET_SESSIONS, self.client._next_seq())
+            self._send_reset()
 
     # ----- ROS -----
 
@@ -191,6 +281,13 @@ class FakeMavros:
         def not_open(path, what):
             rospy.logerr("FTP:%s %s: not opened", what, path)
             raise rospy.ServiceException(f"FTP:{what} {path}: not opened")
+
+        read_log = rospy.get_param("~read_log", "")
+
+        def log_call(*fields):
+            if read_log:
+                with open(read_log, "a") as log:
+                    log.write(" ".join(str(field) for field in fields) + "\n")
 
         def on_list(req):
             ok, err, entries = self._run("list", lambda: self.list(req.dir_path))
@@ -200,9 +297,11 @@ class FakeMavros:
             if req.file_path in self.sessions:
                 rospy.logerr("FTP: File %s: already opened", req.file_path)
                 raise rospy.ServiceException(f"FTP: File {req.file_path}: already opened")
-            if req.mode != req.MODE_READ:
-                return FileOpenResponse(size=0, success=False, r_errno=errno.EINVAL)  # writing: not needed here
-            ok, err, size = self._run("open", lambda: self.open(req.file_path))
+            if req.mode not in self.OPEN_OPCODES:
+                rospy.logerr("FTP: Unsupported open mode: %d", req.mode)
+                self.r_errno = errno.EINVAL
+                return FileOpenResponse(size=0, success=False, r_errno=errno.EINVAL)
+            ok, err, size = self._run("open", lambda: self.open(req.file_path, req.mode))
             return FileOpenResponse(size=size or 0, success=ok, r_errno=err)
 
         def on_close(req):
@@ -211,40 +310,62 @@ class FakeMavros:
             ok, err, _ = self._run("close", lambda: self.close(req.file_path))
             return FileCloseResponse(success=ok, r_errno=err)
 
-        read_log = rospy.get_param("~read_log", "")
-
         def on_read(req):
-            if read_log:
-                with open(read_log, "a") as log:
-                    log.write(f"{req.file_path} {req.offset} {req.size}\n")
+            log_call(req.file_path, req.offset, req.size)
             if req.file_path not in self.sessions:
                 not_open(req.file_path, "Read")
             ok, err, data = self._run("read", lambda: self.read(req.file_path, req.offset, req.size))
             return FileReadResponse(data=data or b"", success=ok, r_errno=err)
 
+        def on_write(req):
+            log_call("write", req.file_path, req.offset, len(req.data))
+            if req.file_path not in self.sessions:
+                not_open(req.file_path, "Write")
+            ok, err, _ = self._run("write", lambda: self.write(req.file_path, req.offset, bytes(req.data)))
+            return FileWriteResponse(success=ok, r_errno=err)
+
         def on_checksum(req):
             ok, err, crc = self._run("checksum", lambda: self.checksum(req.file_path))
             return FileChecksumResponse(crc32=crc or 0, success=ok, r_errno=err)
 
-        def on_remove(req):
-            ok, err, _ = self._run("remove", lambda: self.remove(req.file_path))
-            return FileRemoveResponse(success=ok, r_errno=err)
+        def path_service(response, opcode, timeout, field="file_path", offset=None):
+            def handler(req):
+                path = getattr(req, field)
+                ok, err, _ = self._run(field, lambda: self.path_command(
+                    opcode, path, timeout, getattr(req, offset) if offset else 0))
+                return response(success=ok, r_errno=err)
+            return handler
+
+        def on_rename(req):
+            ok, err, _ = self._run("rename", lambda: self.rename(req.old_path, req.new_path))
+            return FileRenameResponse(success=ok, r_errno=err)
 
         def on_reset(_):
             self.reset()
             return EmptyResponse()
 
         services = [("list", FileList, on_list), ("open", FileOpen, on_open), ("close", FileClose, on_close),
-                    ("read", FileRead, on_read), ("checksum", FileChecksum, on_checksum),
-                    ("remove", FileRemove, on_remove), ("reset", Empty, on_reset)]
+                    ("read", FileRead, on_read), ("write", FileWrite, on_write),
+                    ("mkdir", FileMakeDir, path_service(FileMakeDirResponse, CREATE_DIRECTORY, OPEN_TIMEOUT,
+                                                        "dir_path")),
+                    ("rmdir", FileRemoveDir, path_service(FileRemoveDirResponse, REMOVE_DIRECTORY, OPEN_TIMEOUT,
+                                                          "dir_path")),
+                    ("remove", FileRemove, path_service(FileRemoveResponse, Op.REMOVE_FILE, OPEN_TIMEOUT)),
+                    ("truncate", FileTruncate, path_service(FileTruncateResponse, TRUNCATE_FILE, TRUNCATE_TIMEOUT,
+                                                            offset="length")),
+                    ("reset", Empty, on_reset), ("rename", FileRename, on_rename),
+                    ("checksum", FileChecksum, on_checksum)]
         for name, kind, handler in services:
             rospy.Service(f"~ftp/{name}", kind, handler)
         state = rospy.Publisher("~state", State, queue_size=1, latch=True)
         while not rospy.is_shutdown():
-            with self.link:
-                while self.client._poll(0) is not None:  # stray replies: dropped; heartbeats: recorded
-                    pass
-                heartbeat, seen = self.client.heartbeat, self.client.heartbeat_time
+            if self.operation.acquire(blocking=False):  # idle: take in stray replies as MAVROS would
+                try:
+                    with self.link:
+                        self._drain()  # heartbeats are recorded on the way (an operation's polls record them too)
+                finally:
+                    self.operation.release()
+            heartbeat, seen = self.client.heartbeat, self.client.heartbeat_time
             connected = heartbeat is not None and time.monotonic() - seen < 3.0
             message = State(connected=connected, armed=connected and self.client.armed,
                             system_status=heartbeat.system_status if heartbeat is not None else 0)
