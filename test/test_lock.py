@@ -44,3 +44,29 @@ def test_lease_is_renewed_while_held():
         assert not table.acquire("px4", "finder", 1).granted
         assert not lease.lost.is_set()
     assert table.acquire("px4", "finder", 1).granted
+
+
+def test_two_devices_of_one_process_never_use_one_resource_at_once():
+    """A mavros source and a mavros target for one vehicle live in one process with one lease owner: the process's
+    lock on the resource keeps them apart (the lease alone would let the same owner in twice)."""
+    import threading as threads
+    from filesync.devices.base import DeviceContext
+    from filesync.lock import LeaseTable, exclusive
+    context = DeviceContext(lock=LeaseTable(), owner="/filesync/downloader")
+    inside, overlaps = [], []
+
+    def use(local_lock):
+        for _ in range(50):
+            with exclusive(local_lock, context, "vehicle:px4", timeout=5.0):
+                inside.append(1)
+                if len(inside) > 1:
+                    overlaps.append(1)
+                time.sleep(0.001)
+                inside.pop()
+
+    workers = [threads.Thread(target=use, args=(threads.Lock(),)) for _ in range(2)]  # each device's own lock
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(30)
+    assert overlaps == []

@@ -124,11 +124,24 @@ class Lease:
         return False
 
 
+_RESOURCE_LOCKS = {}
+_RESOURCE_LOCKS_GUARD = threading.Lock()
+
+
+def _resource_lock(resource):
+    """One lock per resource in this process: every device of the process that uses the resource (a mavros source
+    and a mavros target for one vehicle) shares it, as they share the lease owner (the process)."""
+    with _RESOURCE_LOCKS_GUARD:
+        return _RESOURCE_LOCKS.setdefault(resource, threading.RLock())
+
+
 @contextmanager
 def exclusive(local_lock, context, resource, timeout):
-    """Hold `local_lock` (threads of this process) and, when `context` has a lock service, the lease on `resource`
-    (other processes); yields the Lease, or None without a lock service. For devices that serve one session."""
+    """Hold `local_lock` (this device's own state), the process's lock on `resource` (its other devices) and, when
+    `context` has a lock service, the lease on `resource` (other processes); yields the Lease, or None without a lock
+    service. For devices that serve one session."""
     with ExitStack() as stack:
+        stack.enter_context(_resource_lock(resource))
         stack.enter_context(local_lock)
         lease = None
         if context is not None and context.lock is not None:
