@@ -13,10 +13,15 @@
   mavlink a PX4 log from MAVSDK acting as the autopilot over an emulated 921600-baud serial link, clean and with 5%
           loss each way: our `mavlink` source against pymavlink's mavftp (bench/mavftp_bench.py, whose full run with
           a 20 MB log, a loopback link and MAVROS-style reads is in docs/benchmarks-mavlink.md).
+  s3      a 1 GiB upload to SeaweedFS on loopback: our `s3` target against boto3's upload_file (s3transfer), paired
+          runs, each in its own process: MB/s, CPU s/GiB of each uploader and of the store, peak RSS
+          (bench/s3_bench.py).
+  ftps    a 256 MiB upload over explicit TLS to pyftpdlib's TLS_FTPHandler: our `ftp` target (tls: true) against
+          `curl --ssl-reqd -T`, paired runs, CPU s/GiB of each.
 
 Run (inside the workspace's environment; `make bench` does that):
-  .venv/bin/python bench/run.py [--only ftp,ledger,mavlink] [--large-mib 1024] [--small 1000] [--rows 100000]
-                                [--log-mb 2]
+  .venv/bin/python bench/run.py [--only ftp,ledger,mavlink,s3,ftps] [--large-mib 1024] [--small 1000] [--rows 100000]
+                                [--log-mb 2] [--s3-mib 1024] [--s3-runs 3] [--ftps-mib 256]
 """
 import argparse
 import json
@@ -563,10 +568,80 @@ def bench_mavlink(args, workdir, master):
             f"ours / pymavlink = {ours / peer:.2f}" if peer else "pymavlink failed")
 
 
+def bench_s3(args, workdir, master):
+    """Our s3 target against boto3's upload_file, paired runs on one SeaweedFS (bench/s3_bench.py)."""
+    from s3_bench import measure
+    size = args.s3_mib * MiB
+    results = measure(os.path.join(workdir, "s3"), size, args.s3_runs, (args.s3_concurrency,), log=sys.stdout)
+    ours, peer = results[f"ours, max_concurrency {args.s3_concurrency}"], results["upload_file"]
+    gib = size / (1 << 30)
+    ratios = [p["seconds"] / o["seconds"] for o, p in zip(ours, peer)]
+    identical = all(r["identical"] for r in ours + peer)
+    for name, runs in (("ours (s3 target)", ours), ("boto3 upload_file (10 threads)", peer)):
+        rates = [size / r["seconds"] / MiB for r in runs]
+        note = "runs " + ", ".join(f"{rate:.0f}" for rate in rates)
+        if runs is ours:
+            note += f"; {median(ratios):.2f} of upload_file (pairs: " + ", ".join(f"{r:.2f}" for r in ratios) + ")"
+        row("s3", f"{args.s3_mib} MiB upload, {name}, median of {len(runs)}", median(rates), "MiB/s", note)
+        row("s3", "  CPU of that process per GiB, median", median([r["cpu"] for r in runs]) / gib, "s/GiB",
+            f"weed's CPU {median([r['weed_cpu'] for r in runs]) / gib:.2f} s/GiB")
+        row("s3", "  peak RSS of that process", round(max(r["peak_rss"] for r in runs) / MiB, 1), "MiB",
+            "bytes identical" if identical else "BYTES DIFFER")
+    small = results["ours small"][0]
+    row("s3", "  ours, peak RSS with a 64 MiB file (flat in file size)", round(small["peak_rss"] / MiB, 1), "MiB")
+
+
+def bench_ftps(args, workdir, master):
+    """Our ftp target over TLS against curl --ssl-reqd, paired runs, to pyftpdlib's TLS_FTPHandler."""
+    import resource
+    from filesync.devices import create_target
+    from support.ftp_servers import PyftpdlibTls
+    size = args.ftps_mib * MiB
+    local = os.path.join(workdir, "ftps", "upload.bin")
+    write_random(local, size, 7)
+    server = PyftpdlibTls(os.path.join(workdir, "ftps", "server")).start()
+
+    def cpu(who):
+        usage = resource.getrusage(who)
+        return usage.ru_utime + usage.ru_stime
+    runs = {"ours": [], "curl": []}
+    try:
+        for run in range(args.ftps_runs):
+            before, started = cpu(resource.RUSAGE_CHILDREN), time.perf_counter()
+            timed(["curl", "-sS", "--ssl-reqd", "--cacert", server.ca_file, "-T", local,
+                   f"ftp://{server.user}:{server.password}@127.0.0.1:{server.port}/curl{run}.bin"])
+            runs["curl"].append((time.perf_counter() - started, cpu(resource.RUSAGE_CHILDREN) - before))
+            target = create_target("bench", server.options())
+            target.probe()
+            before, started = cpu(resource.RUSAGE_SELF), time.perf_counter()
+            with open(local, "rb") as stream:
+                target.write(f"ours{run}.bin", stream, 0, size, lambda done, note=None: None)
+            target.publish(f"ours{run}.bin", size)
+            runs["ours"].append((time.perf_counter() - started, cpu(resource.RUSAGE_SELF) - before))
+            target.close()
+            for name in (f"curl{run}.bin", f"ours{run}.bin"):
+                if os.path.getsize(os.path.join(server.storage, name)) != size:
+                    raise AssertionError(f"{name} arrived with another size")
+                os.remove(os.path.join(server.storage, name))
+    finally:
+        server.stop()
+        os.remove(local)
+    gib = size / (1 << 30)
+    ratios = [c[0] / o[0] for o, c in zip(runs["ours"], runs["curl"])]
+    for name, label in (("ours", "ours (ftp target, tls: true)"), ("curl", "curl --ssl-reqd -T")):
+        rates = [size / seconds / MiB for seconds, _ in runs[name]]
+        note = "runs " + ", ".join(f"{rate:.0f}" for rate in rates)
+        if name == "ours":
+            note += f"; {median(ratios):.2f} of curl (pairs: " + ", ".join(f"{r:.2f}" for r in ratios) + ")"
+        row("ftps", f"{args.ftps_mib} MiB upload over TLS, {label}, median of {len(rates)}", median(rates), "MiB/s",
+            note)
+        row("ftps", "  client CPU per GiB, median", median([c for _, c in runs[name]]) / gib, "s/GiB")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", default="ftp,ledger,mavlink",
-                        help="comma-separated: ftp (with memory and idle), ledger, mavlink")
+    parser.add_argument("--only", default="ftp,ledger,mavlink,s3,ftps",
+                        help="comma-separated: ftp (with memory and idle), ledger, mavlink, s3, ftps")
     parser.add_argument("--skip", default="", help="comma-separated parts of ftp to skip: nodes, local")
     parser.add_argument("--large-mib", type=int, default=1024)
     parser.add_argument("--small", type=int, default=1000)
@@ -574,6 +649,11 @@ def main():
     parser.add_argument("--ledger-seconds", type=float, default=15.0)
     parser.add_argument("--log-mb", type=float, default=2.0, help="size of the PX4 log for the mavlink part")
     parser.add_argument("--idle-seconds", type=int, default=60)
+    parser.add_argument("--s3-mib", type=int, default=1024, help="size of the S3 upload")
+    parser.add_argument("--s3-runs", type=int, default=3, help="paired S3 runs (ours, upload_file)")
+    parser.add_argument("--s3-concurrency", type=int, default=4, help="our s3 target's max_concurrency")
+    parser.add_argument("--ftps-mib", type=int, default=256, help="size of the FTPS upload")
+    parser.add_argument("--ftps-runs", type=int, default=2, help="paired FTPS runs (curl, ours)")
     parser.add_argument("--workdir", default="", help="default: a new folder under /var/tmp (removed at the end)")
     parser.add_argument("--service-client", default="", help=argparse.SUPPRESS)
     parser.add_argument("--json", default=os.path.join(ROOT, "build", "bench", "results.json"))
@@ -588,7 +668,8 @@ def main():
     started = time.monotonic()
     try:
         for part in args.only.split(","):
-            {"ftp": bench_ftp, "ledger": bench_ledger, "mavlink": bench_mavlink}[part](args, workdir, master)
+            {"ftp": bench_ftp, "ledger": bench_ledger, "mavlink": bench_mavlink, "s3": bench_s3,
+             "ftps": bench_ftps}[part](args, workdir, master)
     finally:
         master.stop()
         if not args.workdir:

@@ -29,6 +29,7 @@ from support.seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3
 HERE = os.path.dirname(os.path.abspath(__file__))
 PART = 5 * MIB
 SMALL_OPTIONS = {"part_size": PART, "multipart_threshold": PART}
+SEQUENTIAL = {"max_concurrency": 1}  # parts one after another: each test of that path says so
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +144,7 @@ def test_multipart_upload_is_identical_with_composite_checksum(seaweed, tmp_path
     size = 2 * PART + 12345
     local = str(tmp_path / "big.bin")
     write_file(local, size)
-    target = make_target(seaweed, source="cams")
+    target = make_target(seaweed, source="cams", **SEQUENTIAL)
     sent = count_sends(target)
     location, notes = upload(target, "flight1/big.bin", local, size)
     key = "rover1/cams/flight1/big.bin"
@@ -192,6 +193,87 @@ def test_resume_after_the_client_dropped_mid_part(seaweed, tmp_path, monkeypatch
     assert stored(seaweed, "rover1/resume.bin") == open(local, "rb").read()
     parts = [part for operation, part in sent_first + sent_second if operation == "UploadPart"]
     assert sorted(parts) == [1, 2, 2, 3, 4]  # one part sent again for one interruption
+
+
+def test_parallel_parts_are_identical_and_the_offset_stays_contiguous(seaweed, tmp_path):
+    """max_concurrency parts at once; the offset reported is always the contiguous run from part 1."""
+    size = 4 * PART + 7
+    local = str(tmp_path / "parallel.bin")
+    write_file(local, size)
+    target = make_target(seaweed, max_concurrency=3)
+    sent = count_sends(target)
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+    real_send_part = target._send_part
+
+    def counting_send_part(*arguments):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        try:
+            time.sleep(0.2)  # long enough for the others to start
+            return real_send_part(*arguments)
+        finally:
+            with lock:
+                in_flight[0] -= 1
+
+    target._send_part = counting_send_part
+    notes = Notes()
+    upload(target, "parallel.bin", local, size, note=notes)
+    assert stored(seaweed, "rover1/parallel.bin") == open(local, "rb").read()
+    assert most[0] == 3
+    assert sorted(part for operation, part in sent if operation == "UploadPart") == [1, 2, 3, 4, 5]
+    assert notes.offsets[0] == 0 and notes.offsets[-1] == size and notes.offsets == sorted(notes.offsets)
+    assert all(offset % PART == 0 for offset in notes.offsets[:-1])  # whole parts from part 1, never a gap
+    record = json.loads(notes.note)
+    assert [number for number, _, _ in record["parts"]] == [1, 2, 3, 4, 5] and "ahead" not in record
+    head = seaweed.client().head_object(Bucket=BUCKET, Key="rover1/parallel.bin", ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == composite_checksum([checksum for _, _, checksum in record["parts"]])
+
+
+def test_parallel_resume_skips_the_parts_already_sent_ahead(seaweed, tmp_path):
+    """Part 2 breaks after parts 3 to 5 went through: the offset stays at part 1, the note keeps 3 to 5 ahead, and
+    a restarted target sends part 2 only (and part 4, whose note the store does not confirm)."""
+    size = 4 * PART + 11
+    local = str(tmp_path / "gap.bin")
+    write_file(local, size)
+    first = make_target(seaweed, max_concurrency=4)
+    sent_first = count_sends(first)
+    real_send_part = first._send_part
+    later_done = threading.Event()
+    completed = set()
+
+    def gap_at_part_2(key, upload_id, staged, number, start, length):
+        if number == 2:
+            later_done.wait(30)
+            raise TransientError("link lost during part 2")
+        answer = real_send_part(key, upload_id, staged, number, start, length)
+        completed.add(number)
+        if {3, 4, 5} <= completed:
+            later_done.set()
+        return answer
+
+    first._send_part = gap_at_part_2
+    notes = Notes()
+    with pytest.raises(TransientError, match="part 2"), open(local, "rb") as stream:
+        first.write("gap.bin", stream, 0, size, notes)
+    record = json.loads(notes.note)
+    assert notes.offsets[-1] == PART
+    assert [part[0] for part in record["parts"]] == [1] and [part[0] for part in record["ahead"]] == [3, 4, 5]
+
+    record["ahead"][1][1] = "0" * 32  # part 4 as the store does not hold it: not trusted, sent again
+    second = make_target(seaweed)
+    sent_second = count_sends(second)
+    assert second.held("gap.bin", json.dumps(record)) == PART
+    resumed = Notes()
+    upload(second, "gap.bin", local, size, offset=PART, note=resumed)
+    assert stored(seaweed, "rover1/gap.bin") == open(local, "rb").read()
+    assert sorted(part for operation, part in sent_second if operation == "UploadPart") == [2, 4]
+    assert sorted(part for operation, part in sent_first if operation == "UploadPart") == [1, 3, 4, 5]
+    final = json.loads(resumed.note)
+    assert [part[0] for part in final["parts"]] == [1, 2, 3, 4, 5] and "ahead" not in final
+    assert resumed.offsets[-1] == size
+    assert open_uploads(seaweed, "rover1/gap.bin") == []
 
 
 def test_held_checks_the_note_against_the_listing(seaweed, tmp_path):
@@ -247,7 +329,7 @@ def test_resume_after_filesync_is_killed_mid_part(seaweed, tmp_path):
     local = str(tmp_path / "killed.bin")
     write_file(local, size)
     log_path = str(tmp_path / "writer.log")
-    options = seaweed.target_options(max_attempts=1, **SMALL_OPTIONS)
+    options = seaweed.target_options(max_attempts=1, **SMALL_OPTIONS, **SEQUENTIAL)
     process = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, json.dumps(options), local, log_path,
                                 os.path.join(HERE, "..", "src"), HERE])
     try:
@@ -285,7 +367,7 @@ def test_resume_after_the_store_is_killed_mid_upload(own_seaweed, tmp_path, monk
     real_read = s3_module._Window.read
     monkeypatch.setattr(s3_module._Window, "read",
                         lambda window, amount=-1: (time.sleep(0.001), real_read(window, amount))[1])
-    target = make_target(own_seaweed, connect_timeout=2, timeout=5, max_attempts=1)
+    target = make_target(own_seaweed, connect_timeout=2, timeout=5, max_attempts=1, **SEQUENTIAL)
     sent = count_sends(target)
     notes = Notes()
     failure = []
@@ -323,7 +405,7 @@ def test_a_damaged_part_is_refused_by_the_store_and_sent_again(seaweed, tmp_path
     size = 2 * PART + 77
     local = str(tmp_path / "damaged.bin")
     write_file(local, size)
-    target = make_target(seaweed)
+    target = make_target(seaweed, **SEQUENTIAL)
     sent = count_sends(target)
     notes = Notes()
     real_read = s3_module._Window.read

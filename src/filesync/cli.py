@@ -1,7 +1,8 @@
-"""`rosrun filesync filesync status|ls|retry ID|forget ID`: look at filesync and act on single files.
+"""`rosrun filesync filesync status|ls|retry ID|forget ID|audit TARGET`: look at filesync and act on single files.
 
 It talks to the ledger's services and listens to /filesync/status. Every wait has a short timeout: with no ROS master,
-no ledger or no status node it prints one line saying which, and exits 1, instead of hanging.
+no ledger or no status node it prints one line saying which, and exits 1 (audit: 2), instead of hanging.
+`audit` (filesync.audit) can also run without ROS: `--config FILE --database PATH` read both from files.
 """
 import argparse
 import os
@@ -14,11 +15,16 @@ import xmlrpc.client
 import rosgraph
 import rospy
 
+from filesync.audit import CannotAudit, audit, exit_status, read_ledger_file, target_options
+from filesync.config import load_config, load_config_file
+from filesync.devices import create_target
+from filesync.errors import ConfigError
 from filesync.msg import Status
 from filesync.srv import Manage, Query
 from filesync.status import FILE_STATES, format_status, human_bytes
 
 LEDGER = "/filesync/ledger"
+CONFIG_PARAM = "/filesync/config"
 STATUS_TOPIC = "/filesync/status"
 # states in the order a person wants to read them: what needs a person first, then what moves, then what is done
 LS_ORDER = ("failed", "downloading", "uploading", "found", "downloaded", "skipped", "uploaded", "removed")
@@ -176,6 +182,36 @@ def command_status(args, out):
         rospy.signal_shutdown("done")  # rospy's threads would keep the process alive
 
 
+def command_audit(args, out):
+    """Check that TARGET still holds every version the ledger says it received; one line per problem, a summary,
+    and the exit status 0 (all there), 1 (problems) or 2 (cannot check)."""
+    if args.config:
+        config = load_config_file(args.config)
+    else:
+        check_master(args.timeout)
+        raw = call_with_timeout(lambda: rospy.get_param(CONFIG_PARAM, None), args.timeout, "the parameter server")
+        if raw is None:
+            raise Unavailable(f"no configuration in {CONFIG_PARAM}: is sync.launch running? (or give --config FILE)")
+        config = load_config(raw)
+    target = create_target(args.target, target_options(config, args.target))
+    try:
+        if args.database:
+            records = read_ledger_file(args.database, args.target)
+        else:
+            check_master(args.timeout)
+            records = LedgerClient(args.timeout).files()
+        report = audit(target, records, config.staging_dir, read_back=args.read_back)
+    finally:
+        target.close()
+    if args.json:
+        out.write(report.as_json() + "\n")
+    else:
+        for problem in report.problems:
+            out.write(problem.line() + "\n")
+        out.write(report.summary() + "\n")
+    return exit_status(report)
+
+
 def _terminal_width():
     try:
         return os.get_terminal_size().columns
@@ -199,6 +235,19 @@ def parser():
                        ("forget", "drop a file from the ledger (found again if its source still has it)")):
         command = commands.add_parser(name, help=text)
         command.add_argument("id", type=int, help="the file's id (see `filesync ls`)")
+    audit_command = commands.add_parser(
+        "audit", help="check that a target still holds what the ledger says it received (exit 0 all there, "
+                      "1 problems, 2 cannot check)")
+    audit_command.add_argument("target", help="the target's name in the configuration")
+    audit_command.add_argument("--json", action="store_true", help="print the report as JSON")
+    audit_command.add_argument("--config", default="", metavar="FILE",
+                               help=f"the YAML configuration (default: the {CONFIG_PARAM} parameter)")
+    audit_command.add_argument("--database", default="", metavar="PATH",
+                               help="read this ledger file directly, read-only, without ROS (default: the ledger "
+                                    "node's query service)")
+    audit_command.add_argument("--read-back", action="store_true",
+                               help="for a target without digests, read every file back and compare its SHA-256 "
+                                    "(default: size only)")
     return main
 
 
@@ -206,6 +255,12 @@ def main(argv=None, out=None):
     """Run the tool; returns the exit code (0 done, 1 something did not answer or refused, 2 bad usage)."""
     out = out or sys.stdout
     args = parser().parse_args(argv)
+    if args.command == "audit":
+        try:
+            return command_audit(args, out)
+        except (Unavailable, CannotAudit, ConfigError) as error:
+            sys.stderr.write(f"filesync audit: {error}\n")
+            return exit_status(None)
     try:
         check_master(args.timeout)
         if args.command == "status":

@@ -12,7 +12,14 @@ extracts them first (`python3 test/support/ftp_servers.py --extract`, which runs
 - vsftpd: anonymous login (user `anonymous`, no password) with `run_as_launching_user`, so it needs no system user
   and no PAM file; vsftpd cannot chroot that way, so the device root is the storage directory's absolute path.
   It has no MLSD and no digests: a client lists with LIST.
-Both bind only to 127.0.0.1 and pick passive ports there (the kernel's free ports: no fixed range to collide).
+- pyftpdlib with TLS (PyftpdlibTls): pyftpdlib's TLS_FTPHandler (it needs pyOpenSSL: Debian's python3-openssl), run
+  by this file (`--serve-pyftpdlib-tls`), TLS required on the control and data connections.
+All bind only to 127.0.0.1 and pick passive ports there (the kernel's free ports: no fixed range to collide).
+
+tls=True (vsftpd, pyftpdlib): explicit FTPS with a server certificate for 127.0.0.1 signed by a CA made in the
+server's directory (support/tls.py; `ca_file`); expired=True gives a certificate that expired in 2020. vsftpd then
+requires TLS for login and data, and requires each data connection to resume the control connection's TLS session
+(require_ssl_reuse, its default), as it does in production.
 """
 import argparse
 import os
@@ -20,8 +27,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+
+if __package__ in (None, ""):  # run as a script (the pyftpdlib server): make `support` importable
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from support.tls import make_certificates  # noqa: E402
 
 CACHE = os.path.join(os.path.expanduser("~"), ".cache", "filesync", "ftp-servers")
 BINARIES = {"vsftpd": "usr/sbin/vsftpd", "proftpd-core": "usr/sbin/proftpd"}
@@ -62,12 +74,19 @@ class FtpServer:
     password = "secret"
     device_root = "/"  # what the device's `root` option is for the storage directory
 
-    def __init__(self, directory):
+    def __init__(self, directory, tls=False, expired=False):
         self.directory = directory
         self.storage = os.path.join(directory, "files")
         os.makedirs(self.storage, exist_ok=True)
         self.port = free_port()
         self.process = None
+        self.tls = tls
+        self.certificates = make_certificates(os.path.join(directory, "tls"), expired) if tls else None
+
+    @property
+    def ca_file(self):
+        """The test CA's certificate (only with tls=True)."""
+        return self.certificates["ca.pem"]
 
     def command(self):
         raise NotImplementedError
@@ -112,8 +131,12 @@ class FtpServer:
 
     def options(self, **extra):
         """Options for an `ftp` source or target on this server's storage directory."""
-        return {"kind": "ftp", "host": "127.0.0.1", "port": self.port, "user": self.user, "password": self.password,
-                "root": self.device_root, "timeout": 10.0, **extra}
+        options = {"kind": "ftp", "host": "127.0.0.1", "port": self.port, "user": self.user,
+                   "password": self.password, "root": self.device_root, "timeout": 10.0}
+        if self.tls:
+            options.update(tls=True, ca_bundle=self.ca_file)
+        options.update(extra)
+        return options
 
 
 class Vsftpd(FtpServer):
@@ -122,8 +145,8 @@ class Vsftpd(FtpServer):
     user = "anonymous"
     password = ""
 
-    def __init__(self, directory):
-        super().__init__(directory)
+    def __init__(self, directory, tls=False, expired=False):
+        super().__init__(directory, tls, expired)
         self.device_root = os.path.abspath(self.storage)
 
     def command(self):
@@ -139,6 +162,13 @@ class Vsftpd(FtpServer):
             "pasv_enable": "YES", "pasv_address": "127.0.0.1", "secure_chroot_dir": empty,
             "xferlog_enable": "NO", "seccomp_sandbox": "NO", "isolate": "NO", "isolate_network": "NO",
         }
+        if self.tls:
+            settings.update({
+                "ssl_enable": "YES", "allow_anon_ssl": "YES", "force_anon_logins_ssl": "YES",
+                "force_anon_data_ssl": "YES", "require_ssl_reuse": "YES", "ssl_ciphers": "HIGH",
+                "rsa_cert_file": self.certificates["server.pem"],
+                "rsa_private_key_file": self.certificates["server.key"],
+            })
         with open(config, "w") as handle:
             handle.writelines(f"{key}={value}\n" for key, value in settings.items())
         return [os.path.join(extracted("vsftpd"), BINARIES["vsftpd"]), config]
@@ -180,6 +210,35 @@ class Proftpd(FtpServer):
         return [os.path.join(package, BINARIES["proftpd-core"]), "--nodaemon", "--quiet", "--config", config]
 
 
+class PyftpdlibTls(FtpServer):
+    """pyftpdlib's TLS_FTPHandler (explicit FTPS, TLS required for login and data), one user, run by this file."""
+
+    def __init__(self, directory, expired=False):
+        super().__init__(directory, tls=True, expired=expired)
+
+    def command(self):
+        return [sys.executable, os.path.abspath(__file__), "--serve-pyftpdlib-tls", self.storage, str(self.port),
+                self.certificates["server.pem"], self.certificates["server.key"], self.user, self.password]
+
+
+def serve_pyftpdlib_tls(root, port, certificate, key, user, password):
+    """Run pyftpdlib with TLS required on 127.0.0.1:`port` until killed."""
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import TLS_FTPHandler
+    from pyftpdlib.servers import FTPServer
+
+    authorizer = DummyAuthorizer()
+    authorizer.add_user(user, password, root, perm="elradfmwMT")
+
+    class Handler(TLS_FTPHandler):
+        pass
+    Handler.authorizer = authorizer
+    Handler.certfile, Handler.keyfile = certificate, key
+    Handler.tls_control_required = Handler.tls_data_required = True
+    Handler.permit_foreign_addresses = False
+    FTPServer(("127.0.0.1", int(port)), Handler).serve_forever(timeout=0.5)
+
+
 def _user_name():
     """The name of the user running the tests (vsftpd looks its `ftp_username` up, and it must exist)."""
     import pwd
@@ -189,6 +248,11 @@ def _user_name():
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--extract", action="store_true", help="download and unpack the servers' Debian packages")
-    if parser.parse_args().extract:
+    parser.add_argument("--serve-pyftpdlib-tls", nargs=6, metavar=("ROOT", "PORT", "CERT", "KEY", "USER", "PASSWORD"),
+                        help="run pyftpdlib with TLS (PyftpdlibTls does)")
+    arguments = parser.parse_args()
+    if arguments.serve_pyftpdlib_tls:
+        serve_pyftpdlib_tls(*arguments.serve_pyftpdlib_tls)
+    elif arguments.extract:
         for name in BINARIES:
             print(name, extracted(name))

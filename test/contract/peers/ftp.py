@@ -1,12 +1,14 @@
 """FTP peers: pyftpdlib (support/ftp_server.py), vsftpd (LIST only) and ProFTPD with mod_digest, restarts allowed and
-refused (support/ftp_servers.py). Each serves one storage directory as both a source and a target."""
+refused (support/ftp_servers.py); FTPS (explicit TLS, certificate checked against the test's CA): pyftpdlib's
+TLS_FTPHandler and vsftpd with ssl_enable (which requires TLS session reuse on data connections). Each serves one
+storage directory as both a source and a target."""
 import os
 from contextlib import contextmanager
 
 from contract.peer import Peer, peer
 from filesync.devices import create_source, create_target
 from support.ftp_server import FtpServerProcess
-from support.ftp_servers import Proftpd, Vsftpd
+from support.ftp_servers import Proftpd, PyftpdlibTls, Vsftpd
 
 PROFTPD_DIGESTS = ("sha256", "md5", "crc32")
 PROFTPD = {"digests": PROFTPD_DIGESTS, "checksum": True, "non_utf8": True}
@@ -35,6 +37,23 @@ def pyftpdlib(directory):
 @contextmanager
 def vsftpd(directory):
     with Vsftpd(directory) as server:
+        yield ftp_peer(server, server.options(), storage=server.storage,
+                       expect={"digests": (), "checksum": False, "start_over": False, "non_utf8": True})
+
+
+@peer("pyftpdlib-tls")
+@contextmanager
+def pyftpdlib_tls(directory):
+    with PyftpdlibTls(directory) as server:
+        yield ftp_peer(server, server.options(), storage=server.storage,
+                       expect={"digests": (), "checksum": False, "start_over": False, "non_utf8": False},
+                       credentials=True)
+
+
+@peer("vsftpd-tls")
+@contextmanager
+def vsftpd_tls(directory):
+    with Vsftpd(directory, tls=True) as server:
         yield ftp_peer(server, server.options(), storage=server.storage,
                        expect={"digests": (), "checksum": False, "start_over": False, "non_utf8": True})
 

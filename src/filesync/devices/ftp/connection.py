@@ -4,21 +4,31 @@ Reply classes (RFC 959): 421 and failed connects mean the server is away (Device
 AuthRefused, so a wrong password waits for a fix instead of parking every file; 425/426/450/451/452 and 552 (a full
 disk: pyftpdlib answers 426, others 552) are transient; other 5xx replies are permanent.
 
+TLS (`tls: true`): explicit FTPS (RFC 4217): AUTH TLS before the password is sent, then PBSZ 0 and PROT P so every
+data connection is encrypted too. The server's certificate is checked against the system's CAs or `ca_bundle`, with
+its host name; a certificate that is not accepted, and a server that does not offer AUTH TLS, are DeviceUnavailable
+with one line saying so. Nothing ever falls back to clear text.
+
 Names travel as bytes. ftplib decodes the control connection with one encoding and raises on a reply it cannot decode
 (a listed name that is not UTF-8 would stop every scan), so the connection is opened as latin-1, which maps each byte
 to one character and back unchanged; wire() and device_text() convert between that and filesync's names (UTF-8, with
 undecodable bytes surrogate-escaped as os.fsdecode makes them).
 """
 import ftplib
+import logging
+import os
 import socket
+import ssl
 import time
 from contextlib import contextmanager
 from typing import Dict, Optional, Tuple
 
 from filesync.devices.base import digest_text
-from filesync.errors import (AuthRefused, DeviceUnavailable, FilesyncError, PermanentError, TransientError,
-                             UnsafePath, Vanished)
-from filesync.options import Option, port_number, positive, resolve_secret, secret_options
+from filesync.errors import (AuthRefused, ConfigError, DeviceUnavailable, FilesyncError, PermanentError,
+                             TransientError, UnsafePath, Vanished)
+from filesync.options import Option, expand_path, port_number, positive, resolve_secret, secret_options
+
+log = logging.getLogger(__name__)
 
 OPTIONS = [
     Option("host", str),
@@ -27,6 +37,9 @@ OPTIONS = [
     Option("root", str, "/"),
     Option("timeout", float, 30.0, positive),
     Option("passive", bool, True),
+    Option("tls", bool, False),
+    Option("ca_bundle", str, ""),
+    Option("verify_tls", bool, True),
 ] + secret_options()
 
 IDLE_CHECK_SECONDS = 30.0
@@ -88,9 +101,71 @@ def classify(error, what):
         if code in TRANSIENT_CODES or isinstance(error, ftplib.error_temp):
             return TransientError(f"{what}: server says {text}")
         return PermanentError(f"{what}: server says {text}")
+    if isinstance(error, ssl.SSLCertVerificationError):
+        return DeviceUnavailable(f"{what}: TLS: the server's certificate is not accepted: {certificate_problem(error)}")
+    if isinstance(error, ssl.SSLError):
+        return DeviceUnavailable(f"{what}: TLS: {error.reason or text}")
     if isinstance(error, (OSError, EOFError, ftplib.error_proto)):
         return DeviceUnavailable(f"{what}: {text}")
     return error
+
+
+def tls_context(options, key) -> Optional[ssl.SSLContext]:
+    """The TLS context for a device's `tls`, `ca_bundle` and `verify_tls` options (None without tls); ConfigError for
+    a contradiction or a missing bundle. Called once per device, so verify_tls: false warns once."""
+    if not options["tls"]:
+        for name, default in (("ca_bundle", ""), ("verify_tls", True)):
+            if options[name] != default:
+                raise ConfigError(f"{key}.{name}: applies only with tls: true (this connection is not encrypted)")
+        return None
+    if options["ca_bundle"]:
+        if not options["verify_tls"]:
+            raise ConfigError(f"{key}.verify_tls: false contradicts ca_bundle; give one of them")
+        bundle = expand_path(options["ca_bundle"])
+        if not os.path.isfile(bundle):
+            raise ConfigError(f"{key}.ca_bundle: no such file {bundle}")
+        try:
+            return ssl.create_default_context(cafile=bundle)
+        except ssl.SSLError as error:
+            raise ConfigError(f"{key}.ca_bundle: {bundle} holds no usable certificate ({error.reason})") from None
+    context = ssl.create_default_context()  # the system's CAs, host name checked
+    if not options["verify_tls"]:
+        log.warning("%s: verify_tls is false: the FTP server's TLS certificate is NOT checked; anyone on the path can "
+                    "read and change the files and the password", key)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def certificate_problem(error: ssl.SSLCertVerificationError) -> str:
+    """OpenSSL's reason a certificate was not accepted, as a short phrase ('certificate has expired')."""
+    return (error.verify_message or error.reason or str(error)).rstrip(".")
+
+
+class SessionReusingFtpTls(ftplib.FTP_TLS):
+    """ftplib's FTP_TLS whose data connections resume the control connection's TLS session.
+
+    Servers that tie each data connection to the session of its control connection (vsftpd's require_ssl_reuse, on by
+    default; ProFTPD unless NoSessionReuseRequired) refuse a data connection that starts a session of its own, so
+    that nobody can slip in a connection of theirs. ftplib wraps the data socket without the session (CPython issue
+    gh-63699, bpo-19500), so every listing and transfer fails against them; ssl's wrap_socket takes `session`.
+    """
+
+    def ntransfercmd(self, cmd, rest=None):
+        connection, size = ftplib.FTP.ntransfercmd(self, cmd, rest)
+        if self._prot_p:
+            connection = self.context.wrap_socket(connection, server_hostname=self.host, session=self.sock.session)
+        return connection, size
+
+
+def end_data(data) -> None:
+    """Close the TLS layer of a data connection whose transfer ended (as ftplib's retrbinary does), so the server
+    sees a clean end; a plain socket needs nothing."""
+    if isinstance(data, ssl.SSLSocket):
+        try:
+            data.unwrap()
+        except (OSError, ValueError):  # the server closed first: the transfer itself is judged by its reply
+            pass
 
 
 def parse_features(reply: str) -> Dict[str, str]:
@@ -106,8 +181,9 @@ def parse_features(reply: str) -> Dict[str, str]:
 class FtpConnection:
     """One logged-in control connection, made on first use and again after any failure."""
 
-    def __init__(self, options, key):
+    def __init__(self, options, key, tls=None):
         self.options, self.key = options, key
+        self.tls = tls  # an ssl.SSLContext (see tls_context), or None for clear text
         self._ftp = None
         self._last_used = 0.0
         self._features: Optional[Dict[str, str]] = None
@@ -118,16 +194,40 @@ class FtpConnection:
         return f"{self.options['host']}:{self.options['port']}"
 
     def _connect(self):
-        ftp = ftplib.FTP(timeout=self.options["timeout"], encoding=WIRE_ENCODING)
+        if self.tls is None:
+            ftp = ftplib.FTP(timeout=self.options["timeout"], encoding=WIRE_ENCODING)
+        else:
+            ftp = SessionReusingFtpTls(timeout=self.options["timeout"], encoding=WIRE_ENCODING, context=self.tls)
         try:
             ftp.connect(self.options["host"], self.options["port"])
+            if self.tls is not None:
+                self._secure(ftp)
             ftp.login(self.options["user"], resolve_secret(self.options, self.key))
+            if self.tls is not None:
+                self._protect_data(ftp)
             ftp.set_pasv(self.options["passive"])
             ftp.voidcmd("TYPE I")
         except BaseException:
             ftp.close()
             raise
         return ftp
+
+    def _secure(self, ftp):
+        """AUTH TLS before anything else is said; a server that refuses it is refused in turn (no clear text)."""
+        try:
+            ftp.auth()
+        except ftplib.error_perm as error:
+            raise DeviceUnavailable(f"{self.address} does not offer TLS (AUTH TLS: {reply_text(str(error)).strip()});"
+                                    f" {self.key}.tls is true, so nothing is sent in clear text") from None
+
+    def _protect_data(self, ftp):
+        """PBSZ 0 and PROT P: data connections encrypted too, or none at all."""
+        try:
+            ftp.prot_p()
+        except ftplib.error_perm as error:
+            raise DeviceUnavailable(f"{self.address} refuses encrypted data connections (PROT P: "
+                                    f"{reply_text(str(error)).strip()}); {self.key}.tls is true, so no file goes in "
+                                    "clear text") from None
 
     @contextmanager
     def session(self, what):

@@ -20,9 +20,9 @@ import time
 from typing import Dict, Optional, Tuple
 
 from filesync.devices.base import Checksum, RemoteFile, Source
-from filesync.devices.ftp.connection import (OPTIONS, WIRE_ENCODING, FtpConnection, device_text, listing_lines,
-                                             offered_digests, parse_features, reply_code, reply_text, server_digest,
-                                             unsendable, wire)
+from filesync.devices.ftp.connection import (OPTIONS, WIRE_ENCODING, FtpConnection, device_text, end_data,
+                                             listing_lines, offered_digests, parse_features, reply_code, reply_text,
+                                             server_digest, tls_context, unsendable, wire)
 from filesync.errors import TransientError, Vanished
 from filesync.options import Option
 from filesync.paths import PART_SUFFIX
@@ -75,6 +75,7 @@ class FtpSource(Source):
 
     def __init__(self, name, raw_options, key, context=None):
         super().__init__(name, raw_options, key, context)
+        self._tls = tls_context(self.options, key)
         self._lock = threading.Lock()
         # The engine lists and downloads from different threads; ftplib is not thread-safe: one connection each.
         self._connections: Dict[int, Tuple[threading.Thread, FtpConnection]] = {}
@@ -88,7 +89,7 @@ class FtpSource(Source):
         with self._lock:
             entry = self._connections.get(me.ident)
             if entry is None or entry[0] is not me:
-                entry = (me, FtpConnection(self.options, self.key))
+                entry = (me, FtpConnection(self.options, self.key, self._tls))
                 self._connections[me.ident] = entry
             return entry[1]
 
@@ -263,6 +264,7 @@ class FtpSource(Source):
                         raise TransientError(f"{path} grew beyond {size} bytes during the copy: not finished yet")
                     received += len(block)
                     yield block
+                end_data(data)
             ftp.voidresp()
             after = self._facts(ftp, remote)
             if after != before or received != size:
