@@ -5,9 +5,10 @@ filesync.errors so the engine knows whether to wait, retry or park. Paths given 
 '/'-separated and already checked by filesync.paths.
 """
 import hashlib
+import threading
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from filesync.errors import ConfigError, PermanentError
 from filesync.options import Option, parse_options
@@ -77,6 +78,39 @@ def digest_text(value: int | str) -> str:
 def local_digest(path: str, algorithm: str) -> str:
     """local_checksum in digest_text form, to compare with Target.digest()."""
     return digest_text(local_checksum(path, algorithm))
+
+
+class PerThread:
+    """One connection per thread, made by `connect()` on first use: clients like ftplib and paramiko match answers to
+    requests on whichever thread reads them, and the engine lists and copies from different threads."""
+
+    def __init__(self, connect: Callable[[], object]):
+        self._connect = connect
+        self._lock = threading.Lock()
+        self._connections: Dict[int, Tuple[threading.Thread, object]] = {}
+
+    def get(self):
+        """This thread's connection."""
+        me = threading.current_thread()
+        with self._lock:
+            entry = self._connections.get(me.ident)
+            if entry is None or entry[0] is not me:  # a thread id is reused once its thread ended
+                entry = (me, self._connect())
+                self._connections[me.ident] = entry
+            return entry[1]
+
+    def __len__(self):
+        """How many connections are open."""
+        return len(self._connections)
+
+    def close(self):
+        """Close this thread's connection and those of threads that have ended (never one in use elsewhere)."""
+        me = threading.current_thread()
+        with self._lock:
+            for ident, (thread, connection) in list(self._connections.items()):
+                if thread is me or not thread.is_alive():
+                    connection.close()
+                    del self._connections[ident]
 
 
 @dataclass

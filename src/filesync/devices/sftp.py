@@ -41,7 +41,6 @@ import re
 import shlex
 import socket
 import stat
-import threading
 import time
 from contextlib import contextmanager
 from typing import Dict, Optional, Tuple
@@ -51,7 +50,7 @@ import paramiko
 from paramiko.sftp import CMD_CLOSE, CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
 from paramiko.sftp_attr import SFTPAttributes
 
-from filesync.devices.base import Checksum, RemoteFile, Source, Target
+from filesync.devices.base import Checksum, PerThread, RemoteFile, Source, Target
 from filesync.errors import (AuthRefused, ConfigError, DeviceUnavailable, FilesyncError, FinalNameTaken,
                              PermanentError, StartOver, TransientError, Vanished)
 from filesync.options import Option, expand_path, port_number, positive, resolve_secret, secret_options
@@ -353,34 +352,6 @@ class SftpConnection:
         self.transport = self.sftp = None
 
 
-class _PerThread:
-    """One connection per thread: a paramiko SFTPClient matches answers to requests on whichever thread reads them,
-    so two threads on one client could take each other's answers (the engine lists and copies on different threads)."""
-
-    def __init__(self, options, key):
-        self.options, self.key = options, key
-        self._lock = threading.Lock()
-        self._connections: Dict[int, Tuple[threading.Thread, SftpConnection]] = {}
-
-    def get(self) -> SftpConnection:
-        me = threading.current_thread()
-        with self._lock:
-            entry = self._connections.get(me.ident)
-            if entry is None or entry[0] is not me:
-                entry = (me, SftpConnection(self.options, self.key))
-                self._connections[me.ident] = entry
-            return entry[1]
-
-    def close(self):
-        """Close this thread's connection and those of threads that have ended (never one in use elsewhere)."""
-        me = threading.current_thread()
-        with self._lock:
-            for ident, (thread, connection) in list(self._connections.items()):
-                if thread is me or not thread.is_alive():
-                    connection.close()
-                    del self._connections[ident]
-
-
 def _size_or_none(sftp, path: bytes) -> Optional[int]:
     """The size of a regular file, None when there is nothing under that name."""
     try:
@@ -454,7 +425,7 @@ class SftpTarget(Target):
         super().__init__(name, raw_options, key, context)
         check_options(self.options, key)
         self.digests = ("sha256",) if self.options["remote_sha256"] else ()
-        self.connections = _PerThread(self.options, key)
+        self.connections = PerThread(lambda: SftpConnection(self.options, key))
         self._made_directories = set()
 
     def _remote(self, path) -> bytes:
@@ -644,7 +615,7 @@ class SftpSource(Source):
         super().__init__(name, raw_options, key, context)
         check_options(self.options, key)
         self.checksum_algorithm = "sha256" if self.options["remote_sha256"] else None
-        self.connections = _PerThread(self.options, key)
+        self.connections = PerThread(lambda: SftpConnection(self.options, key))
         self._listed: Dict[str, Tuple[int, float]] = {}  # path -> (size, mtime) at the last listing
 
     def _remote(self, path) -> bytes:

@@ -15,11 +15,10 @@ import ftplib
 import logging
 import posixpath
 import re
-import threading
 import time
 from typing import Dict, Optional, Tuple
 
-from filesync.devices.base import Checksum, RemoteFile, Source
+from filesync.devices.base import Checksum, PerThread, RemoteFile, Source
 from filesync.devices.ftp.connection import (OPTIONS, WIRE_ENCODING, FtpConnection, device_text, end_data,
                                              listing_lines, offered_digests, parse_features, reply_code, reply_text,
                                              server_digest, tls_context, unsendable, wire)
@@ -76,31 +75,18 @@ class FtpSource(Source):
     def __init__(self, name, raw_options, key, context=None):
         super().__init__(name, raw_options, key, context)
         self._tls = tls_context(self.options, key)
-        self._lock = threading.Lock()
-        # The engine lists and downloads from different threads; ftplib is not thread-safe: one connection each.
-        self._connections: Dict[int, Tuple[threading.Thread, FtpConnection]] = {}
+        self._connections = PerThread(lambda: FtpConnection(self.options, self.key, self._tls))
         self._features: Optional[dict] = None  # FEAT answer, learnt once per server
         self._listed: Dict[str, Tuple[int, float]] = {}  # path -> (size, mtime) at the last listing
 
     # Connections
 
     def _connection(self) -> FtpConnection:
-        me = threading.current_thread()
-        with self._lock:
-            entry = self._connections.get(me.ident)
-            if entry is None or entry[0] is not me:
-                entry = (me, FtpConnection(self.options, self.key, self._tls))
-                self._connections[me.ident] = entry
-            return entry[1]
+        return self._connections.get()
 
     def close(self):
         """Close this thread's connection and those of threads that have ended (never one in use elsewhere)."""
-        me = threading.current_thread()
-        with self._lock:
-            for ident, (thread, connection) in list(self._connections.items()):
-                if thread is me or not thread.is_alive():
-                    connection.close()
-                    del self._connections[ident]
+        self._connections.close()
 
     def _has(self, ftp, feature) -> bool:
         if self._features is None:
