@@ -140,9 +140,9 @@ def check_version(target, record, task, staging_dir="", read_back=False):
             size_only = True
         if expected and actual != expected:
             return [problem(CONTENT, f"{algorithm} is {actual}, the ledger's is {expected}")], False
-        check_stored = getattr(target, "check_stored", None)
-        if check_stored is not None and record.sha256:
-            return [problem(STORED, detail) for detail in check_stored(name, record.sha256, task.note)], size_only
+        if record.sha256:
+            return [problem(STORED, detail) for detail in target.check_stored(name, record.sha256, task.note)], \
+                size_only
         return [], size_only
     except DeviceUnavailable:
         raise

@@ -265,6 +265,12 @@ class Target(Device):
         """Where the final name `path` is, as a URL or path for people (the ledger and the status show it)."""
         return path
 
+    def check_stored(self, path: str, sha256: str, note: str = "") -> List[str]:
+        """For `filesync audit`: what the target keeps about the final name `path` beyond its size and digest (S3:
+        its checksum and metadata), against the version's `sha256` and the upload's `note`; one text per
+        disagreement, [] when all agree or there is nothing more to check."""
+        return []
+
     def delete(self, path: str) -> None:
         """Remove a published file (only where can_delete); a file already gone counts as removed."""
         raise PermanentError(f"target {self.name} ({self.kind}) cannot delete files")
