@@ -1,9 +1,13 @@
-"""MAVLink FTP download speed: our `mavlink` source against pymavlink's mavftp and MAVROS-style reads.
+"""MAVLink FTP speed: our `mavlink` source against pymavlink's mavftp and MAVROS-style reads; our `mavlink` target
+against pymavlink's mavftp `put`.
 
 One MAVSDK autopilot (test/support/mavsdk_autopilot.py) serves one log; each reader fetches it through:
   serial    the link emulator at 921600 baud (92,160 B/s each way, 1 ms latency): 82.8 KB/s of file data at most
   loopback  plain UDP on 127.0.0.1, where the MAVSDK server itself is the limit
   serial5   the serial link with 5% of datagrams lost each way
+  serial20  the serial link with 20% of datagrams lost each way
+The link emulator runs in a process of its own (support.linkemu.LinkEmulatorProcess), as a real link is separate
+hardware: in the reader's process it would wait for the reader's interpreter lock.
 Readers:
   ours        filesync.devices.mavlink.MavlinkSource.read (burst reads, pipelined hole filling)
   pymavlink   pymavlink.mavftp.MAVFTP used as a library, burst_read_size 239 (GPL: run, not copied)
@@ -12,7 +16,16 @@ Readers:
               ceiling of server and link (meaningless with loss, so not run there)
 Every reader's bytes are checked against the file's sha256 (bare only counts).
 
-Run: .venv/bin/python bench/mavftp_bench.py [--size BYTES] [--links serial,loopback,serial5] [--readers ...]
+Writes (--writes): each writer sends one file of --size bytes to the autopilot over `serial` and `serial5` (the link
+emulator in this process, since it carries support.mavsdk_autopilot.Px4WriteRules: MAVSDK's WriteFile ACK says
+neither offset nor count, which pymavlink's put needs and PX4's gives):
+  ours         filesync.devices.mavlink.MavlinkTarget.write (CreateFile, WriteFile pipelined 16 deep, 239 bytes each)
+  pymavlink    pymavlink.mavftp.MAVFTP.cmd_put with write_size 239, write_qsize 5
+  pymavlink80  the same with pymavlink's defaults (write_size 80, write_qsize 5)
+Every copy is compared with the file's bytes.
+
+Run: .venv/bin/python bench/mavftp_bench.py [--size BYTES] [--links serial,loopback,serial5,serial20] [--readers ...]
+     .venv/bin/python bench/mavftp_bench.py --writes [--size BYTES] [--writers ours,pymavlink,pymavlink80]
      .venv/bin/python bench/mavftp_bench.py --peak-rss 5000000,20000000
 The second form reads a log of each size with our `mavlink` source on loopback in a child process of its own and
 reports that process's peak RSS (ru_maxrss) before and after the read: the downloader's memory, flat in the log's size.
@@ -33,8 +46,8 @@ from pymavlink import mavutil  # noqa: E402
 
 from filesync.devices import create_source  # noqa: E402
 from filesync.devices.mavftp import MAX_DATA, MavFtpClient, Op  # noqa: E402
-from support.linkemu import LinkEmulator  # noqa: E402
-from support.mavsdk_autopilot import MavsdkAutopilot  # noqa: E402
+from support.linkemu import LinkEmulator, LinkEmulatorProcess  # noqa: E402
+from support.mavsdk_autopilot import MavsdkAutopilot, Px4WriteRules  # noqa: E402
 
 SERIAL = 92160
 LINK_LIMIT = SERIAL * MAX_DATA / 266  # file bytes/s when every byte on the wire is a full FTP frame: 82.8 KB/s
@@ -42,7 +55,8 @@ REMOTE = "/log/2024-05-01/12_00_00.ulg"
 
 
 def ours(url, size, digest):
-    source = create_source("bench", {"kind": "mavlink", "url": url, "root": "/log", "settle": False})
+    source = create_source("bench", {"kind": "mavlink", "url": url, "root": "/log", "settle": False,
+                                     "source_system": 244})
     try:
         hasher, count = hashlib.sha256(), 0
         for chunk in source.read("2024-05-01/12_00_00.ulg", 0):
@@ -53,17 +67,22 @@ def ours(url, size, digest):
         source.close()
 
 
-def pymavlink_mavftp(url, size, digest):
+def _pymavlink_ftp(url, write_size=80):
+    """(connection, MAVFTP) of pymavlink, with burst 239 and the given write size."""
     from pymavlink.mavftp import MAVFTP, MAVFTPSettings
     master = mavutil.mavlink_connection(url, source_system=247, source_component=190)
+    master.mav.heartbeat_send(6, 8, 0, 0, 0)  # MAVSDK's udpin learns our address from it
+    master.wait_heartbeat(timeout=10)
+    settings = MAVFTPSettings([("debug", int, 0), ("pkt_loss_tx", int, 0), ("pkt_loss_rx", int, 0),
+                               ("max_backlog", int, 5), ("burst_read_size", int, 239), ("write_size", int, write_size),
+                               ("write_qsize", int, 5), ("idle_detection_time", float, 3.7),
+                               ("read_retry_time", float, 1.0), ("retry_time", float, 0.5)])
+    return master, MAVFTP(master, target_system=1, target_component=1, settings=settings)
+
+
+def pymavlink_mavftp(url, size, digest):
+    master, ftp = _pymavlink_ftp(url)
     try:
-        master.mav.heartbeat_send(6, 8, 0, 0, 0)  # MAVSDK's udpin learns our address from it
-        master.wait_heartbeat(timeout=10)
-        settings = MAVFTPSettings([("debug", int, 0), ("pkt_loss_tx", int, 0), ("pkt_loss_rx", int, 0),
-                                   ("max_backlog", int, 5), ("burst_read_size", int, 239), ("write_size", int, 80),
-                                   ("write_qsize", int, 5), ("idle_detection_time", float, 3.7),
-                                   ("read_retry_time", float, 1.0), ("retry_time", float, 0.5)])
-        ftp = MAVFTP(master, target_system=1, target_component=1, settings=settings)
         with tempfile.TemporaryDirectory() as folder:
             local = os.path.join(folder, "copy.ulg")
             ftp.cmd_get([REMOTE, local])
@@ -121,8 +140,94 @@ def bare(url, size, digest):
 
 
 READERS = {"ours": ours, "pymavlink": pymavlink_mavftp, "mavros": mavros_style, "bare": bare}
+
+
+def write_ours(url, local, remote):
+    """Our `mavlink` target's write() of `local` to `remote` (its .part name), as the uploader calls it."""
+    from filesync.devices import create_target
+    from filesync.paths import part_name
+    folder, name = os.path.split(remote)
+    target = create_target("bench", {"kind": "mavlink", "url": url, "root": folder, "source_system": 244})
+    try:
+        target.probe()
+        started = time.monotonic()
+        with open(local, "rb") as stream:
+            size = os.path.getsize(local)
+            target.write(name, stream, 0, size, lambda done, note=None: None)
+        return time.monotonic() - started, os.path.join(folder, part_name(name))
+    finally:
+        target.close()
+
+
+def write_pymavlink(write_size):
+    def put(url, local, remote):
+        master, ftp = _pymavlink_ftp(url, write_size)
+        try:
+            started = time.monotonic()
+            ftp.cmd_put([local, remote])
+            result = ftp.process_ftp_reply("CreateFile", timeout=3600)
+            elapsed = time.monotonic() - started
+            return (elapsed, remote) if result.error_code == 0 else (elapsed, None)
+        finally:
+            master.close()
+    return put
+
+
+WRITERS = {"ours": write_ours, "pymavlink": write_pymavlink(239), "pymavlink80": write_pymavlink(80)}
+
+
+def measure_writes(size, links, writers, log=sys.stderr):
+    """Send one file of `size` bytes to a MAVSDK autopilot (behind Px4WriteRules) with each writer over each link.
+
+    Returns rows (link, writer, bytes, seconds, KB/s, identical). The time counts from the first request after the
+    connection is up (each writer waits for the vehicle's HEARTBEAT before).
+    """
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        local = os.path.join(folder, "upload.ulg")
+        with open(local, "wb") as handle:
+            handle.write(os.urandom(size))
+        with open(local, "rb") as handle:
+            data = handle.read()
+        root = os.path.join(folder, "vehicle")
+        os.makedirs(os.path.join(root, "up"))
+        with MavsdkAutopilot(root) as vehicle:
+            for link_name in links:
+                for writer_name in writers:
+                    remote = f"/up/{link_name}-{writer_name}.ulg"
+                    link = LinkEmulator(("127.0.0.1", vehicle.port), seed=5, filters=[Px4WriteRules(root)],
+                                        **LINKS[link_name]).start()
+                    try:
+                        elapsed, written = WRITERS[writer_name](link.url, local, remote)
+                        correct = written is not None and open(os.path.join(root, written.lstrip("/")),
+                                                               "rb").read() == data
+                    except Exception as error:  # a writer that fails is reported, not fatal
+                        elapsed, correct = 0.0, f"error: {error}"
+                    finally:
+                        link.stop()
+                    rate = size / elapsed / 1000 if elapsed and correct is True else 0.0
+                    rows.append((link_name, writer_name, size, elapsed, rate, correct))
+                    print(f"{link_name:9} {writer_name:12} {size:>10} B {elapsed:8.1f} s {rate:7.1f} KB/s {correct}",
+                          file=log, flush=True)
+    return rows
+
+
+def print_write_table(rows, size):
+    best_peer = {}
+    for link, writer, _, _, rate, _ in rows:
+        if writer.startswith("pymavlink"):
+            best_peer[link] = max(best_peer.get(link, 0.0), rate)
+    print(f"\nFile: {size:,} bytes written to the vehicle. Link limit (921600 baud): {LINK_LIMIT / 1000:.1f} KB/s.\n")
+    print("| link | writer | KB/s | / link limit | / best pymavlink put | bytes identical |")
+    print("|---|---|---:|---:|---:|---|")
+    for link, writer, count, elapsed, rate, correct in rows:
+        peer = best_peer.get(link)
+        print(f"| {link} | {writer} | {rate:.1f} | {rate * 1000 / LINK_LIMIT:.2f} | "
+              f"{rate / peer:.2f} | {'yes' if correct is True else f'NO ({correct})'} |" if peer else
+              f"| {link} | {writer} | {rate:.1f} | {rate * 1000 / LINK_LIMIT:.2f} | - | {correct} |")
 LINKS = {"serial": dict(bandwidth=SERIAL, latency=0.001), "loopback": None,
-         "serial5": dict(bandwidth=SERIAL, latency=0.001, loss=0.05)}
+         "serial5": dict(bandwidth=SERIAL, latency=0.001, loss=0.05),
+         "serial20": dict(bandwidth=SERIAL, latency=0.001, loss=0.20)}
 
 
 def write_log(root, size):
@@ -175,6 +280,8 @@ def main():
     parser.add_argument("--size", type=int, default=20_000_000)
     parser.add_argument("--links", default="serial,loopback,serial5")
     parser.add_argument("--readers", default="ours,pymavlink,mavros,bare")
+    parser.add_argument("--writes", action="store_true", help="measure writes to the vehicle instead of reads")
+    parser.add_argument("--writers", default="ours,pymavlink,pymavlink80")
     parser.add_argument("--peak-rss", help="comma-separated log sizes: measure the reader's peak memory instead")
     parser.add_argument("--child-rss", nargs=3, metavar=("URL", "SIZE", "SHA256"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -183,6 +290,10 @@ def main():
         return peak_rss_child(url, int(size), digest)
     if args.peak_rss:
         return peak_rss([int(size) for size in args.peak_rss.split(",")])
+    if args.writes:
+        links = [link for link in args.links.split(",") if link != "loopback"] if args.links != parser.get_default(
+            "links") else ["serial", "serial5"]
+        return print_write_table(measure_writes(args.size, links, args.writers.split(",")), args.size)
     print_table(measure(args.size, args.links.split(","), args.readers.split(",")), args.size)
 
 
@@ -197,11 +308,11 @@ def measure(size, links, readers, log=sys.stderr):
         with MavsdkAutopilot(root) as vehicle:
             for link_name in links:
                 for reader_name in readers:
-                    if link_name == "serial5" and reader_name == "bare":
+                    if link_name in ("serial5", "serial20") and reader_name == "bare":
                         continue
                     link = None
                     if LINKS[link_name] is not None:
-                        link = LinkEmulator(("127.0.0.1", vehicle.port), seed=5, **LINKS[link_name]).start()
+                        link = LinkEmulatorProcess(("127.0.0.1", vehicle.port), seed=5, **LINKS[link_name])
                     url = link.url if link else vehicle.url
                     started = time.monotonic()
                     try:
@@ -220,15 +331,17 @@ def measure(size, links, readers, log=sys.stderr):
 
 def print_table(rows, size):
     ceiling = {link: rate for link, reader, _, _, rate, _ in rows if reader == "bare"}
+    peer = {link: rate for link, reader, _, _, rate, _ in rows if reader == "pymavlink"}
     print(f"\nFile: {size:,} bytes. Link limit (921600 baud): {LINK_LIMIT / 1000:.1f} KB/s of file data.\n")
-    print("| link | reader | KB/s | / link limit | / bare ceiling | bytes identical |")
-    print("|---|---|---:|---:|---:|---|")
+    print("| link | reader | KB/s | / link limit | / bare ceiling | / pymavlink | bytes identical |")
+    print("|---|---|---:|---:|---:|---:|---|")
     for link, reader, count, elapsed, rate, correct in rows:
         limit = f"{rate * 1000 / LINK_LIMIT:.2f}" if link.startswith("serial") else "-"
         base = ceiling.get(link) or ceiling.get("serial" if link.startswith("serial") else link)
         to_ceiling = f"{rate / base:.2f}" if base else "-"
+        to_peer = f"{rate / peer[link]:.2f}" if peer.get(link) else "-"
         verdict = "counted only" if correct is None else ("yes" if correct is True else f"NO ({correct})")
-        print(f"| {link} | {reader} | {rate:.1f} | {limit} | {to_ceiling} | {verdict} |")
+        print(f"| {link} | {reader} | {rate:.1f} | {limit} | {to_ceiling} | {to_peer} | {verdict} |")
 
 
 if __name__ == "__main__":

@@ -116,7 +116,7 @@ def test_fifty_megabytes_on_loopback(vehicle, area):
     try:
         got, count, largest = read_all(source, "2024-05-01/10_00_00.ulg")
         assert (got, count) == (digest, size)
-        assert largest <= source.client.chunk_bytes + 239  # handed out in bounded blocks, never the whole file
+        assert largest <= source.link.client.chunk_bytes + 239  # handed out in bounded blocks, never the whole file
         assert source.checksum("2024-05-01/10_00_00.ulg").value == \
             local_checksum(os.path.join(local, "2024-05-01", "10_00_00.ulg"), "mavftp-crc32")
     finally:
@@ -242,7 +242,7 @@ def test_armed_vehicle_gives_nothing_until_it_disarms(vehicle, area):
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
             source.probe()
-            if source.client.armed == state:
+            if source.link.armed == state:
                 return
             time.sleep(0.2)
         raise AssertionError(f"the HEARTBEAT never said armed={state}")

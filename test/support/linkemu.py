@@ -143,3 +143,48 @@ class LinkEmulator:
                     else:
                         client = self._client_of[sock]
                         self._pass("down", client, data, self._listen, client, now)
+
+
+class LinkEmulatorProcess:
+    """A LinkEmulator (without filters) in a child process of its own, as a real link is: the relay then never waits
+    for the interpreter lock of the process whose client it carries. For benchmarks; same url/port/stop()."""
+
+    def __init__(self, server_address, **properties):
+        import json
+        import subprocess
+        import sys
+        self.process = subprocess.Popen([sys.executable, __file__, json.dumps([list(server_address), properties])],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        line = self.process.stdout.readline().decode().strip()
+        if not line.isdigit():
+            self.stop()
+            raise RuntimeError(f"link emulator did not start: {line!r}")
+        self.port = int(line)
+
+    @property
+    def url(self):
+        """The pymavlink URL for a client of the emulated link."""
+        return f"udpout:127.0.0.1:{self.port}"
+
+    def start(self):
+        return self
+
+    def stop(self):
+        """End the child (it also ends when its stdin closes)."""
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(5)
+            except Exception:
+                self.process.kill()
+                self.process.wait(5)
+        self.process.stdout.close()
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+    address, arguments = json.loads(sys.argv[1])
+    with LinkEmulator(tuple(address), **arguments) as emulator:
+        print(emulator.port, flush=True)
+        sys.stdin.read()  # until the parent closes it (or dies)

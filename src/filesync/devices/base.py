@@ -118,6 +118,7 @@ class DeviceContext:
     """What a device may use besides its options: the lease client for one-session devices and who it acts for."""
     lock: object = None  # acquire/release like filesync.lock.LeaseTable; None: the device needs no lease
     owner: str = "filesync"  # the lease owner name, unique per process (the ROS node name)
+    vehicle_links: object = None  # under ROS: the vehicle node's services; None: `mavlink` devices connect directly
 
 
 class Device:

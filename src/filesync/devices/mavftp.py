@@ -1,14 +1,21 @@
-"""A MAVLink FTP client: list directories, read files with burst reads, and ask the vehicle for a file's CRC-32.
+"""A MAVLink FTP client: list directories, read files with burst reads, write files with pipelined WriteFile, rename,
+remove, and ask the vehicle for a file's CRC-32.
 
 Written from the protocol description (mavlink.io services/ftp and the checked facts in FACTS.md), not from
 pymavlink's mavftp module, which is GPL and built around MAVProxy's event loop. pymavlink provides only the
 connection (udp, tcp or serial) and the MAVLink 2 framing.
 
 How a read works: OpenFileRO gives the size; BurstReadFile makes the server stream 239-byte ACKs until it sets
-burst_complete (PX4 and MAVSDK stop about every 35 KB) or reaches the end. Lost packets leave holes, which are filled
-after the burst with pipelined ReadFile requests (never during a burst: MAVSDK's server shares one file position
-between its burst thread and ReadFile). Then the next burst starts where the data ends. Bytes are handed to the
-caller in order as soon as they are contiguous, so memory stays bounded by about one burst.
+burst_complete (PX4 and MAVSDK stop about every 35 KB) or reaches the end. Lost packets leave holes. Once a burst has
+surely ended, the ReadFile requests for its holes go out right before the next BurstReadFile, so their answers arrive
+ahead of the next burst and the link never idles waiting for them (never during a burst: MAVSDK's server shares one
+file position between its burst thread and ReadFile); a hole whose answer is lost is asked for again after the next
+burst. Only the holes left when the data reaches the end are filled with ReadFile requests that wait and resend. Bytes
+are handed to the caller in order as soon as they are contiguous, so memory stays bounded by about one burst.
+
+How a write works: CreateFile (from byte 0) or OpenFileWO (resuming: PX4 keeps the bytes, MAVSDK's server empties the
+file, which the client notices and answers with StartOver), then WriteFile requests of 239 bytes with up to
+`write_window` in flight, each resent on its own timeout (WriteFile at an offset is idempotent), and TerminateSession.
 
 Every request is resent with the same seq_number when its reply does not come within the retransmission timeout;
 a server must answer a repeated seq_number with its previous reply (PX4 does), so a resend never opens a second
@@ -27,11 +34,12 @@ from typing import Dict, Iterator, List, Optional
 from pymavlink import mavutil
 from pymavlink.dialects.v20 import common as mavlink2
 
-from filesync.errors import DeviceUnavailable, FileError, PermanentError, TransientError, Vanished
+from filesync.errors import DeviceUnavailable, FileError, PermanentError, StartOver, TransientError, Vanished
 
 log = logging.getLogger(__name__)
 
 MAX_DATA = 239  # data bytes in one FILE_TRANSFER_PROTOCOL payload
+MAX_PATH = MAX_DATA - 1  # a path and its terminating NUL fill at most one payload
 PAYLOAD_LEN = 251
 HEADER = struct.Struct("<HBBBBBxI")  # seq, session, opcode, size, req_opcode, burst_complete, padding, offset
 SEQ_MOD = 1 << 16
@@ -48,7 +56,12 @@ class Op(IntEnum):
     LIST_DIRECTORY = 3
     OPEN_FILE_RO = 4
     READ_FILE = 5
+    CREATE_FILE = 6
+    WRITE_FILE = 7
     REMOVE_FILE = 8
+    CREATE_DIRECTORY = 9
+    OPEN_FILE_WO = 11
+    RENAME = 13
     CALC_FILE_CRC32 = 14
     BURST_READ_FILE = 15
     ACK = 128
@@ -80,6 +93,31 @@ class SessionRefused(TransientError):
 
 class CommandUnsupported(FileError):
     """The server does not know the command (NAK UnknownCommand)."""
+
+
+class VehicleFileExists(FileError):
+    """The vehicle says the name is taken (NAK FileExists)."""
+
+
+class VehicleFull(TransientError):
+    """The vehicle's storage is full (NAK FailErrno ENOSPC): retried later, once space is freed."""
+
+
+def encode_path(path: str) -> bytes:
+    """A vehicle path as the bytes MAVLink FTP carries (names that are not UTF-8 round-trip surrogate-escaped).
+
+    A path over MAX_PATH bytes does not fit one request (the server adds a terminating NUL): PermanentError.
+    """
+    encoded = path.encode("utf-8", "surrogateescape")
+    if len(encoded) > MAX_PATH or b"\0" in encoded:
+        raise PermanentError(f"{path[:60]!r}: a MAVLink FTP path holds at most {MAX_PATH} bytes and no NUL; "
+                             f"this one has {len(encoded)}")
+    return encoded
+
+
+def decode_name(raw: bytes) -> str:
+    """A name from a listing (bytes that are not UTF-8 kept surrogate-escaped, so that they round-trip)."""
+    return raw.decode("utf-8", "surrogateescape")
 
 
 class _EndOfFile(Exception):
@@ -134,11 +172,31 @@ def nak_error(reply: Reply, what: str) -> Exception:
     if code == Nak.UNKNOWN_COMMAND:
         return CommandUnsupported(f"{what}: the vehicle's FTP server does not support this command")
     if code == Nak.FILE_PROTECTED:
-        return PermanentError(f"{what}: the vehicle refuses access (NAK FileProtected)")
+        return PermanentError(f"{what}: the vehicle refuses access (NAK FileProtected; PX4 writes only under "
+                              "/fs/microsd/)")
+    if code == Nak.FILE_EXISTS or (code == Nak.FAIL_ERRNO and err == errno.EEXIST):
+        return VehicleFileExists(f"{what}: the vehicle says the name is taken (NAK FileExists)")
+    if code == Nak.FAIL_ERRNO and err in (errno.ENOSPC, errno.EDQUOT):
+        return VehicleFull(f"{what}: the vehicle's SD card is full (NAK FailErrno ENOSPC); "
+                           "retrying once space is freed")
+    if code == Nak.FAIL_ERRNO and err == errno.EBADF:
+        return TransientError(f"{what}: the vehicle no longer has our file open (FailErrno EBADF: it rebooted "
+                              "or closed the session)")
     if code == Nak.FAIL_ERRNO:
         return FileError(f"{what}: the vehicle failed with errno {err} ({errno.errorcode.get(err, '?')})")
     name = Nak(code).name if code in Nak._value2member_map_ else str(code)
     return FileError(f"{what}: the vehicle answered NAK {name}")
+
+
+def _pieces(holes, limit: int) -> List[tuple]:
+    """The first `limit` pieces of at most MAX_DATA bytes that cover `holes` [(offset, length)]."""
+    pieces = []
+    for offset, length in holes:
+        while length > 0 and len(pieces) < limit:
+            part = min(length, MAX_DATA)
+            pieces.append((offset, part))
+            offset, length = offset + part, length - part
+    return pieces
 
 
 def _seq_distance(later: int, earlier: int) -> int:
@@ -232,18 +290,23 @@ class MavFtpClient:
     def __init__(self, url: str, baud: int = 921600, source_system: int = 245, source_component: int = 191,
                  target_system: int = 1, target_component: int = 1, timeout: float = 1.0, min_timeout: float = 0.05,
                  retries: int = 10, crc_timeout: float = 60.0, window: int = 16, chunk_bytes: int = 64 * 1024,
-                 max_buffer: int = 1 << 20):
+                 max_buffer: int = 1 << 20, write_window: int = 16, burst_lead: int = 32):
         self.url, self.baud = url, baud
         self.source_system, self.source_component = source_system, source_component
         self.target_system, self.target_component = target_system, target_component
         self.timeout, self.retries, self.crc_timeout = timeout, retries, crc_timeout
         self.window = window  # ReadFile requests in flight while filling holes
+        self.write_window = write_window  # WriteFile requests in flight
+        self.burst_lead = burst_lead  # packets of a burst still to come when the next burst is asked for
+        self._burst_bytes = None  # the server's burst length, learned from a complete burst
+        self._cuts = self._pipelined = 0  # early burst requests that cut a burst short, and all of them
         self.chunk_bytes = chunk_bytes  # hand data to the caller in blocks of about this size
         self.max_buffer = max_buffer  # out-of-order bytes kept before a burst is restarted at the first hole
         self._rtt = _Rtt(min_timeout, timeout)
         self._conn = None
         self._seq = 0
         self._silent = 0  # timeouts in a row without any reply
+        self._heard_at = 0.0  # time.monotonic() of the last FTP reply
         self._last_heartbeat_sent = 0.0
         self.heartbeat = None  # the vehicle's last HEARTBEAT message
         self.heartbeat_time = 0.0  # time.monotonic() when it came
@@ -277,6 +340,11 @@ class MavFtpClient:
         # which PX4 would answer with its stored reply.
         self._seq = int(time.monotonic() * 1000) % SEQ_MOD
         self._send_heartbeat()
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is open."""
+        return self._conn is not None
 
     def close(self):
         """Close the connection; the next call reconnects."""
@@ -338,6 +406,7 @@ class MavFtpClient:
                         msg.target_component not in (0, self.source_component):
                     continue
                 self._silent = 0
+                self._heard_at = now
                 return Reply.decode(bytes(msg.payload))
             if msg_id == HEARTBEAT_MSG_ID and msg.get_srcComponent() == self.target_component:
                 self.heartbeat, self.heartbeat_time = msg, now
@@ -349,6 +418,13 @@ class MavFtpClient:
             self._silent = 0
             raise DeviceUnavailable(f"{what}: no answer from the vehicle's FTP server on {self.url} after "
                                     f"{self.retries} resends")
+
+    def _quiet(self, what: str):
+        """A pipelined request's answer is overdue: count a timeout only when nothing at all came for a whole
+        retransmission timeout (answers to other requests in flight show the vehicle is there)."""
+        if time.monotonic() - self._heard_at >= self._rtt.rto:
+            self._heard_at = time.monotonic()
+            self._timed_out(what)
 
     # ----- heartbeat -----
 
@@ -424,7 +500,7 @@ class MavFtpClient:
         """The entries of directory `path`, paging with offset = entries read so far."""
         entries: Dict[str, Entry] = {}
         read = 0
-        encoded = path.encode("utf-8")
+        encoded = encode_path(path)
         while True:
             try:
                 reply = self._request(Op.LIST_DIRECTORY, f"list {path}", offset=read, data=encoded)
@@ -435,7 +511,7 @@ class MavFtpClient:
                 return list(entries.values())
             read += len(raw)
             for item in raw:
-                kind, text = item[:1], item[1:].decode("utf-8", "replace")
+                kind, text = item[:1], decode_name(item[1:])
                 if kind == b"F":
                     name, _, size = text.rpartition("\t")
                     entries[name] = Entry(name, False, int(size) if size.isdigit() else 0)
@@ -445,7 +521,7 @@ class MavFtpClient:
 
     def crc32(self, path: str) -> int:
         """The vehicle's CalcFileCRC32 of `path` (the MAVLink FTP CRC-32, see filesync.devices.base.mavftp_crc32)."""
-        reply = self._request(Op.CALC_FILE_CRC32, f"CRC of {path}", data=path.encode("utf-8"),
+        reply = self._request(Op.CALC_FILE_CRC32, f"CRC of {path}", data=encode_path(path),
                               first_timeout=max(self._rtt.rto * 4, 1.0), total_timeout=self.crc_timeout)
         return struct.unpack_from("<I", reply.data.ljust(4, b"\0"))[0]
 
@@ -457,15 +533,126 @@ class MavFtpClient:
         open by a crashed earlier run; our own listing would otherwise keep it alive for ever.
         """
         try:
-            reply = self._request(Op.OPEN_FILE_RO, f"open {path}", data=path.encode("utf-8"))
+            reply = self._request(Op.OPEN_FILE_RO, f"open {path}", data=encode_path(path))
         except SessionRefused:
             if idle_wait <= 0:
                 raise
             log.warning("%s: no FTP session free; staying silent %.0f s so that an abandoned one times out",
                         self.url, idle_wait)
             time.sleep(idle_wait)
-            reply = self._request(Op.OPEN_FILE_RO, f"open {path}", data=path.encode("utf-8"))
+            reply = self._request(Op.OPEN_FILE_RO, f"open {path}", data=encode_path(path))
         return reply.session, struct.unpack_from("<I", reply.data.ljust(4, b"\0"))[0]
+
+    def remove(self, path: str):
+        """RemoveFile `path`; VehicleFileNotFound when there is none (a lost ACK's resend on a server without PX4's
+        reply cache also answers so: callers treat it as removed)."""
+        self._request(Op.REMOVE_FILE, f"remove {path}", data=encode_path(path))
+
+    def rename(self, old: str, new: str):
+        """Rename `old` to `new` (PX4 and MAVSDK replace a file under `new`: callers check first)."""
+        data = encode_path(old) + b"\0" + encode_path(new)
+        if len(data) > MAX_DATA:
+            raise PermanentError(f"rename {old} to {new}: the two paths take {len(data)} bytes, one request "
+                                 f"carries {MAX_DATA}")
+        self._request(Op.RENAME, f"rename {old} to {new}", data=data)
+
+    def create_directory(self, path: str):
+        """CreateDirectory `path` (one level); a directory already there is fine."""
+        try:
+            self._request(Op.CREATE_DIRECTORY, f"create directory {path}", data=encode_path(path))
+        except VehicleFileExists:
+            pass
+
+    # ----- writing -----
+
+    def open_write(self, path: str, offset: int, held=None) -> int:
+        """Open `path` for writing from `offset`; returns the session.
+
+        At 0, CreateFile (a file there is emptied). Beyond, OpenFileWO, which PX4 opens as it is (O_CREAT|O_WRONLY)
+        and MAVSDK's server empties: `held(path)` (the size the vehicle lists now) tells them apart, and a file that
+        no longer holds `offset` bytes raises StartOver, so the caller sends it again from 0.
+        """
+        if offset == 0:
+            return self._request(Op.CREATE_FILE, f"create {path}", data=encode_path(path)).session
+        session = self._request(Op.OPEN_FILE_WO, f"open {path} for writing", data=encode_path(path)).session
+        if held is not None:
+            now = held(path)
+            if now < offset:
+                self.terminate_session(session)
+                raise StartOver(f"{path}: the vehicle holds {now} bytes after opening it to resume at {offset} "
+                                "(its FTP server empties a file opened for writing, as MAVSDK's does); sending it "
+                                "again from byte 0")
+        return session
+
+    def write_blocks(self, path: str, session: int, offset: int, blocks, progress=None) -> int:
+        """Write the bytes of `blocks` (an iterable of bytes) at `offset` on, with up to write_window WriteFile
+        requests of MAX_DATA bytes in flight; returns the offset after the last byte the vehicle confirmed.
+
+        `progress(offset)` hears of every confirmed prefix. A server that reports writing fewer bytes (PX4 answers
+        with the count) gets the rest asked again. Each request is resent on its own timeout; `retries` timeouts in a
+        row without any answer raise DeviceUnavailable (the vehicle went away or rebooted).
+        """
+        pending = deque()  # (offset, data) not yet sent
+        in_flight = {}  # request seq -> [offset, data, sent_at, sends]
+        confirmed = offset  # every byte before it is written
+        done_ranges = {}  # offset -> end, written beyond `confirmed`
+        source = iter(blocks)
+        position = offset
+        exhausted = False
+        what = f"write {path}"
+
+        def refill():
+            nonlocal position, exhausted
+            while not exhausted and len(pending) < self.write_window:
+                block = next(source, None)
+                if block is None:
+                    exhausted = True
+                    return
+                for start in range(0, len(block), MAX_DATA):
+                    piece = bytes(block[start:start + MAX_DATA])
+                    pending.append((position, piece))
+                    position += len(piece)
+
+        refill()
+        while pending or in_flight:
+            while pending and len(in_flight) < self.write_window:
+                at, data = pending.popleft()
+                seq = self._next_seq(2)  # odd gaps: a reply's seq (request + 1) never equals another request's
+                self._send(Op.WRITE_FILE, seq, session, at, data)
+                in_flight[seq] = [at, data, time.monotonic(), 1]
+                refill()
+            first_deadline = min(item[2] for item in in_flight.values()) + self._rtt.rto
+            reply = self._poll(max(0.0, first_deadline - time.monotonic()))
+            if reply is None:
+                self._quiet(what)
+                now = time.monotonic()
+                for seq, item in in_flight.items():
+                    if now - item[2] >= self._rtt.rto:
+                        self._send(Op.WRITE_FILE, seq, session, item[0], item[1])
+                        item[2], item[3] = now, item[3] + 1
+                continue
+            if reply.req_opcode != Op.WRITE_FILE:
+                continue
+            item = in_flight.pop((reply.seq - 1) % SEQ_MOD, None)
+            if item is None:
+                continue
+            at, data, sent_at, sends = item
+            if sends == 1:
+                self._rtt.sample(time.monotonic() - sent_at)
+            if reply.opcode == Op.NAK:
+                raise nak_error(reply, f"{what} at {at}")
+            written = len(data)
+            if reply.size >= 4:  # PX4 answers with the count written; MAVSDK with nothing
+                written = min(written, struct.unpack_from("<I", reply.data)[0])
+            if written < len(data):
+                pending.appendleft((at + written, data[written:]))
+            if written:
+                done_ranges[at] = max(done_ranges.get(at, at), at + written)
+            while confirmed in done_ranges:
+                confirmed = done_ranges.pop(confirmed)
+            if progress is not None:
+                progress(confirmed)
+        return confirmed
 
     # ----- reading -----
 
@@ -480,29 +667,35 @@ class MavFtpClient:
         try:
             if offset > size:
                 raise FileError(f"{path}: asked to resume at byte {offset} but the vehicle's file has {size} bytes")
-            yield from self._read_session(path, session, offset, size, should_stop)
+            yield from self.read_session(path, session, offset, size, should_stop)
         finally:
             self.terminate_session(session)
 
-    def _read_session(self, path, session, offset, size, should_stop):
+    def read_session(self, path, session, offset, size, should_stop=None):
+        """Yield the bytes of the open `session` of `path` from `offset` to `size`, in order (see read())."""
         assembly = _Assembly(offset, size)
         burst_supported = True
         out = bytearray()
+        fills = {}  # ReadFile seq -> (offset, length), sent along with a burst; an answer counts whenever it comes
+        clean = True  # the last burst surely ended, so its holes may be asked for (MAVSDK: see the top)
         while assembly.position < size:
             if should_stop is not None:
                 reason = should_stop()
                 if reason:
                     raise TransientError(f"{path}: {reason}")
-            clean = True
             if burst_supported and assembly.frontier < size:
+                for seq in [seq for seq, (at, length) in fills.items() if at + length <= assembly.position]:
+                    del fills[seq]
+                holes = _pieces(assembly.holes(), self.window * 4) if clean else []
                 try:
-                    clean = yield from self._coalesce(self._burst(path, session, assembly), out)
+                    clean = yield from self._coalesce(
+                        self._burst(path, session, assembly, holes, fills, should_stop), out)
                 except CommandUnsupported:
                     log.info("%s: no BurstReadFile on this server: reading with ReadFile", self.url)
-                    burst_supported = False
-            # Fill holes only once the server's burst is over: MAVSDK's server moves the file position of a running
-            # burst when it serves a ReadFile, which would label later burst data with wrong offsets.
-            if clean or assembly.buffered >= self.max_buffer:
+                    burst_supported, clean = False, True
+            # The rest (once the data reaches the end, or without bursts), and whenever the holes hold back too much:
+            # ReadFile requests that wait for their answers and resend.
+            if assembly.frontier >= size or not burst_supported or assembly.buffered >= self.max_buffer:
                 holes = assembly.holes()
                 if not burst_supported and assembly.frontier < size:
                     holes.append((assembly.frontier, size - assembly.frontier))
@@ -527,66 +720,130 @@ class MavFtpClient:
                 yield bytes(out)
                 out.clear()
 
-    def _burst(self, path, session, assembly):
-        """One BurstReadFile from the frontier; yields contiguous data as it comes.
+    def _burst(self, path, session, assembly, holes=(), fills=None, should_stop=None):
+        """BurstReadFile from the frontier, preceded by ReadFile requests for `holes` (pieces of at most MAX_DATA
+        bytes, recorded in `fills`); yields contiguous data as it comes.
 
-        Returns True when the burst ended for sure (burst_complete, EOF or the file's end), False when it went
+        Bursts follow each other without a round trip between them: once the server's burst length is known (from a
+        burst that ended with burst_complete), the next burst is asked for at the end the current one will reach,
+        while its last `burst_lead` packets are still on the way. A server whose burst runs at the link's pace (PX4)
+        would be cut short by such a request: after a few cuts the client stops asking early. No ReadFile goes out
+        while a burst may run (see the top). `should_stop()` is asked before every further burst.
+
+        Returns True when the last burst surely ended (burst_complete, EOF or the file's end), False when it went
         silent (its last packets were lost, or the server is slow) so that the server may still be sending.
         """
-        start = assembly.frontier
-        seq = self._next_seq()
-        # packets of this burst carry seq+1, seq+2, ...: accept that window, nothing from an earlier file
-        window = min((assembly.size - start) // MAX_DATA + 2, SEQ_MOD // 2)
-        what = f"burst read {path} at {start}"
-        last_seq = seq
-        gap = 0.0  # smoothed time between burst packets
-        got_any = False
-        ended = False
-        received = 0  # data packets
+        fills = {} if fills is None else fills
+        for at, length in holes:
+            fill_seq = self._next_seq(2)
+            self._send(Op.READ_FILE, fill_seq, session, at, size=length)
+            fills[fill_seq] = (at, length)
+        size = assembly.size
+        window = min((size - assembly.frontier) // MAX_DATA + 2, SEQ_MOD // 4)  # packets one burst may carry
         limit = assembly.position + self.max_buffer
-        self._send(Op.BURST_READ_FILE, seq, session, start, size=MAX_DATA)
-        sent_at = previous = time.monotonic()
+        what = f"burst read {path} at {assembly.frontier}"
+
+        def ask(start):
+            seq = self._next_seq()
+            self._send(Op.BURST_READ_FILE, seq, session, start, size=MAX_DATA)
+            return {"seq": seq, "start": start, "sent_at": time.monotonic(), "sends": 1, "got": 0, "end": start}
+
+        current = ask(assembly.frontier)
+        first_seq, highest = current["seq"], current["seq"]
+        earlier = None  # the burst before `current` when `current` was asked for while it ran
+        gap, previous = 0.0, 0.0  # smoothed time between packets, and when the last came
+        ended = False
         while True:
             # the first packet is awaited like any reply; after it, silence of several packet gaps ends the burst
-            wait = self._rtt.rto if not got_any else min(self.timeout, self._rtt.rto + 8 * gap)
+            wait = self._rtt.rto if not current["got"] else min(self.timeout, self._rtt.rto + 8 * gap)
             reply = self._poll(wait)
             if reply is None:
-                if got_any:
+                if current["got"]:
                     break
                 self._timed_out(what)
-                self._send(Op.BURST_READ_FILE, seq, session, start, size=MAX_DATA)
-                sent_at = time.monotonic()
+                self._send(Op.BURST_READ_FILE, current["seq"], session, current["start"], size=MAX_DATA)
+                current["sent_at"], current["sends"] = time.monotonic(), current["sends"] + 1
                 continue
-            if reply.req_opcode != Op.BURST_READ_FILE or not 0 < _seq_distance(reply.seq, seq) <= window:
+            if reply.req_opcode == Op.READ_FILE:
+                fill = fills.pop((reply.seq - 1) % SEQ_MOD, None)
+                if fill is not None:
+                    if reply.opcode == Op.NAK:
+                        if reply.nak_code() == Nak.EOF:
+                            raise FileError(f"{path}: the vehicle's file ended at {fill[0]}, before the "
+                                            f"{assembly.size} bytes it had at open")
+                        raise nak_error(reply, f"read {path} at {fill[0]}")
+                    assembly.add(fill[0], reply.data[:fill[1]])
+                    data = assembly.take()
+                    if data:
+                        yield data
                 continue
+            distance = _seq_distance(reply.seq, first_seq)
+            if reply.req_opcode != Op.BURST_READ_FILE or not 0 < distance <= \
+                    _seq_distance(current["seq"], first_seq) + window:
+                continue  # not a packet of this read's bursts
+            if distance > _seq_distance(highest, first_seq):
+                highest = reply.seq
             now = time.monotonic()
-            if not got_any:
-                self._rtt.sample(now - sent_at)
+            mine = _seq_distance(reply.seq, current["seq"]) <= window and (
+                reply.opcode == Op.NAK or reply.offset >= current["start"])
+            if not mine:
+                if reply.opcode == Op.ACK and earlier is not None:
+                    earlier["end"] = max(earlier["end"], reply.offset + len(reply.data))
+                if reply.opcode == Op.ACK and reply.offset < limit:
+                    assembly.add(reply.offset, reply.data)
+                continue  # data of the earlier burst counts; its end says nothing about the current one
+            if not current["got"]:
+                if current["sends"] == 1 and not holes and earlier is None:
+                    self._rtt.sample(now - current["sent_at"])
+                if earlier is not None and earlier["end"] < current["start"] - 4 * MAX_DATA:
+                    self._cuts += 1  # our early request stopped the earlier burst before its end
             else:
                 gap = 0.9 * gap + 0.1 * (now - previous) if gap else now - previous
-            got_any, previous = True, now
-            if _seq_distance(reply.seq, last_seq) < SEQ_MOD // 2:
-                last_seq = reply.seq
+            previous = now
+            current["got"] += 1
             if reply.opcode == Op.NAK:
                 if reply.nak_code() != Nak.EOF:
                     raise nak_error(reply, what)
-                if received == 0 and assembly.frontier < assembly.size:
-                    raise FileError(f"{path}: the vehicle's file ends at {start}, before the {assembly.size} bytes "
-                                    "it had at open")
+                if current["got"] == 1 and assembly.frontier < current["start"]:
+                    pass  # an earlier burst's data may still fill the rest
+                elif current["got"] == 1 and assembly.frontier < assembly.size:
+                    raise FileError(f"{path}: the vehicle's file ends at {current['start']}, before the "
+                                    f"{assembly.size} bytes it had at open")
                 ended = True
                 break
-            received += 1
             if reply.offset < limit:  # beyond: dropped, so memory stays bounded with a server that never pauses
                 assembly.add(reply.offset, reply.data)
                 data = assembly.take()
                 if data:
                     yield data
-            if reply.burst_complete or reply.offset + len(reply.data) >= assembly.size:
+            reach = reply.offset + len(reply.data)
+            current["end"] = max(current["end"], reach)
+            if reply.burst_complete or reach >= size:
+                if reply.burst_complete and current["sends"] == 1 and self._burst_bytes is None:
+                    self._burst_bytes = reach - current["start"]
                 ended = True
                 break
-        # the next request must not reuse a seq this burst used
-        self._seq = (last_seq + 1) % SEQ_MOD
+            learned = self._burst_bytes
+            if learned and self._pipelining() and reach - current["start"] >= learned - self.burst_lead * MAX_DATA:
+                following = current["start"] + learned
+                if following < size and following + learned <= limit and following > reach:
+                    reason = should_stop() if should_stop is not None else None
+                    if reason:
+                        raise TransientError(f"{path}: {reason}")
+                    # the next burst's seq leaves room for every packet the current one may still send
+                    self._seq = (current["seq"] + learned // MAX_DATA + 64) % SEQ_MOD
+                    earlier = current
+                    current = ask(following)
+                    self._pipelined += 1
+        # the next request must not reuse a seq these bursts used
+        last = max(_seq_distance(highest, first_seq), _seq_distance(current["seq"], first_seq))
+        self._seq = (first_seq + last + 1) % SEQ_MOD
         return ended
+
+    def _pipelining(self) -> bool:
+        """Whether to ask for the next burst early: until early requests have cut bursts short more than a few
+        times, and more than one in four of them (a server that streams at the link's pace)."""
+        return self._cuts < 3 or self._cuts * 4 < self._pipelined
 
     def _fill(self, path, session, assembly, holes):
         """Fetch `holes` [(offset, length)] with up to `window` ReadFile requests in flight; yield contiguous data."""
@@ -606,7 +863,7 @@ class MavFtpClient:
             first_deadline = min(item[2] for item in in_flight.values()) + self._rtt.rto
             reply = self._poll(max(0.0, first_deadline - time.monotonic()))
             if reply is None:
-                self._timed_out(f"read {path}")
+                self._quiet(f"read {path}")
                 now = time.monotonic()
                 for seq, item in in_flight.items():
                     if now - item[2] >= self._rtt.rto:

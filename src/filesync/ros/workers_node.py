@@ -13,6 +13,7 @@ from filesync.msg import FileEvent, WorkerReport
 from filesync.ros.convert import file_event
 from filesync.ros.ledger_client import RosLedger
 from filesync.ros.node import EVENTS_TOPIC, RosLeaseClient, run_loops, start_node
+from filesync.ros.vehicle_node import VehicleServiceLinks
 from filesync.ros.status_node import IDLE_REPORT_PERIOD, REPORT_PERIOD, WORKERS_TOPIC, report_to_msg
 from filesync.status import LastError, ReportPacer, worker_report
 
@@ -29,7 +30,8 @@ def run(role):
     def announce(record, task=None, bytes_done=None):
         publisher.publish(file_event(record, task, bytes_done))
 
-    context = DeviceContext(lock=RosLeaseClient(), owner=rospy.get_name())
+    # `mavlink` devices reach their vehicle through the vehicle node, the link's one owner
+    context = DeviceContext(lock=RosLeaseClient(), owner=rospy.get_name(), vehicle_links=VehicleServiceLinks())
     loops = build_workers(config, RosLedger(), rospy.get_name(), context, announce, kinds=KINDS[role],
                           finders=role == "finder")
 
