@@ -10,17 +10,23 @@ WS := $(HOME)/.cache/filesync/ws-$(shell echo $(ROOT) | md5sum | cut -c1-8)
 STAMPS := $(ROOT)/build/stamps
 ROS_ENV := set +u && source $(WS)/devel/setup.bash
 
+# What filesync runs with (`make run`, and so a companion computer).
 APT_PACKAGES := ros-core-dev python3-rospy python3-rostest python3-roslaunch python3-rostopic python3-rosservice \
   python3-rosnode python3-rosmsg rosbash catkin ros-message-generation ros-std-msgs ros-std-srvs ros-diagnostic-msgs \
-  python3-diagnostic-updater python3-genpy python3-yaml python3-requests python3-pyudev python3-pytest \
-  python3-venv python3-pip exfatprogs exfat-fuse util-linux mount iproute2 curl lftp procps openssl \
-  python3-pyqt5 libdiagnostic-aggregator-dev chromium chromium-driver python3-selenium \
-  libwrap0 libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3
-# The last line: libraries of vsftpd and ProFTPD (proftpd-core, which ships mod_digest.so), which the FTP tests run
-# from their Debian packages unpacked into ~/.cache/filesync/ftp-servers ($(STAMPS)/ftp-servers), not installed: the
-# two packages conflict, and installing either would start an FTP daemon on port 21.
+  python3-diagnostic-updater python3-genpy python3-yaml python3-requests python3-pyudev \
+  python3-venv python3-pip exfatprogs exfat-fuse util-linux mount iproute2 procps openssl \
+  python3-pyqt5 libdiagnostic-aggregator-dev
+# What only the tests, the soak and the benchmarks need (`make test` installs them, `make run` does not):
+# - servers the tests start on 127.0.0.1 with their own configuration: nginx (the http source), openssh-server (sftp),
+#   and the libraries of vsftpd and ProFTPD (proftpd-core, which ships mod_digest.so), which run from their Debian
+#   packages unpacked into ~/.cache/filesync/ftp-servers ($(STAMPS)/ftp-servers), not installed (the two conflict);
+# - chromium, chromium-driver, python3-selenium (the status page in a real browser); socat (serial links as pty
+#   pairs); python3-openssl (pyftpdlib's TLS handler); curl and lftp (benchmark peers); python3-pytest.
+# Packages that bring a daemon (nginx, ssh) are installed with a policy-rc.d that keeps Debian from starting them.
+TEST_APT_PACKAGES := python3-pytest python3-openssl curl lftp nginx openssh-server openssh-client socat \
+  chromium chromium-driver python3-selenium libwrap0 libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3
 
-.PHONY: setup run test test-lib test-ros test-long soak bench clean install-service
+.PHONY: setup setup-test run test test-lib test-ros test-long soak bench clean install-service
 
 setup: $(STAMPS)/build
 
@@ -35,6 +41,20 @@ $(STAMPS)/venv: $(STAMPS)/apt requirements.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# The tests' packages. A policy-rc.d that answers 101 ("not allowed") keeps Debian's maintainer scripts from starting
+# nginx or sshd on a developer's machine while they install; one the machine already has is left alone.
+$(STAMPS)/test-apt: $(STAMPS)/venv Makefile requirements-test.txt
+	missing=$$(for p in $(TEST_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  guard=; if [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; \
+	    chmod +x /usr/sbin/policy-rc.d; guard=1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; status=$$?; \
+	  [ -z "$$guard" ] || rm -f /usr/sbin/policy-rc.d; [ $$status -eq 0 ]; fi
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt
+	touch $@
+
+setup-test: setup $(STAMPS)/test-apt $(STAMPS)/ftp-servers
+
 $(STAMPS)/build: $(STAMPS)/venv Makefile package.xml CMakeLists.txt setup.py $(wildcard msg/*.msg srv/*.srv)
 	mkdir -p $(WS)/src
 	ln -sfn $(ROOT) $(WS)/src/filesync
@@ -47,18 +67,18 @@ run: setup
 	@echo "filesync: drop files into $(HOME)/filesync/inbox; they appear in $(HOME)/filesync/ftp_root. Ctrl-C stops."
 	$(ROS_ENV) && exec roslaunch filesync sync.launch
 
-test: setup
+test: setup-test
 	$(MAKE) --no-print-directory test-lib test-ros
 
 # vsftpd and ProFTPD for the FTP tests: `apt-get download` + `dpkg-deb -x` (see test/support/ftp_servers.py).
-$(STAMPS)/ftp-servers: $(STAMPS)/apt test/support/ftp_servers.py
+$(STAMPS)/ftp-servers: $(STAMPS)/test-apt test/support/ftp_servers.py
 	/usr/bin/python3 test/support/ftp_servers.py --extract
 	touch $@
 
-test-lib: setup $(STAMPS)/ftp-servers
+test-lib: setup-test
 	$(ROS_ENV) && cd $(ROOT) && $(PY) -m pytest -q test
 
-test-ros: setup
+test-ros: setup-test
 	$(ROS_ENV) && rostest filesync nodes.test
 	$(ROS_ENV) && rostest filesync status.test
 	$(MAVROS_ENV) && rostest filesync mavros.test
@@ -72,20 +92,22 @@ install-service: setup
 	  systemctl daemon-reload && systemctl enable --now filesync.service; \
 	else echo "systemd is not running here: $(UNIT) is written; enable it with systemctl enable --now filesync"; fi
 
-# Tests too long for every CI run: the 50 MB log over MAVLink FTP (about 7 minutes at MAVSDK's pace).
-test-long: setup
+# Tests too long for every CI run: the 50 MB log over MAVLink FTP (about 7 minutes at MAVSDK's pace), and the device
+# conformance suite against MAVSDK's MAVLink FTP (about 2.5 minutes).
+test-long: setup-test
 	$(ROS_ENV) && cd $(ROOT) && FILESYNC_LONG_TESTS=1 $(PY) -m pytest -q test/test_mavlink_source.py
+	$(ROS_ENV) && cd $(ROOT) && FILESYNC_LONG_TESTS=1 $(PY) -m pytest -q test/contract -k mavlink
 
 # Benchmarks against curl and lftp, node memory, idle CPU, the ledger at 100,000 files, MAVLink FTP against pymavlink:
 # one table (docs/benchmarks.md).
-bench: setup
-	$(ROS_ENV) && cd $(ROOT) && timeout -k 30 900 $(PY) bench/run.py
+bench: setup-test
+	$(ROS_ENV) && cd $(ROOT) && timeout -k 30 1500 $(PY) bench/run.py
 
 # The 20-minute fault soak through every device (folders, an exFAT drive, MAVLink FTP, FTP, Flight Review): kill -9
 # of nodes, FTP and web server outages, drive unplugs, 20% MAVLink loss, HTTP 5xx, a full staging disk; prints its seed.
 # Replay one: make soak SOAK_SEED=1234
 SOAK_SEED ?=
-soak: setup
+soak: setup-test
 	$(ROS_ENV) && cd $(ROOT) && timeout -k 30 1230 $(PY) test/support/soak.py --minutes 20 $(if $(SOAK_SEED),--seed $(SOAK_SEED))
 
 clean:

@@ -12,13 +12,19 @@ SOURCE_KINDS = {
     "drive": "filesync.devices.drive:DriveSource",
     "mavlink": "filesync.devices.mavlink:MavlinkSource",
     "mavros": "filesync.devices.mavros:MavrosSource",
+    "http": "filesync.devices.http_source:HttpSource",
+    "sftp": "filesync.devices.sftp:SftpSource",
 }
 TARGET_KINDS = {
     "ftp": "filesync.devices.ftp.target:FtpTarget",
     "folder": "filesync.devices.folder:FolderTarget",
+    "drive": "filesync.devices.drive:DriveTarget",
     "flight_review": "filesync.devices.http:FlightReviewTarget",
     "http": "filesync.devices.http:HttpTarget",
     "s3": "filesync.devices.s3:S3Target",
+    "mavlink": "filesync.devices.mavlink:MavlinkTarget",
+    "sftp": "filesync.devices.sftp:SftpTarget",
+    "mavros": "filesync.devices.mavros:MavrosTarget",
 }
 
 
