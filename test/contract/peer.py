@@ -31,6 +31,19 @@ class Peer:
     new_target: Optional[Callable[..., object]] = None
     expect: dict = field(default_factory=dict)
     credentials: bool = False
+    make_sample: Optional[Callable[[str, int], bytes]] = None  # content the device accepts (Flight Review: a ULog)
+    fetch_location: Optional[Callable[[str], bytes]] = None  # an upload API's stored bytes at a published location
+
+    def sample(self, name: str, size: int) -> bytes:
+        """Distinct bytes for `name` of about `size` that the device takes (random bytes unless the peer says)."""
+        if self.make_sample is not None:
+            return self.make_sample(name, size)
+        import random
+        return random.Random(name).randbytes(size)
+
+    def fetch(self, location: str) -> bytes:
+        """What an upload API keeps at the `location` publish() returned."""
+        return self.fetch_location(location)
 
     def local(self, name: str) -> bytes:
         """The local path (bytes) of the device's own name `name` (a str, undecodable bytes surrogate-escaped)."""

@@ -4,7 +4,9 @@ where the server refuses restarts, raises StartOver and works from byte 0); dige
 same size with other bytes is told apart; an unreachable device is DeviceUnavailable; the device works after close().
 
 The engine's rules (never overwrite, keep_both) are tested with the engine; these are the device's own duties. A check
-of a capability the device declares it lacks is skipped with the declared reason.
+of a capability the device declares it lacks is skipped with the declared reason. An upload API (verifiable False:
+Flight Review, an HTTP endpoint) names what it stores itself: the checks of final names are skipped for it, and it
+must instead publish where its location says, be DeviceUnavailable while away and work again after close().
 """
 import io
 import random
@@ -53,8 +55,34 @@ class BreakingStream(io.BytesIO):
         return super().read(min(size if size >= 0 else self.limit, self.limit - self.tell()))
 
 
+def file_target(target_peer):
+    """The peer's target, or a skip where it is an upload API (no final names to look at)."""
+    if not target_peer.target.verifiable:
+        pytest.skip(f"{target_peer.target.kind} target names what it stores itself (verifiable False)")
+    return target_peer.target
+
+
+def test_an_upload_api_publishes_where_its_location_says(target_peer):
+    target = target_peer.target
+    if target.verifiable:
+        pytest.skip(f"{target.kind} target has final names: checked by the other tests")
+    data = target_peer.sample("a.ulg", 300_000)
+    upload(target, "d/a.ulg", data)
+    location = target.publish("d/a.ulg", len(data))
+    assert target_peer.fetch(location) == data
+    target.close()
+    upload(target, "d/b.ulg", data)  # works again after close, and a second upload is a second copy
+    assert target.publish("d/b.ulg", len(data)) != location
+    target_peer.stop()
+    for call in (target.probe, lambda: upload(target, "d/c.ulg", data)):
+        with pytest.raises(DeviceUnavailable):
+            call()
+    target_peer.start()
+    target.probe()
+
+
 def test_upload_lands_under_the_temporary_name_then_publishes(target_peer):
-    target, data = target_peer.target, content("a", 300_000)
+    target, data = file_target(target_peer), content("a", 300_000)
     assert target.stat("d/e/a.bin") is None and target.held("d/e/a.bin") == 0
     seen = upload(target, "d/e/a.bin", data)
     if target_peer.expect.get("part_visible", True):
@@ -71,7 +99,7 @@ def test_upload_lands_under_the_temporary_name_then_publishes(target_peer):
 
 
 def test_odd_safe_names_are_written_as_given(target_peer):
-    target = target_peer.target
+    target = file_target(target_peer)
     names = ["-dash.bin", "hash#1.bin", "sub dir/a b.bin", "n" * 251 + ".bin", "日本語.bin",
              safe_name("per%41cent.bin"), safe_name("new\nline.bin"), safe_name("caf\udce9.bin")]
     for name in names:
@@ -84,7 +112,7 @@ def test_odd_safe_names_are_written_as_given(target_peer):
 
 
 def test_publish_never_replaces_another_file_unless_told(target_peer):
-    target, ours, theirs = target_peer.target, content("ours", 5000), content("theirs", 5000)
+    target, ours, theirs = file_target(target_peer), content("ours", 5000), content("theirs", 5000)
     target_peer.put("taken.bin", theirs)
     upload(target, "taken.bin", ours)
     with pytest.raises(FinalNameTaken):
@@ -96,7 +124,7 @@ def test_publish_never_replaces_another_file_unless_told(target_peer):
 
 
 def test_an_interrupted_upload_resumes_byte_exact_or_starts_over(target_peer):
-    target, data = target_peer.target, content("big", 3 * MiB + 5)
+    target, data = file_target(target_peer), content("big", 3 * MiB + 5)
     with pytest.raises(StreamBroke):
         target.write("big.bin", BreakingStream(data, MiB + 3), 0, len(data), lambda done, note=None: None)
     held = target.held("big.bin")
@@ -124,7 +152,7 @@ def test_an_interrupted_upload_resumes_byte_exact_or_starts_over(target_peer):
 
 
 def test_discard_drops_the_unfinished_upload(target_peer):
-    target = target_peer.target
+    target = file_target(target_peer)
     upload(target, "x.bin", b"12345")
     target.discard("x.bin")
     assert target.held("x.bin") == 0 and target_peer.get(part_name("x.bin")) is None
@@ -132,7 +160,7 @@ def test_discard_drops_the_unfinished_upload(target_peer):
 
 
 def test_digests_are_the_digests_of_the_bytes(target_peer, tmp_path):
-    target, data = target_peer.target, content("sum", 70_001)
+    target, data = file_target(target_peer), content("sum", 70_001)
     expected = target_peer.expect.get("digests")
     if expected is not None:
         assert tuple(target.digests) == expected
@@ -146,7 +174,7 @@ def test_digests_are_the_digests_of_the_bytes(target_peer, tmp_path):
 
 
 def test_same_size_other_bytes_are_told_apart(target_peer, tmp_path):
-    target, data = target_peer.target, content("mine", 20_000)
+    target, data = file_target(target_peer), content("mine", 20_000)
     upload(target, "mine.bin", data)
     target.publish("mine.bin", len(data))
     changed = bytearray(data)
@@ -165,7 +193,7 @@ def test_same_size_other_bytes_are_told_apart(target_peer, tmp_path):
 
 
 def test_an_unreachable_device_is_DeviceUnavailable_and_comes_back(target_peer):
-    target = target_peer.target
+    target = file_target(target_peer)
     upload(target, "a.bin", b"abc")
     target_peer.stop()
     calls = [target.probe, lambda: target.stat("a.bin"),
@@ -195,7 +223,7 @@ def test_wrong_credentials_are_AuthRefused_without_the_secret(target_peer):
 
 
 def test_delete_is_idempotent(target_peer):
-    target = target_peer.target
+    target = file_target(target_peer)
     if not target.can_delete:
         pytest.skip(f"{target.kind} target declares can_delete False")
     upload(target, "sub/del.bin", b"12345")
@@ -206,7 +234,7 @@ def test_delete_is_idempotent(target_peer):
 
 
 def test_the_device_works_again_after_close(target_peer):
-    target = target_peer.target
+    target = file_target(target_peer)
     upload(target, "a/one.bin", b"first")
     target.close()
     assert target.held("a/one.bin") == 5

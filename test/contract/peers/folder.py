@@ -1,5 +1,4 @@
 """Folder peers: a local directory as a source and as a target; unreachable while the directory is moved away."""
-import inspect
 import os
 from contextlib import contextmanager
 
@@ -7,13 +6,7 @@ from contract.peer import Peer, move_away, peer
 from filesync.devices import create_source, create_target
 
 
-def folder_pending():
-    """Until the folder devices speak the new interface (publish(path, size, replace)), their failures are expected."""
-    from filesync.devices.folder import FolderTarget
-    return "" if "replace" in inspect.signature(FolderTarget.publish).parameters else "folder not ported yet"
-
-
-@peer("folder", pending=folder_pending)
+@peer("folder")
 @contextmanager
 def folder(directory):
     storage = os.path.join(directory, "files")
