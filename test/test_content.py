@@ -522,3 +522,26 @@ def test_an_interrupted_upload_is_resumed_only_by_its_own_version(tmp_path):
         target.close()
         ledger.close()
         server.stop()
+
+
+def test_an_upload_that_is_parked_leaves_nothing_half_sent(tmp_path):
+    """A permanent refusal in the middle of an upload: what the target held of it is dropped (an S3 multipart
+    upload left behind is kept, and billed, by the store)."""
+    from filesync.errors import PermanentError
+
+    class Refusing(FolderTarget):
+        def publish(self, path, size, replace=False):
+            raise PermanentError("the server refuses this file")
+
+    config = folder_config(tmp_path)
+    (tmp_path / "inbox" / "a.txt").write_bytes(b"ours" * 1000)
+    runner = LocalRunner(config)
+    worker = next(loop for loop in runner.loops if loop.name == "upload:out")
+    worker.device = Refusing("out", {"path": str(tmp_path / "out")}, "targets.out")
+    try:
+        runner.run_until_settled(timeout=30)
+        [record] = runner.ledger.files()
+    finally:
+        runner.close()
+    assert record.state == "failed" and "refuses this file" in record.error
+    assert os.listdir(tmp_path / "out") == []

@@ -15,6 +15,7 @@ its source. The transfer contract lives here, once, for every device (devices on
 """
 import errno
 import hashlib
+import logging
 import os
 import time
 from contextlib import closing
@@ -24,6 +25,7 @@ from filesync.devices.base import Checksum, digest_text, local_digest
 from filesync.errors import FileError, FinalNameTaken, PermanentError, SkipFile, StartOver, TransientError, Vanished
 from filesync.ledger.recovery import META_SUFFIX, read_staged_meta, write_staged_meta
 from filesync.paths import PART_SUFFIX, check_relative, conflict_name, device_name, staged_path
+log = logging.getLogger(__name__)
 
 UPLOAD_CHECKPOINT_SECONDS = 1.0
 
@@ -351,14 +353,25 @@ def upload(target, job) -> Done:
     name, replace, already_there = _destination(target, record, staged, sha256)
     if already_there:
         return Done(target.location(name))
-    _send(target, job, name, staged, record.size)
-    job.checkpoint(record.size)
     try:
+        _send(target, job, name, staged, record.size)
+        job.checkpoint(record.size)
         location = target.publish(name, record.size, replace)
     except FinalNameTaken:
         raise TransientError(f"{target.location(name)} was taken by another file meanwhile; choosing again") from None
+    except PermanentError:
+        _abandon(target, name)
+        raise
     _verify_published(target, name, record.size, staged, sha256)
     return Done(location)
+
+
+def _abandon(target, name):
+    """Drop what the target holds of an upload that is parked (an S3 multipart upload would be kept, and billed)."""
+    try:
+        target.discard(name)
+    except Exception as error:  # the refusal that parked the file says more than this one
+        log.warning("%s: could not drop the unfinished upload of %s: %s", target.name, name, error)
 
 
 def _verify_published(target, name, size, staged, sha256):
