@@ -40,14 +40,14 @@ from support.ulog import write_log  # noqa: E402
 from filesync.ros.ledger_client import RosLedger  # noqa: E402
 from support.nodes import Stack  # noqa: E402
 from support.linkemu import LinkEmulator  # noqa: E402
-from support.mavsdk_autopilot import MavsdkAutopilot, Px4SessionRule  # noqa: E402
+from support.mavsdk_autopilot import FtpFilter, MavsdkAutopilot, Px4SessionRule  # noqa: E402
 
 SIZES = [0, 1, 239, 240, 478, 35_000, 35_001, 5_000_000]
 FAKE_MAVROS = os.path.join(HERE, "support", "fake_mavros.py")
 SERIAL = 92160  # bytes/s of a 921600-baud 8N1 serial link
 
 
-class Px4FileRules:
+class Px4FileRules(FtpFilter):
     """Stand-in for PX4 (src/modules/mavlink/mavlink_ftp.cpp) where MAVSDK 4.1.0's FtpServer answers otherwise, as a
     LinkEmulator filter in front of it (measured here: MAVSDK ACKs a WriteFile with size 0 and offset 0, answers a
     write on a full disk with NAK Fail once its buffer flushes, and has no protected files):
@@ -67,26 +67,12 @@ class Px4FileRules:
     FAIL_ERRNO, INVALID_SESSION, FILE_PROTECTED = 2, 4, 9
 
     def __init__(self):
-        from pymavlink.dialects.v20 import common as mavlink2
-        self._mavlink2 = mavlink2
+        super().__init__()
         self.full = False
         self.protected = set()
         self.extra_entries = {}
         self.writing = False  # a file is open for writing on the server
         self._pending = {}  # reply seq -> (opcode, offset, size, session, path) of the request
-        self._parsers = {}
-        self._lock = threading.Lock()
-        self._packer = mavlink2.MAVLink(None, srcSystem=1, srcComponent=1)
-
-    def _messages(self, key, data):
-        parser = self._parsers.get(key)
-        if parser is None:
-            parser = self._parsers[key] = self._mavlink2.MAVLink(None)
-            parser.robust_parsing = True
-        try:
-            return parser.parse_buffer(data) or []
-        except Exception:  # not MAVLink: let it through untouched
-            return []
 
     def _frame(self, system, component, payload):
         message = self._mavlink2.MAVLink_file_transfer_protocol_message(0, system, component, payload.ljust(251, b"\0"))

@@ -203,7 +203,7 @@ class Px4SessionRule:
         return msg.pack(self._packer)
 
 
-class _FtpFilter:
+class FtpFilter:
     """A LinkEmulator filter that parses MAVLink frames per client and direction and may answer or rewrite them."""
 
     FTP = 110
@@ -262,7 +262,7 @@ def _path(body):
     return body.split(b"\0")[0].decode("utf-8", "surrogateescape")
 
 
-class Px4WriteRules(_FtpFilter):
+class Px4WriteRules(FtpFilter):
     """PX4's write rules in front of MAVSDK's server (see the top), as a LinkEmulator filter. `root` is the folder
     MAVSDK serves (the filter reads and writes it like the vehicle's own storage does):
     - a CreateFile, OpenFileWO, RemoveFile, CreateDirectory or Rename whose (new) path is not under `writable` is
@@ -331,7 +331,7 @@ class Px4WriteRules(_FtpFilter):
         return True
 
 
-class ListingRewrite(_FtpFilter):
+class ListingRewrite(FtpFilter):
     """A vehicle that lists names it cannot hold: in ListDirectory answers, the entry `name` becomes `listed`."""
 
     ACK, LIST = 128, 3

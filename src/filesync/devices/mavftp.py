@@ -530,7 +530,9 @@ class MavFtpClient:
 
         When the vehicle refuses a session and `idle_wait` > 0, stay silent that long and try once more: PX4 closes a
         session after 10 s (30 s in newer releases) without any FTP request from anyone, which frees a session left
-        open by a crashed earlier run; our own listing would otherwise keep it alive for ever.
+        open by a crashed earlier run. Any request renews that timer, so a session kept alive by requests from
+        elsewhere (the finder listing through the same link, another client) is still taken then: the caller holds
+        the vehicle's lease, so the sessions are reset (ResetSessions) and the open tried a last time.
         """
         try:
             reply = self._request(Op.OPEN_FILE_RO, f"open {path}", data=encode_path(path))
@@ -540,7 +542,13 @@ class MavFtpClient:
             log.warning("%s: no FTP session free; staying silent %.0f s so that an abandoned one times out",
                         self.url, idle_wait)
             time.sleep(idle_wait)
-            reply = self._request(Op.OPEN_FILE_RO, f"open {path}", data=encode_path(path))
+            try:
+                reply = self._request(Op.OPEN_FILE_RO, f"open {path}", data=encode_path(path))
+            except SessionRefused:
+                log.warning("%s: the vehicle's FTP session is still taken after %.0f s; resetting its sessions",
+                            self.url, idle_wait)
+                self.reset_sessions()
+                reply = self._request(Op.OPEN_FILE_RO, f"open {path}", data=encode_path(path))
         return reply.session, struct.unpack_from("<I", reply.data.ljust(4, b"\0"))[0]
 
     def remove(self, path: str):

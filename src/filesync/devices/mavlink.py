@@ -88,6 +88,9 @@ LINK_OPTIONS = [
     Option("retries", int, 10, positive),  # resends in a row without any answer before the link counts as down
     Option("crc_timeout", float, 120.0, positive),  # CalcFileCRC32 of a large file takes the vehicle a while
     Option("heartbeat_timeout", float, 5.0, positive),
+    # silence before a second open when the session is taken: PX4 frees an abandoned one after 10 s (newer: 30 s);
+    # still taken after that (kept alive by requests from elsewhere), the vehicle's sessions are reset
+    Option("session_idle", float, 31.0, not_negative),
 ]
 LINK_KEYS = tuple(option.name for option in LINK_OPTIONS)
 # What sources and targets share besides the link: which vehicle (its lease) and how long to wait for it.
@@ -381,8 +384,6 @@ class MavlinkSource(_VehicleDevice, Source):
         Option("root", str, "/fs/microsd/log", absolute_vehicle_path),
         Option("include", list, ["*.ulg"], file_patterns),
         Option("settle", bool, True),
-        # silence before a second open when the session is taken: PX4 frees an abandoned one after 10 s (newer: 30 s)
-        Option("session_idle", float, 31.0, not_negative),
         # before removing a log, watch its size this long: a log still being written is not removed
         Option("growth_check", float, 1.0, not_negative),
     ]
@@ -639,7 +640,9 @@ class LinkHost:
                 read = None
             if read is None:
                 self._end_write(vehicle)
-                session, size = link.client.open_read(path)
+                # under the link's lock: the vehicle node's other calls on this link (the finder's listings) wait,
+                # so the silence that lets an abandoned session time out is real
+                session, size = link.client.open_read(path, link.options["session_idle"])
                 if offset > size:
                     link.client.terminate_session(session)
                     raise FileError(f"{path}: asked to resume at byte {offset} but the vehicle's file has {size} "
