@@ -10,7 +10,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-from filesync.errors import ConfigError, PermanentError
+from filesync.errors import ConfigError, PermanentError, TransientError
 from filesync.options import Option, parse_options
 from filesync.paths import part_name
 
@@ -78,6 +78,15 @@ def digest_text(value: int | str) -> str:
 def local_digest(path: str, algorithm: str) -> str:
     """local_checksum in digest_text form, to compare with Target.digest()."""
     return digest_text(local_checksum(path, algorithm))
+
+
+def check_as_listed(path: str, listed: Optional[tuple], now: tuple, offset: int) -> None:
+    """Before a remote read from `offset`: TransientError ("not finished yet") when the file's (size, mtime) `now`
+    differs from what the last listing said (`listed`, None: not listed), or is shorter than what was copied."""
+    if listed is not None and tuple(listed) != tuple(now):
+        raise TransientError(f"{path} changed since it was listed ({listed[0]} -> {now[0]} bytes): not finished yet")
+    if offset > now[0]:
+        raise TransientError(f"{path} is {now[0]} bytes now, less than the {offset} already copied: it changed")
 
 
 class PerThread:

@@ -50,7 +50,7 @@ import paramiko
 from paramiko.sftp import CMD_CLOSE, CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
 from paramiko.sftp_attr import SFTPAttributes
 
-from filesync.devices.base import Checksum, PerThread, RemoteFile, Source, Target
+from filesync.devices.base import Checksum, PerThread, RemoteFile, Source, Target, check_as_listed
 from filesync.errors import (AuthRefused, ConfigError, DeviceUnavailable, FilesyncError, FinalNameTaken,
                              PermanentError, StartOver, TransientError, Vanished)
 from filesync.options import Option, expand_path, port_number, positive, resolve_secret, secret_options
@@ -692,12 +692,7 @@ class SftpSource(Source):
             if before is None:
                 raise Vanished(f"{path} is no longer on {connection.address}")
             size = before[0]
-            listed = self._listed.get(path)
-            if listed is not None and listed != before:
-                raise TransientError(f"{path} changed since it was listed ({listed[0]} -> {size} bytes): "
-                                     "not finished yet")
-            if offset > size:
-                raise TransientError(f"{path} is {size} bytes now, less than the {offset} already copied: it changed")
+            check_as_listed(path, self._listed.get(path), before, offset)
             received = offset
             for block in _read_range(connection, sftp, remote, offset, size):
                 received += len(block)

@@ -18,7 +18,7 @@ import re
 import time
 from typing import Dict, Optional, Tuple
 
-from filesync.devices.base import Checksum, PerThread, RemoteFile, Source
+from filesync.devices.base import Checksum, PerThread, RemoteFile, Source, check_as_listed
 from filesync.devices.ftp.connection import (OPTIONS, WIRE_ENCODING, FtpConnection, device_text, end_data,
                                              listing_lines, offered_digests, parse_features, reply_code, reply_text,
                                              server_digest, tls_context, unsendable, wire)
@@ -225,12 +225,7 @@ class FtpSource(Source):
             if before is None:
                 raise Vanished(f"{path} is no longer on {connection.address}")
             size = before[0]
-            listed = self._listed.get(path)
-            if listed is not None and listed != before:
-                raise TransientError(f"{path} changed since it was listed ({listed[0]} -> {size} bytes): "
-                                     "not finished yet")
-            if offset > size:
-                raise TransientError(f"{path} is {size} bytes now, less than the {offset} already copied: it changed")
+            check_as_listed(path, self._listed.get(path), before, offset)
             if offset == size:
                 return
             ftp.voidcmd("TYPE I")
