@@ -248,3 +248,20 @@ def test_the_plan_replays_its_content_events_from_the_seed():
     assert {name for _, p, name, _ in plan.drops if p == "twin" and name.startswith("sess")} <= keep
     without = Plan.draw(42, 120.0, {"kill": 3}, 1.0, nodes, pipelines)
     assert without.faults == plan.faults  # content events never change a seed's faults
+
+
+def test_a_version_replaced_before_its_copy_skips_all_its_tasks_and_that_alone_is_expected(tmp_path):
+    soak = _soak(tmp_path, {}, [])
+    ledger = Ledger(soak.database)
+    ledger.register("del", ["del_ftp1", "del_ftp2"], True, [("b.bin", 1, 1.0)])
+    ledger.register("del", ["del_ftp1", "del_ftp2"], True, [("b.bin", 2, 2.0)])  # replaced before any copy
+    # a version that was copied cannot have been replaced before its copy: its upload skipped so is a failure
+    copied = _ledger_version(ledger, "keep", "c.bin", b"c", 1.0, {"keep_ftp": ("waiting", "")})
+    ledger.claim("upload", "keep_ftp", "w", 30)
+    ledger.finish(copied.id, "upload", "keep_ftp", "w", "skip",
+                  error="replaced on the source by version 2 before it was copied")
+    ledger.close()
+    soak.settle_ledger = LedgerView.read(soak.database)
+    soak._check_nothing_stalled(soak.settle_ledger)
+    skipped = [failure for failure in soak.failures if "skipped for a reason not expected" in failure]
+    assert len(skipped) == 1 and "c.bin" in skipped[0] and "b.bin v1" not in skipped[0], soak.failures
