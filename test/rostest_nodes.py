@@ -67,9 +67,14 @@ class NodesTest(unittest.TestCase):
         shutil.rmtree(self.workdir, ignore_errors=True)
 
     def write_inbox(self, sizes):
+        """Files written whole, then renamed into the inbox (min_age is 0 here: a file listed while still being
+        written would be a version of its own, correctly, but not what these tests count)."""
         paths = [f"d{i % 3}/f{i:02d}.bin" for i in range(len(sizes))]
         for path, size in zip(paths, sizes):
-            write_file(os.path.join(self.inbox, path), size)
+            final = os.path.join(self.inbox, path)
+            hidden = os.path.join(os.path.dirname(final), "." + os.path.basename(final))  # excluded by default
+            write_file(hidden, size, seed=path)
+            os.replace(hidden, final)
         return paths
 
     def wait_all(self, count, state="uploaded", timeout=300):
