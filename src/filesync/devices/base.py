@@ -89,6 +89,27 @@ def check_as_listed(path: str, listed: Optional[tuple], now: tuple, offset: int)
         raise TransientError(f"{path} is {now[0]} bytes now, less than the {offset} already copied: it changed")
 
 
+def send_blocks(stream, send, offset: int, block_size: int, progress) -> tuple:
+    """Send `stream` block by block with `send(block)`, calling progress(bytes_done) from `offset` on; returns
+    (bytes done, the error that stopped it or None). An error of our side (reading the staged file, progress()
+    stopping the upload) is returned rather than raised, so the caller can let the bytes already sent land on the
+    server before it raises it; an error of `send` is raised at once."""
+    sent = offset
+    while True:
+        try:
+            block = stream.read(block_size)
+        except BaseException as error:
+            return sent, error
+        if not block:
+            return sent, None
+        send(block)
+        sent += len(block)
+        try:
+            progress(sent)
+        except BaseException as error:
+            return sent, error
+
+
 class PerThread:
     """One connection per thread, made by `connect()` on first use: clients like ftplib and paramiko match answers to
     requests on whichever thread reads them, and the engine lists and copies from different threads."""

@@ -50,7 +50,7 @@ import paramiko
 from paramiko.sftp import CMD_CLOSE, CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
 from paramiko.sftp_attr import SFTPAttributes
 
-from filesync.devices.base import Checksum, PerThread, RemoteFile, Source, Target, check_as_listed
+from filesync.devices.base import Checksum, PerThread, RemoteFile, Source, Target, check_as_listed, send_blocks
 from filesync.errors import (AuthRefused, ConfigError, DeviceUnavailable, FilesyncError, FinalNameTaken,
                              PermanentError, StartOver, TransientError, Vanished)
 from filesync.options import Option, expand_path, port_number, positive, resolve_secret, secret_options
@@ -422,8 +422,6 @@ class SftpTarget(Target):
 
     kind = "sftp"
     OPTIONS = OPTIONS
-    resumable = True
-    verifiable = True
     readable = True
     can_delete = True
 
@@ -529,24 +527,9 @@ class SftpTarget(Target):
         """Pipelined writes of the stream, one request per block; paramiko collects the answers as they come and
         the rest at close (the SSH window bounds what is in flight, so memory stays flat), so an error on our side
         (the staged file, or progress() stopping the upload) still lets the bytes already sent land first."""
-        sent, stopped = offset, None
         with handle:
             handle.set_pipelined(True)
-            while True:
-                try:
-                    block = stream.read(block_size)
-                except BaseException as error:
-                    stopped = error
-                    break
-                if not block:
-                    break
-                handle.write(block)
-                sent += len(block)
-                try:
-                    progress(sent)
-                except BaseException as error:
-                    stopped = error
-                    break
+            sent, stopped = send_blocks(stream, handle.write, offset, block_size, progress)
         if stopped is not None:
             raise stopped
         return sent

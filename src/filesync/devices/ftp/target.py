@@ -10,7 +10,7 @@ import ftplib
 import posixpath
 from urllib.parse import quote
 
-from filesync.devices.base import Target
+from filesync.devices.base import Target, send_blocks
 from filesync.devices.ftp.connection import (OPTIONS, FtpConnection, end_data, offered_digests, reply_code,
                                              reply_text, server_digest, size_or_none, tls_context, wire)
 from filesync.errors import FinalNameTaken, StartOver, TransientError, Vanished
@@ -41,8 +41,6 @@ class FtpTarget(Target):
 
     kind = "ftp"
     OPTIONS = OPTIONS
-    resumable = True
-    verifiable = True
     readable = True
     can_delete = True
 
@@ -154,23 +152,8 @@ class FtpTarget(Target):
         answers before we go, so it keeps the bytes that arrived (ProFTPD drops a STOR whose client vanished first)
         and held() lets the next attempt continue from them.
         """
-        sent, stopped = offset, None
         with data:
-            while True:
-                try:
-                    block = stream.read(STOR_BLOCK)
-                except BaseException as error:
-                    stopped = error
-                    break
-                if not block:
-                    break
-                data.sendall(block)
-                sent += len(block)
-                try:
-                    progress(sent)
-                except BaseException as error:
-                    stopped = error
-                    break
+            sent, stopped = send_blocks(stream, data.sendall, offset, STOR_BLOCK, progress)
             end_data(data)  # TLS: close it cleanly, as storbinary does
         try:
             ftp.voidresp()
