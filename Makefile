@@ -78,10 +78,13 @@ $(STAMPS)/ftp-servers: $(STAMPS)/test-apt test/support/ftp_servers.py
 test-lib: setup-test
 	$(ROS_ENV) && cd $(ROOT) && $(PY) -m pytest -q test
 
+# Every rostest runs even after one failed; the failed cases' reasons are printed last (CI shows the end of a run).
 test-ros: setup-test
-	$(ROS_ENV) && rostest filesync nodes.test
-	$(ROS_ENV) && rostest filesync status.test
-	$(MAVROS_ENV) && rostest filesync mavros.test
+	failed=""; \
+	($(ROS_ENV) && rostest filesync nodes.test) || failed="$$failed nodes"; \
+	($(ROS_ENV) && rostest filesync status.test) || failed="$$failed status"; \
+	($(MAVROS_ENV) && rostest filesync mavros.test) || failed="$$failed mavros_source"; \
+	[ -z "$$failed" ] || { $(PY) test/support/rostest_failures.py $$failed; exit 1; }
 
 # Start filesync at boot: `make install-service [SERVICE_CONFIG=/path/to/your.yaml]` (as root).
 SERVICE_CONFIG ?= $(ROOT)/config/default.yaml
