@@ -168,8 +168,13 @@ def test_ls_retry_forget_and_the_live_status(ros, tmp_path):
         assert (result.returncode, result.stdout) == (0, f"file {bad} is back in line (now found: bad.bin)\n")
         assert ros.tool("ls", "failed").stdout == "no files in state failed\n"
 
+        staged = tmp_path / "staging" / "inbox" / str(bad)
+        staged.parent.mkdir(parents=True)
+        for name in (staged, f"{staged}.part", f"{staged}.json"):  # what a parked download may leave
+            open(name, "w").close()
         result = ros.tool("forget", str(bad))
         assert (result.returncode, result.stdout) == (0, f"file {bad} forgotten\n")
+        assert os.listdir(staged.parent) == []  # the forgotten version leaves nothing in staging
         result = ros.tool("forget", str(bad))
         assert (result.returncode, result.stdout) == (1, f"no file {bad}\n")
         assert ros.tool("ls").stdout.splitlines()[-1] == "2 file(s): found 1, uploaded 1"

@@ -314,6 +314,7 @@ def test_forget_finds_the_file_again(tmp_path):
     try:
         runner.run_until_settled(timeout=30)
         [record] = runner.ledger.files()
+        assert sorted(os.listdir(tmp_path / "staging" / "inbox")) == [f"{record.id}", f"{record.id}.json"]
         assert runner.forget(record.id)
         settle_after(runner, lambda: runner.ledger.find("inbox", "a.txt") is not None)
         again = runner.ledger.find("inbox", "a.txt")
@@ -321,6 +322,8 @@ def test_forget_finds_the_file_again(tmp_path):
         runner.close()
     assert again.id != record.id and again.state == "uploaded"  # ids are never reused: staging is keyed by them
     assert os.listdir(tmp_path / "out") == ["a.txt"]
+    # the forgotten version's staged copy went with it: it would fill staging and come back with a rebuilt ledger
+    assert sorted(os.listdir(tmp_path / "staging" / "inbox")) == [f"{again.id}", f"{again.id}.json"]
 
 
 def test_a_locked_ledger_is_waited_for_never_moved_aside(tmp_path):
@@ -418,7 +421,7 @@ from filesync.ledger.store import Ledger
 from filesync.msg import FoundFile
 from filesync.ros.ledger_node import LedgerServices
 from filesync.srv import CountsRequest, RegisterRequest
-services = LedgerServices(Ledger(sys.argv[1]))
+services = LedgerServices(Ledger(sys.argv[1]), "")
 try:
     for batch in range(1000):
         services.register(RegisterRequest("inbox", ["out"], False, [

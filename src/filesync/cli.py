@@ -232,7 +232,7 @@ def parser():
     ls.add_argument("--source", default="", help="only files of this source")
     ls.add_argument("--limit", type=int, default=0, help="at most this many files (0: all)")
     for name, text in (("retry", "put a parked (failed) file back in line"),
-                       ("forget", "drop a file from the ledger (found again if its source still has it)")):
+                       ("forget", "drop a file and its staged copy from the ledger (found again if its source still has it)")):
         command = commands.add_parser(name, help=text)
         command.add_argument("id", type=int, help="the file's id (see `filesync ls`)")
     audit_command = commands.add_parser(

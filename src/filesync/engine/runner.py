@@ -13,7 +13,7 @@ from filesync.devices import create_source, create_target
 from filesync.devices.base import DeviceContext
 from filesync.engine.transfer import Settings
 from filesync.engine.workers import Finder, TaskWorker
-from filesync.ledger.recovery import open_ledger, rebuild_from_staging
+from filesync.ledger.recovery import discard_staged, open_ledger, rebuild_from_staging
 from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
 from filesync.lock import LeaseTable
 
@@ -95,10 +95,12 @@ class LocalRunner:
         return True
 
     def forget(self, file_id):
-        """Drop a file from the ledger; its finder lists it again at the next scan (as `filesync forget` does)."""
+        """Drop a file from the ledger and its staged copy; its finder lists it again at the next scan (as `filesync forget`
+        does)."""
         record = self.ledger.get(file_id)
         if record is None or not self.ledger.forget(file_id):
             return False
+        discard_staged(self.config.staging_dir, record)
         for loop in self.loops:
             if isinstance(loop, Finder) and loop.source.name == record.source:
                 loop.forget(record.path)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from filesync.devices.base import Checksum, digest_text, local_digest
 from filesync.errors import FileError, FinalNameTaken, PermanentError, SkipFile, StartOver, TransientError, Vanished
-from filesync.ledger.recovery import META_SUFFIX, read_staged_meta, write_staged_meta
+from filesync.ledger.recovery import discard_staged, read_staged_meta, write_staged_meta
 from filesync.paths import PART_SUFFIX, check_relative, conflict_name, device_name, staged_path
 log = logging.getLogger(__name__)
 
@@ -59,16 +59,7 @@ def release_staged(settings, record):
     """Remove the staged copy of a version every target holds, when settings.retention says so; True if removed."""
     if settings.retention != "uploaded":
         return False
-    final = staged_path(settings.staging_dir, record.source, record.id)
-    try:
-        os.remove(final)
-    except FileNotFoundError:
-        return False
-    try:
-        os.remove(final + META_SUFFIX)
-    except FileNotFoundError:
-        pass
-    return True
+    return discard_staged(settings.staging_dir, record)
 
 
 @dataclass

@@ -13,6 +13,7 @@ import os
 import time
 
 from filesync.ledger.store import Ledger, LedgerCorrupt, LedgerUnavailable
+from filesync.paths import PART_SUFFIX, staged_path
 
 log = logging.getLogger(__name__)
 META_SUFFIX = ".json"
@@ -66,6 +67,21 @@ def read_staged_meta(final_path):
             return json.load(handle)
     except (OSError, ValueError):
         return None
+
+
+def discard_staged(staging_dir, record):
+    """Remove whatever staging holds of version `record` (its copy, its .part, its <id>.json); True if a copy was
+    there. For a version the ledger no longer keeps (`filesync forget`): left behind, it would fill staging and come
+    back with a ledger rebuilt from staging."""
+    final = staged_path(staging_dir, record.source, record.id)
+    removed = False
+    for path in (final, final + PART_SUFFIX, final + META_SUFFIX):
+        try:
+            os.remove(path)
+            removed = removed or path == final
+        except FileNotFoundError:
+            pass
+    return removed
 
 
 def rebuild_from_staging(ledger, config):

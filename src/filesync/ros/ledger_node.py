@@ -6,7 +6,7 @@ import threading
 import rospy
 
 from filesync.ledger.database_thread import DatabaseThread
-from filesync.ledger.recovery import rebuild_from_staging, wait_for_ledger
+from filesync.ledger.recovery import discard_staged, rebuild_from_staging, wait_for_ledger
 from filesync.ros.convert import file_event, record_to_msg
 from filesync.ros.node import EVENTS_TOPIC, start_node, wait_for_shutdown
 from filesync.msg import FileEvent, FileRecord as FileRecordMsg, StateCount, Task as TaskMsg
@@ -38,8 +38,8 @@ def _changes_state(handler):
 class LedgerServices:
     """The service handlers, each one ledger call; the ledger commits before the reply goes out."""
 
-    def __init__(self, ledger, announce=lambda record: None):
-        self.ledger = ledger
+    def __init__(self, ledger, staging_dir, announce=lambda record: None):
+        self.ledger, self.staging_dir = ledger, staging_dir
         self.announce = announce  # a retried file wakes the workers; a forgotten one, the finder lists it again
         # every ledger call runs on this one thread; rospy's connection threads only read requests and write replies
         self._database = DatabaseThread()
@@ -120,6 +120,7 @@ class LedgerServices:
             ok = forgotten is not None and self._call("forget", request.file_id)
             message = f"file {request.file_id} forgotten" if ok else f"no file {request.file_id}"
             if ok:
+                discard_staged(self.staging_dir, forgotten)
                 forgotten.state = "forgotten"
                 self.announce(forgotten)
         else:
@@ -169,7 +170,7 @@ def main():
         rospy.logerr(f"the ledger database was unreadable; kept it as {moved_aside}, rebuilding from staging")
         rebuild_from_staging(ledger, config)
     events = rospy.Publisher(EVENTS_TOPIC, FileEvent, queue_size=20)
-    handlers = LedgerServices(ledger, lambda record: events.publish(file_event(record)))
+    handlers = LedgerServices(ledger, config.staging_dir, lambda record: events.publish(file_event(record)))
     services = [rospy.Service(f"{NAMESPACE}/{name}", kind, getattr(handlers, name))
                 for name, kind in (("register", Register), ("claim", Claim), ("checkpoint", Checkpoint),
                                    ("finish", Finish), ("query", Query), ("manage", Manage), ("counts", Counts))]
