@@ -345,6 +345,38 @@ def test_a_locked_ledger_is_waited_for_never_moved_aside(tmp_path):
     ledger.close()
 
 
+def test_a_ledger_rebuilt_from_staging_sends_nothing_again_to_flight_review(tmp_path):
+    """Flight Review cannot be asked what it holds: only staging's note of each done upload keeps a rebuilt ledger
+    from posting every kept log again."""
+    from support.flight_review_server import FlightReviewServer
+    from support.ulog import write_log
+    server = FlightReviewServer(tmp_path / "review").start()
+    try:
+        config = folder_config(tmp_path, targets=("out",))
+        config["targets"]["review"] = {"kind": "flight_review", "server": server.url}
+        config["pipelines"][0]["targets"].append("review")
+        digests = [write_log(str(tmp_path / "inbox" / f"log{i}.ulg"), 20_000 + i, seed=i) for i in range(3)]
+        runner = LocalRunner(config)
+        try:
+            runner.run_until_settled(timeout=60)
+            before = {r.path: r.task("upload", "review").location for r in runner.ledger.files()}
+        finally:
+            runner.close()
+        assert sorted(u.sha256 for u in server.uploads) == sorted(digests)
+        with open(config["database"], "wb") as database:
+            database.write(b"not a database at all" * 200)
+        runner = LocalRunner(config)
+        try:
+            runner.run_until_settled(timeout=60)
+            after = {r.path: (r.state, r.task("upload", "review").location) for r in runner.ledger.files()}
+        finally:
+            runner.close()
+    finally:
+        server.stop()
+    assert len(server.uploads) == 3  # not one posted again
+    assert after == {path: ("uploaded", location) for path, location in before.items()}
+
+
 def _mount_tmpfs(where, size):
     os.makedirs(where, exist_ok=True)
     result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)], capture_output=True)

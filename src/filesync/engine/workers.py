@@ -11,8 +11,9 @@ from filesync.engine import transfer
 from filesync.engine.transfer import Job, LeaseLost, StagingFull, check_staging_space, release_staged
 from filesync import errors
 from filesync.errors import DeviceUnavailable, PermanentError, TransientError, UnsafePath
+from filesync.ledger.recovery import record_delivery
 from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
-from filesync.paths import check_relative, safe_name
+from filesync.paths import check_relative, safe_name, staged_path
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +153,8 @@ class TaskWorker(Loop):
                                       done.location, delay, done.sha256, done.checksum)
         if finished is not None:
             if self.kind == UPLOAD and outcome == "done":
+                record_delivery(staged_path(self.settings.staging_dir, record.source, record.id), self.device.name,
+                                done.location)
                 self.last_location = (done.location, time.time())
                 self.notify()
             if self.kind == UPLOAD and finished.state in ("uploaded", "removed", "skipped"):

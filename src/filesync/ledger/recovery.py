@@ -4,12 +4,15 @@ Only a damaged database (SQLite CORRUPT or NOTADB, or a failed quick_check) is m
 files), never deleted, and a new one is rebuilt from staging: every staged version, described by the <id>.json that
 the downloader wrote and fsynced before giving the staged file its name, is recorded as downloaded under its old id.
 A database that is locked, read-only or on a full disk is not damaged: open_ledger raises LedgerUnavailable and the
-caller waits (wait_for_ledger). What the targets already hold needs no record: the engine checks a target's final name
-before uploading, so nothing published to a target that can be checked is sent again.
+caller waits (wait_for_ledger). Each upload, once the ledger recorded it, is added to the <id>.json too, so a rebuilt
+ledger knows it as done: a target that cannot be asked what it holds (Flight Review, an HTTP API) is not sent the
+version again. Where that note is missing (a crash between the two), the engine checks a target's final name before
+uploading, so nothing published to a target that can be checked is sent again.
 """
 import json
 import logging
 import os
+import threading
 import time
 
 from filesync.ledger.store import Ledger, LedgerCorrupt, LedgerUnavailable
@@ -17,6 +20,8 @@ from filesync.paths import PART_SUFFIX, staged_path
 
 log = logging.getLogger(__name__)
 META_SUFFIX = ".json"
+# the upload workers of one process (one per target) update one version's <id>.json in turn
+_META_UPDATES = threading.Lock()
 
 
 def open_ledger(path, **kwargs):
@@ -60,6 +65,24 @@ def write_staged_meta(final_path, record, sha256, checksum):
         os.fsync(handle.fileno())
 
 
+def record_delivery(final_path, target, location):
+    """Add `target` (and where the version landed there) to the staged version's <id>.json, after the ledger recorded
+    the upload: a ledger rebuilt from staging then does not send it again (Flight Review or an HTTP API cannot be
+    asked whether they hold it). Replaced whole (temporary file, fsync, rename), never half-written."""
+    with _META_UPDATES:
+        meta = read_staged_meta(final_path)
+        if meta is None:  # released meanwhile (retention) or never described: nothing to rebuild from
+            return False
+        meta.setdefault("delivered", {})[target] = location
+        temporary = final_path + META_SUFFIX + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump(meta, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, final_path + META_SUFFIX)
+    return True
+
+
 def read_staged_meta(final_path):
     """The description of a staged version, or None when there is none (or it cannot be read)."""
     try:
@@ -70,12 +93,12 @@ def read_staged_meta(final_path):
 
 
 def discard_staged(staging_dir, record):
-    """Remove whatever staging holds of version `record` (its copy, its .part, its <id>.json); True if a copy was
+    """Remove whatever staging holds of version `record` (its copy, .part, <id>.json and its .tmp); True if a copy was
     there. For a version the ledger no longer keeps (`filesync forget`): left behind, it would fill staging and come
     back with a ledger rebuilt from staging."""
     final = staged_path(staging_dir, record.source, record.id)
     removed = False
-    for path in (final, final + PART_SUFFIX, final + META_SUFFIX):
+    for path in (final, final + PART_SUFFIX, final + META_SUFFIX, final + META_SUFFIX + ".tmp"):
         try:
             os.remove(path)
             removed = removed or path == final
@@ -102,7 +125,7 @@ def rebuild_from_staging(ledger, config):
                 continue
             if ledger.register_staged(meta["id"], pipeline.source, pipeline.targets, pipeline.delete_after_upload,
                                       meta["path"], meta["version"], meta["size"], meta["mtime"], meta["sha256"],
-                                      meta.get("checksum", "")):
+                                      meta.get("checksum", ""), meta.get("delivered")):
                 count += 1
     log.info("rebuilt %d staged files into the new ledger", count)
     return count

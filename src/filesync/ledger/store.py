@@ -279,8 +279,9 @@ class Ledger:
         return [self.get(file_id) for file_id in changed_ids]
 
     def register_staged(self, file_id, source, targets, delete_after_upload, path, version, size, mtime, sha256,
-                        checksum="") -> Optional[FileRecord]:
-        """Record a version found in staging (rebuilding a ledger) under the id it was staged with; None if known."""
+                        checksum="", delivered=None) -> Optional[FileRecord]:
+        """Record a version found in staging (rebuilding a ledger) under the id it was staged with; None if known.
+        `delivered` ({target: location}): the uploads its staged description says were done, recorded as done."""
         now = self._clock()
         with self._transaction() as db:
             if db.execute("SELECT 1 FROM files WHERE id = ? OR (source = ? AND path = ? AND version = ?)",
@@ -290,6 +291,11 @@ class Ledger:
                        "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'downloaded', ?, ?)",
                        (file_id, source, path, version, size, mtime, sha256, checksum, now, now))
             self._add_tasks(db, file_id, source, targets, delete_after_upload, True, "", now)
+            if delivered:
+                db.executemany("UPDATE tasks SET state = ?, location = ?, updated = ? WHERE file_id = ? "
+                               "AND kind = 'upload' AND device = ?",
+                               [(DONE, location, now, file_id, target) for target, location in delivered.items()])
+                self._refresh_state(db, self._get(db, file_id), now)
         return self.get(file_id)
 
     def _add_tasks(self, db, file_id, source, targets, delete_after_upload, downloaded, problem, now):
