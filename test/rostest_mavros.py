@@ -209,32 +209,46 @@ class Vehicle:
             self.log.close()
 
 
-def read_all(source, path, offset=0, transient_retries=0):
-    """Read `path` from `offset`; (sha256, bytes). Like the engine, a TransientError (after the source's own retries)
-    may be met by reading on from the bytes already received, up to `transient_retries` times."""
-    digest, count = hashlib.sha256(), 0
+ENGINE_WAIT = 1.0  # the engine's pause between probes of a device that is down (poll_interval's default)
+ENGINE_PATIENCE = 90.0  # seconds a device may stay unavailable here: past the source's session_idle (31 s) reset
+
+
+def engine_retried(call, retries=5, patience=ENGINE_PATIENCE):
+    """`call()` carried on as the engine carries on a step: a TransientError is tried again up to `retries` times;
+    a DeviceUnavailable (the vehicle refusing a session, say) is waited out as the engine does, asking again every
+    ENGINE_WAIT seconds for up to `patience` seconds, without counting as a retry."""
+    deadline = time.monotonic() + patience
     while True:
         try:
-            for chunk in source.read(path, offset + count):
-                digest.update(chunk)
-                count += len(chunk)
-            return digest.hexdigest(), count
-        except TransientError as error:
-            if transient_retries <= 0:
-                raise
-            transient_retries -= 1
-            rospy.logwarn("%s: %s; reading on from %d as the engine would", path, error, offset + count)
-
-
-def engine_retried(call, retries=5):
-    """`call()`, tried again after a TransientError up to `retries` times, as the engine retries a listing or a step."""
-    for attempt in range(retries + 1):
-        try:
             return call()
-        except TransientError as error:
-            if attempt == retries:
+        except DeviceUnavailable as error:
+            if time.monotonic() + ENGINE_WAIT > deadline:
                 raise
+            rospy.logwarn("%s; waiting %.0f s as the engine would", error, ENGINE_WAIT)
+            time.sleep(ENGINE_WAIT)
+        except TransientError as error:
+            if retries <= 0:
+                raise
+            retries -= 1
             rospy.logwarn("%s; trying again as the engine would", error)
+
+
+def read_all(source, path, offset=0, transient_retries=0, patience=0.0):
+    """Read `path` from `offset`; (sha256, bytes). Like the engine, a failure after the source's own retries may be
+    met by reading on from the bytes already received (engine_retried, with `transient_retries` and `patience`);
+    the source is closed first, as the engine closes a device after a failed step."""
+    digest, state = hashlib.sha256(), {"count": 0, "tries": 0}
+
+    def read_on():
+        if state["tries"]:
+            source.close()
+        state["tries"] += 1
+        for chunk in source.read(path, offset + state["count"]):
+            digest.update(chunk)
+            state["count"] += len(chunk)
+        return digest.hexdigest(), state["count"]
+
+    return engine_retried(read_on, transient_retries, patience)
 
 
 class MavrosSourceTest(unittest.TestCase):
@@ -460,7 +474,8 @@ class MavrosSourceTest(unittest.TestCase):
             self.assertEqual(listed, dict(zip(expected, sizes)))
             for path, digest in expected.items():
                 local = os.path.join(vehicle.root, "log", path)
-                self.assertEqual(read_all(source, path, transient_retries=5), (digest, os.path.getsize(local)),
+                self.assertEqual(read_all(source, path, transient_retries=5, patience=ENGINE_PATIENCE),
+                                 (digest, os.path.getsize(local)),
                                  (loss, path))
                 self.assertEqual(engine_retried(lambda: source.checksum(path)).value,
                                  local_checksum(local, "mavftp-crc32"), (loss, path))
