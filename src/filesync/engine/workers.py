@@ -153,10 +153,10 @@ class TaskWorker(Loop):
                                       done.location, delay, done.sha256, done.checksum)
         if finished is not None:
             if self.kind == UPLOAD and outcome == "done":
-                record_delivery(staged_path(self.settings.staging_dir, record.source, record.id), self.device.name,
-                                done.location)
                 self.last_location = (done.location, time.time())
                 self.notify()
+                record_delivery(staged_path(self.settings.staging_dir, record.source, record.id), self.device.name,
+                                done.location)
             if self.kind == UPLOAD and finished.state in ("uploaded", "removed", "skipped"):
                 release_staged(self.settings, finished)  # every target holds it (or takes none): retention decides
             self.announce(finished, finished.task(self.kind, self.device.name), None)
