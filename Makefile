@@ -15,7 +15,7 @@ APT_PACKAGES := ros-core-dev python3-rospy python3-rostest python3-roslaunch pyt
   python3-rosnode python3-rosmsg rosbash catkin ros-message-generation ros-std-msgs ros-std-srvs ros-diagnostic-msgs \
   python3-diagnostic-updater python3-genpy python3-yaml python3-requests python3-pyudev \
   python3-venv python3-pip exfatprogs exfat-fuse util-linux mount iproute2 procps openssl \
-  python3-pyqt5 libdiagnostic-aggregator-dev
+  python3-pyqt5 python3-psutil libdiagnostic-aggregator-dev libdiagnostic-aggregator-tools
 # What only the tests, the soak and the benchmarks need (`make test` installs them, `make run` does not):
 # - servers the tests start on 127.0.0.1 with their own configuration: nginx (the http source), openssh-server (sftp),
 #   and the libraries of vsftpd and ProFTPD (proftpd-core, which ships mod_digest.so), which run from their Debian
@@ -24,7 +24,7 @@ APT_PACKAGES := ros-core-dev python3-rospy python3-rostest python3-roslaunch pyt
 #   pairs); python3-openssl (pyftpdlib's TLS handler); curl and lftp (benchmark peers); python3-pytest.
 # Packages that bring a daemon (nginx, ssh) are installed with a policy-rc.d that keeps Debian from starting them.
 TEST_APT_PACKAGES := python3-pytest python3-openssl curl lftp nginx openssh-server openssh-client socat \
-  chromium chromium-driver python3-selenium libwrap0 libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3
+  chromium chromium-driver python3-selenium xvfb libwrap0 libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3
 
 .PHONY: setup setup-test run test test-lib test-ros test-long soak bench clean install-service
 
