@@ -10,8 +10,10 @@ import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
 # Plugins of other packages, as their plugin.xml name them (rqt_plot: class "Plot"; rqt_robot_monitor: class
-# "RobotMonitor"), with the object name of the widget each adds (PlotWidget; Robot Monitor).
-UPSTREAM = {"rqt_plot/Plot": "PlotWidget", "rqt_robot_monitor/RobotMonitor": "Robot Monitor"}
+# "RobotMonitor"), with the object name their widget has once built, which names its dock: rqt_plot's PlotWidget
+# calls itself "PlotWidget", then loadUi() renames it after plot.ui's top widget, "DataPlotWidget";
+# rqt_robot_monitor's names itself "Robot Monitor" after loadUi(). Read in their noetic sources and seen in real rqt.
+UPSTREAM = {"rqt_plot/Plot": "DataPlotWidget", "rqt_robot_monitor/RobotMonitor": "Robot Monitor"}
 
 
 def _import_value(value):
@@ -86,33 +88,82 @@ def test_the_plots_show_two_minutes_of_plot_friendly_fields(perspective):
         assert fields[topic.rsplit("/", 1)[1]] == "float64"
 
 
-def test_the_window_fits_1280x800_and_restores_every_pane(perspective, monkeypatch):
-    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
-    from PyQt5.QtCore import Qt
-    from PyQt5.QtWidgets import QApplication, QDockWidget, QMainWindow, QWidget
-    from filesync.ui.perspective import dock_name
+RESTORE = r"""
+import json, sys
+from PyQt5.QtCore import QByteArray, Qt
+from PyQt5.QtWidgets import QApplication, QDockWidget, QMainWindow, QWidget
+geometry, state, names = json.loads(sys.stdin.read())
+application = QApplication([])
+screen = application.primaryScreen().size()
+window = QMainWindow()
+window.setObjectName("MainWindow")
+docks = {}
+for name in names:  # as qt_gui adds each plugin's widget: a dock named after it, at first at the bottom
+    dock = QDockWidget()
+    dock.setObjectName(name)
+    dock.setWidget(QWidget())
+    window.addDockWidget(Qt.BottomDockWidgetArea, dock)
+    docks[name] = dock
+restored = [window.restoreGeometry(QByteArray.fromHex(geometry.encode()))]
+window.show()
+restored.append(window.restoreState(QByteArray.fromHex(state.encode())))  # once the plugins' docks are there
+application.processEvents()
+frame = window.frameGeometry()
+print(json.dumps({"screen": [screen.width(), screen.height()], "restored": restored,
+                  "window": [frame.x(), frame.y(), frame.width(), frame.height()],
+                  "docks": {name: [d.isVisible(), d.x(), d.y(), d.width(), d.height()] for name, d in docks.items()}}))
+"""
+
+
+@pytest.fixture
+def screen_1280x800():
+    """A real X server (Xvfb) with a 1280x800 screen: its DISPLAY."""
+    import shutil
+    import subprocess
+    if shutil.which("Xvfb") is None:
+        pytest.fail("Xvfb is missing: make setup-test installs xvfb")
+    read, write = os.pipe()
+    server = subprocess.Popen(["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x800x24", "-nolisten", "tcp"],
+                              pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        display = pipe.readline().strip()
+    try:
+        yield f":{display}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_the_window_fits_1280x800_and_restores_every_pane(perspective, screen_1280x800, monkeypatch):
+    """On a real 1280x800 X screen, as rqt runs: Qt refuses geometry saved on a screen of another size (the offscreen
+    platform's 800 px), and puts a dock in place only when its name is the one the plugin's widget really has."""
+    import subprocess
+    import sys
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")  # this process only builds the widget to read its name
+    from PyQt5.QtWidgets import QApplication
     from filesync.ui.widget import StatusWidget
-    application = QApplication.instance() or QApplication([])
-    assert StatusWidget().objectName() == "FilesyncWidget"  # the dock name rqt gives the plugin's widget
-    window = QMainWindow()
-    window.setObjectName("MainWindow")
-    docks = {}
-    for plugin, serials in perspective["groups"]["pluginmanager"]["keys"]["running-plugins"].items():
-        for serial in serials:
-            dock = QDockWidget()
-            dock.setObjectName(dock_name(plugin, serial))
-            dock.setWidget(QWidget())
-            window.addDockWidget(Qt.BottomDockWidgetArea, dock)  # where qt_gui adds a plugin's dock at first
-            docks[dock.objectName()] = dock
+    application = QApplication.instance() or QApplication([])  # noqa: F841 (widgets need one)
+    names = {"filesync/Filesync": StatusWidget().objectName(), **UPSTREAM}
+    docks = [f"{plugin.replace('/', '__')}__{serial}__{names[plugin]}"
+             for plugin, serials in perspective["groups"]["pluginmanager"]["keys"]["running-plugins"].items()
+             for serial in serials]
     keys = perspective["groups"]["mainwindow"]["keys"]
-    assert window.restoreGeometry(keys["geometry"])
-    window.show()
-    assert window.restoreState(keys["state"])  # qt_gui restores the state once the plugins' docks are there
-    application.processEvents()
-    frame = window.frameGeometry()
-    assert frame.width() <= 1280 and frame.height() <= 800 and window.width() >= 1000, frame
-    for name, dock in docks.items():
-        assert dock.isVisible() and dock.width() > 200 and dock.height() > 150, (name, dock.geometry())
-    left = docks["filesync__Filesync__1__FilesyncWidget"]
-    assert left.height() > 600 and all(left.x() < dock.x() for dock in docks.values() if dock is not left)
-    window.close()
+    payload = json.dumps([bytes(keys["geometry"].toHex()).decode(), bytes(keys["state"].toHex()).decode(), docks])
+    environment = dict(os.environ, DISPLAY=screen_1280x800, QT_QPA_PLATFORM="xcb")
+    result = subprocess.run([sys.executable, "-c", RESTORE], input=payload, capture_output=True, text=True,
+                            env=environment, timeout=60)
+    assert result.returncode == 0, result.stderr[-2000:]
+    seen = json.loads(result.stdout.splitlines()[-1])
+    assert seen["screen"] == [1280, 800]
+    assert seen["restored"] == [True, True], "rqt would open its default window and stack the panes"
+    x, y, width, height = seen["window"]
+    assert x >= 0 and y >= 0 and x + width <= 1280 and y + height <= 800 and width >= 1200, seen["window"]
+    panes = {name.split("__")[0] + "/" + name.split("__")[2]: pane for name, pane in seen["docks"].items()}
+    assert all(pane[0] for pane in panes.values()), panes
+    filesync, monitor = panes["filesync/1"], panes["rqt_robot_monitor/1"]
+    plots = [panes["rqt_plot/1"], panes["rqt_plot/2"]]
+    assert filesync[3] >= 600 and filesync[4] >= 420, filesync  # room for transfers and parked files
+    assert monitor[4] >= 200 and monitor[1] == filesync[1], monitor  # below the plugin
+    for plot in plots:  # rqt_plot's toolbar and topic row take some 90 px: the axes need the rest
+        assert plot[1] > filesync[1] and plot[3] >= 500 and plot[4] >= 330, plot
