@@ -35,6 +35,34 @@ def test_progress_within_a_file_counts_and_plot_fields_have_units():
     assert _status(done=3 * MiB).mib_to_move == 1.0
 
 
+def test_what_is_still_to_move_only_goes_down_through_a_files_download_and_its_uploads(tmp_path):
+    """From the real ledger: one 4 MiB file, two targets. Each copy counts once, so the figure the rqt plot draws
+    falls steadily from found to uploaded (it fell to 0 after the download and jumped back as the upload began)."""
+    from filesync.ledger.store import Ledger
+    builder = StatusBuilder(load_config(dict(RAW, targets={"ftp": RAW["targets"]["ftp"], "nas": RAW["targets"]["ftp"]},
+                                             pipelines=[{"source": "inbox", "targets": ["ftp", "nas"]}])))
+    ledger = Ledger(str(tmp_path / "ledger.db"))
+    [record] = ledger.register("inbox", ["ftp", "nas"], False, [("big.ulg", 4 * MiB, 1.0)])
+    seen, clock = [], [10.0]
+
+    def sample(transfer=None):
+        clock[0] += 1
+        reports = [WorkerReport("w", transfers=[transfer] if transfer else [])]
+        seen.append(builder.build(ledger.counts(), reports, 1 << 30, now=clock[0],
+                                  to_copy=ledger.bytes_to_copy()).bytes_to_move)
+
+    sample()
+    for kind, device in (("download", "inbox"), ("upload", "ftp"), ("upload", "nas")):
+        ledger.claim(kind, device, "w", 30)
+        for done in (0, MiB, 3 * MiB, 4 * MiB):
+            sample(TransferStatus(record.id, "inbox", "big.ulg", kind, device, done, 4 * MiB))
+        ledger.finish(record.id, kind, device, "w", "done")
+        sample()
+    ledger.close()
+    assert seen[0] == 12 * MiB and seen[-1] == 0
+    assert seen == sorted(seen, reverse=True), [value / MiB for value in seen]
+
+
 def test_parked_files_and_the_last_error_come_from_the_ledger_when_no_worker_remembers_one():
     view = status_view(_status(), now=20.0)
     assert view["files_parked"] == 1

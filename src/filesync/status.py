@@ -249,9 +249,12 @@ class StatusBuilder:
         targets = sorted({t for p in self.config.pipelines for t in p.targets})
         return [(SOURCE, name) for name in sources] + [(TARGET, name) for name in targets]
 
-    def build(self, counts, reports, staging_free, now=None, ledger_ok=True, parked=(), ledger_error="") -> Status:
+    def build(self, counts, reports, staging_free, now=None, ledger_ok=True, parked=(), ledger_error="",
+              to_copy=None) -> Status:
         """counts: {(source, state): (files, bytes)} (Ledger.counts()); reports: the live WorkerReports; parked: the
-        ParkedFiles the ledger holds (their reasons stay shown after a restart, when no worker remembers them)."""
+        ParkedFiles the ledger holds (their reasons stay shown after a restart, when no worker remembers them);
+        to_copy: {source: bytes} of the downloads and uploads still to make (Ledger.bytes_to_copy()), from which
+        bytes_to_move is counted (without it, from bytes_waiting)."""
         now = time.time() if now is None else now
         with self._lock:
             transfers = self._transfers(reports, now)
@@ -273,9 +276,13 @@ class StatusBuilder:
             newest = max(parked, key=lambda p: p.file_id)
             last_error = f"parked {newest.source}/{newest.path}: {newest.reason}"
         to_move = 0
-        for pipeline in pipelines:  # progress within a file counts: a 300 MB upload goes down as it moves
+        for pipeline in pipelines:
+            # progress within a file counts, and each copy once: a 300 MB file with one target is 600 MB to move when
+            # found, goes down as it downloads, and on as it uploads (counted from bytes_waiting alone, it fell to 0
+            # at the end of the download and jumped back to 300 MB when the upload began)
+            legs = pipeline.bytes_waiting if to_copy is None else to_copy.get(pipeline.source, 0)
             moved = sum(t.bytes_done for t in transfers if t.source == pipeline.source)
-            to_move += max(0, pipeline.bytes_waiting - moved)
+            to_move += max(0, legs - moved)
         rate = sum(t.rate for t in transfers)
         return Status(stamp=now, pipelines=pipelines, transfers=transfers, links=self._links(reports),
                       rate=rate, bytes_waiting=sum(p.bytes_waiting for p in pipelines),

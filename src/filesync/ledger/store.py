@@ -471,6 +471,15 @@ class Ledger:
             rows = self._db.execute("SELECT source, state, COUNT(*), TOTAL(size) FROM files GROUP BY source, state")
             return {(row[0], row[1]): (row[2], int(row[3])) for row in rows}
 
+    def bytes_to_copy(self) -> dict:
+        """{source: bytes} of the copies still to make, for the status: each download and upload that is waiting or
+        under way counts its file's size once (a file's download, then its upload, each move it closer to done)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT f.source, TOTAL(f.size) FROM tasks t JOIN files f ON f.id = t.file_id "
+                "WHERE t.kind IN ('download', 'upload') AND t.state IN ('waiting', 'active') GROUP BY f.source")
+            return {row[0]: int(row[1]) for row in rows}
+
     def _get(self, db, file_id):
         # one statement for the file and its tasks (a ledger call runs under the lock: every statement counts)
         rows = db.execute(_RECORD_SQL, (file_id,)).fetchall()

@@ -144,9 +144,11 @@ class LedgerServices:
                 if len(failed) < QUERY_LIMIT:
                     break
                 after = failed[-1].id
+            to_copy = sorted(self._call("bytes_to_copy").items())
             cached = CountsResponse(
                 counts=[StateCount(source=source, state=state, files=files, bytes=size)
                         for (source, state), (files, size) in sorted(self._call("counts").items())],
+                copy_sources=[source for source, _ in to_copy], copy_bytes=[size for _, size in to_copy],
                 parked_roles=[role for role, _ in parked], parked_devices=[device for _, device in parked],
                 parked_files=list(parked.values()))
             self._counts = (changes, cached)

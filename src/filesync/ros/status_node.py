@@ -81,6 +81,7 @@ class StatusNode:
         self.reports = {}  # node -> (received monotonic time, status.WorkerReport)
         self._lock = threading.Lock()
         self.counts, self.parked, self.ledger_ok, self.ledger_error = {}, {}, False, ""
+        self.to_copy = {}
         self._proxies = {}  # persistent: asking once a second costs no master lookup and no new connection
         self.parked_files = []  # status.ParkedFile, from the ledger
         self._parked_stale = True  # ask the ledger for the parked files at the next tick
@@ -153,6 +154,7 @@ class StatusNode:
         if counts != self.counts or time.monotonic() - self._parked_at > PARKED_REFRESH:
             self._parked_stale = True
         self.counts = counts
+        self.to_copy = dict(zip(reply.copy_sources, reply.copy_bytes))
         self.parked = {(role, device): files for role, device, files in
                        zip(reply.parked_roles, reply.parked_devices, reply.parked_files)}
         if self._parked_stale:
@@ -174,7 +176,7 @@ class StatusNode:
         except OSError:
             free = 0
         status = self.builder.build(self.counts, reports, free, ledger_ok=self.ledger_ok, parked=self.parked_files,
-                                    ledger_error=self.ledger_error)
+                                    ledger_error=self.ledger_error, to_copy=self.to_copy)
         self.publisher.publish(status_to_msg(status))
         self.diagnoses = {d.name: d for d in status_lib.diagnose(status, self.parked,
                                                                  self.config.unreachable_warn_seconds)}
