@@ -217,6 +217,30 @@ def test_a_name_that_cannot_be_carried_is_parked_with_its_reason_and_the_others_
     assert os.listdir(tmp_path / "out") == ["good.txt"]
 
 
+def test_a_name_that_cannot_be_carried_is_logged_once_not_at_every_full_rescan(tmp_path, caplog, monkeypatch):
+    """A file with a bad name stays on the source: its error is logged once, so the status's last error can clear
+    (it came back at each full rescan, every 5 minutes; seen in real rqt)."""
+    from filesync.engine.workers import Finder
+    monkeypatch.setattr(Finder, "RESCAN_EVERY", 2)
+    runner = LocalRunner(folder_config(tmp_path))
+    finder = next(loop for loop in runner.loops if loop.name == "find:inbox")
+    finder.source.list = lambda: iter([RemoteFile("../escape.txt", 3, 1.0), RemoteFile("good.txt", 1, 1.0)])
+    try:
+        with caplog.at_level("ERROR", logger="filesync"):
+            for _ in range(7):  # three full rescans
+                finder.step()
+        reports = [r for r in caplog.records if "escape.txt" in r.getMessage()]
+        assert len(reports) == 1, [r.getMessage() for r in reports]
+        caplog.clear()
+        runner.forget(runner.ledger.find("inbox", "../escape.txt").id)  # a person's forget: reported again once
+        with caplog.at_level("ERROR", logger="filesync"):
+            finder.step()
+            finder.step()
+        assert len([r for r in caplog.records if "escape.txt" in r.getMessage()]) == 1
+    finally:
+        runner.close()
+
+
 def test_a_listing_that_fails_shows_the_source_down_with_the_real_reason(tmp_path):
     runner = LocalRunner(folder_config(tmp_path))
     finder = next(loop for loop in runner.loops if loop.name == "find:inbox")

@@ -255,13 +255,18 @@ class Finder(Loop):
         self.link = LinkState(on_change=lambda: self.notify())
         self.scans = 0
         self._known = {}  # safe path -> (size, mtime, problem) as registered
+        # safe path -> the problem logged for it: logged once, not again at each full rescan (the status's last
+        # error would otherwise never clear while a file with a bad name stays on the source)
+        self._reported = {}
 
     def forget(self, path=None):
         """Register `path` (every file when None) again at the next scan, if the source still holds it."""
         if path is None:
             self._known.clear()
+            self._reported.clear()
         else:
             self._known.pop(path, None)
+            self._reported.pop(path, None)
         self.wake.set()
 
     def step(self):
@@ -293,8 +298,11 @@ class Finder(Loop):
             entry = (found.size, found.mtime, problem)
             if self._known.get(path) == entry:
                 continue
-            if problem and path not in self._known:
+            if problem and self._reported.get(path) != problem:
                 log.error("%s: %s", self.name, problem)
+                self._reported[path] = problem
+            elif not problem:
+                self._reported.pop(path, None)
             entries.append((path, *entry))
         for start in range(0, len(entries), REGISTER_BATCH):
             batch = entries[start:start + REGISTER_BATCH]
