@@ -2,9 +2,11 @@
 import logging
 import os
 import secrets
+import socket
 
 from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.ioloop import AsyncChat
 from pyftpdlib.servers import FTPServer
 
 from filesync.errors import ConfigError
@@ -44,3 +46,47 @@ def build_server(settings):
     if settings.get("passive_ports"):
         handler.passive_ports = range(settings["passive_ports"][0], settings["passive_ports"][1] + 1)
     return FTPServer((settings["host"], settings["port"]), handler)
+
+
+class _Waker(AsyncChat):
+    """One end of a socket pair in the server's IO loop: a byte from the other end calls `on_wake` in the loop."""
+
+    def __init__(self, sock, ioloop, on_wake):
+        super().__init__(sock, ioloop=ioloop)
+        self._on_wake = on_wake
+
+    def readable(self):
+        return True
+
+    def writable(self):
+        return False
+
+    def handle_read(self):
+        try:
+            self.socket.recv(64)  # the byte, or b"" once the other end is closed: either means stop
+        except BlockingIOError:
+            return
+        self._on_wake()
+
+    def handle_close(self):
+        self.close()
+
+
+def stopper(server):
+    """Return stop(): callable from any thread, it ends a blocking `server.serve_forever()` running in another.
+
+    pyftpdlib's loop is not safe to close from another thread, so stop() writes a byte to a socket pair that the loop
+    watches; the loop's own thread then calls server.close_all(), the loop finds no socket left and returns. Unlike a
+    polled serve_forever(blocking=False), nothing wakes the loop while it is idle.
+    """
+    ours, theirs = socket.socketpair()
+    _Waker(ours, server.ioloop, server.close_all)
+
+    def stop():
+        try:
+            theirs.send(b"x")
+        except OSError:
+            pass  # already stopped
+        theirs.close()
+
+    return stop
