@@ -167,3 +167,22 @@ def test_the_window_fits_1280x800_and_restores_every_pane(perspective, screen_12
     assert monitor[4] >= 200 and monitor[1] == filesync[1], monitor  # below the plugin
     for plot in plots:  # rqt_plot's toolbar and topic row take some 90 px: the axes need the rest
         assert plot[1] > filesync[1] and plot[3] >= 500 and plot[4] >= 330, plot
+
+
+def test_the_filesync_pane_fits_its_place_however_many_rows_it_shows(monkeypatch):
+    """Its tables keep their rows' height; their sum must not become the pane's minimum height (in real rqt it made
+    the window 887 px tall on an 800 px screen, the robot monitor and the lower plot's axis below the screen)."""
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    from PyQt5.QtWidgets import QApplication
+    from filesync.status import LinkStatus, ParkedFile, PipelineStatus, Status, TransferStatus, status_view
+    from filesync.ui.widget import StatusWidget
+    application = QApplication.instance() or QApplication([])  # noqa: F841 (widgets need one)
+    status = Status(stamp=100.0, pipelines=[PipelineStatus(f"src{i}", ["ftp", "nas"]) for i in range(4)],
+                    transfers=[TransferStatus(i, "src0", f"log{i}.ulg", "upload", "ftp", i, 10) for i in range(6)],
+                    links=[LinkStatus(f"dev{i}", "target", True, 50.0) for i in range(8)],
+                    parked=[ParkedFile(i, "src0", f"bad{i}.ulg", 10, "upload ftp: refused " * 5, ["target ftp"])
+                            for i in range(10)])
+    widget = StatusWidget()
+    widget.show_view(status_view(status, now=100.0))
+    assert widget.minimumSizeHint().height() <= 300, widget.minimumSizeHint()
+

@@ -7,8 +7,8 @@ import threading
 
 from PyQt5.QtCore import Qt, pyqtSignal
 from PyQt5.QtGui import QColor
-from PyQt5.QtWidgets import (QAbstractItemView, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QProgressBar,
-                             QPushButton, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
+from PyQt5.QtWidgets import (QAbstractItemView, QFrame, QGroupBox, QHBoxLayout, QHeaderView, QLabel, QProgressBar,
+                             QPushButton, QScrollArea, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 STATE_COLOURS = {"up": "#1b7f3b", "down": "#b3261e", "unknown": "#7a7a7a"}
 
@@ -53,7 +53,10 @@ class StatusWidget(QWidget):
         self.setWindowTitle("filesync")
         self.actions = actions
         self.view = None
-        layout = QVBoxLayout(self)
+        # the content scrolls inside the widget: its tables keep their rows' height, and without a scroll area their
+        # sum was the pane's minimum height, which made rqt's window 887 px tall on an 800 px screen
+        content = QWidget()
+        layout = QVBoxLayout(content)
         self.summary = QLabel("waiting for /filesync/status ...")
         self.summary.setTextInteractionFlags(Qt.TextSelectableByMouse)
         self.last_error = QLabel("")
@@ -87,6 +90,13 @@ class StatusWidget(QWidget):
         self.staging = QLabel("")
         layout.addWidget(self.staging)
         layout.addStretch(1)
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
 
         self.view_arrived.connect(self.show_view)
         self._action_done.connect(self._show_action_result)
