@@ -56,7 +56,16 @@ class Scene:
         return options
 
     def start(self):
-        """roscore, the FTP server (holding a different clash.bin), sync.launch; then the two files in the inbox."""
+        """roscore, the FTP server (holding a different clash.bin), sync.launch; then the two files in the inbox.
+        If any of it fails, what was started is stopped (the caller gets no scene to stop: a roscore outlived the
+        test run so)."""
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self):
         os.makedirs(self.inbox)
         self.server = FtpServerProcess(self.ftp_root, os.path.join(self.workdir, "ftp.log")).start()
         write_file(self.clash_path, 64 * KiB, seed=1)
