@@ -6,6 +6,7 @@ import stat
 import threading
 
 import pytest
+from pyftpdlib.ioloop import IOLoop
 
 from filesync.config import load_config
 from filesync.errors import ConfigError
@@ -35,7 +36,8 @@ def serve():
         server.close_all()
 
     def start(server_settings):
-        server = build_server(server_settings)
+        # each its own IOLoop: two servers served from two threads on pyftpdlib's shared one raced (EBADF on listen)
+        server = build_server(server_settings, ioloop=IOLoop())
         thread = threading.Thread(target=run, args=(server,), daemon=True)
         thread.start()
         servers.append(thread)

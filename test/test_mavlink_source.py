@@ -230,6 +230,11 @@ def test_closing_a_read_early_closes_the_session(vehicle, area):
             next(chunks)
             assert rule.open_seq is not None
             chunks.close()  # what the engine does when it stops a download
+            # the link emulator's thread sees the vehicle's ACK of the close a moment after the client may: closed
+            # well within PX4's 10 s idle timeout means the close was sent
+            deadline = time.monotonic() + 2.0
+            while rule.open_seq is not None and time.monotonic() < deadline:
+                time.sleep(0.01)
             assert rule.open_seq is None
         finally:
             source.close()

@@ -27,8 +27,9 @@ def ensure_password_file(path):
     log.info("wrote a new FTP password to %s", path)
 
 
-def build_server(settings):
-    """An FTPServer for the checked `ftp_server` settings of the config (not yet serving)."""
+def build_server(settings, ioloop=None):
+    """An FTPServer for the checked `ftp_server` settings of the config (not yet serving), on `ioloop` (default:
+    pyftpdlib's one per process; servers served from different threads each need their own)."""
     root = expand_path(settings["root"])
     os.makedirs(root, exist_ok=True)
     authorizer = DummyAuthorizer()
@@ -45,7 +46,7 @@ def build_server(settings):
     handler.banner = "filesync FTP server ready."
     if settings.get("passive_ports"):
         handler.passive_ports = range(settings["passive_ports"][0], settings["passive_ports"][1] + 1)
-    return FTPServer((settings["host"], settings["port"]), handler)
+    return FTPServer((settings["host"], settings["port"]), handler, ioloop=ioloop)
 
 
 class _Waker(AsyncChat):
