@@ -9,40 +9,19 @@ import glob
 import io
 import os
 import signal
-import socket
 import subprocess
 import time
 
 import pytest
 import yaml
 
-from support.launch import NEEDS_ROS_WORKSPACE, RosMaster, free_port, ros_workspace_sourced
+from support.launch import (NEEDS_ROS_WORKSPACE, RosMaster, free_port, ros_workspace_sourced, voluntary_switches,
+                            wait_port)
 from support.nodes import Stack
 
 pytestmark = pytest.mark.skipif(not ros_workspace_sourced(), reason=NEEDS_ROS_WORKSPACE)
 
 BANNER = "starting FTP server"
-
-
-def _voluntary_switches(pid):
-    """How often the process's main thread has gone to sleep (each wakeup from a sleep counts one)."""
-    with open(f"/proc/{pid}/task/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("voluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    raise AssertionError("no voluntary_ctxt_switches in /proc")
-
-
-def _wait_listening(process, port, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, f"the ftp_server node ended (rc {process.returncode})"
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise AssertionError(f"the ftp_server node does not listen on 127.0.0.1:{port} after {timeout} s")
 
 
 @pytest.fixture
@@ -63,7 +42,7 @@ def ftp_node(tmp_path):
         subprocess.run(["rosparam", "load", str(tmp_path / "config.yaml"), "/filesync/config"], check=True,
                        timeout=60)
         stack.start("ftp_server")
-        _wait_listening(stack.processes["ftp_server"], port)
+        wait_port(port, 60, stack.processes["ftp_server"])
         yield stack.processes["ftp_server"], port
     finally:
         stack.stop_all()
@@ -97,9 +76,9 @@ def test_the_start_banner_is_logged_once_through_transfers_and_the_idle_node_sle
 
     # idle: nothing polls the server, so the main thread does not wake (a 0.5 s poll woke it ~6 times)
     time.sleep(1.0)
-    before = _voluntary_switches(process.pid)
+    before = voluntary_switches(process.pid)
     time.sleep(3.0)
-    woke = _voluntary_switches(process.pid) - before
+    woke = voluntary_switches(process.pid) - before
     assert woke <= 1, f"the idle ftp_server node's main thread woke {woke} times in 3 s"
 
     # SIGINT (as roslaunch stops it) ends the node at once and cleanly, without another banner

@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from support.launch import NEEDS_ROS_WORKSPACE, RosMaster, ros_workspace_sourced
+from support.launch import NEEDS_ROS_WORKSPACE, RosMaster, ros_workspace_sourced, voluntary_switches
 from support.nodes import Stack
 
 pytestmark = pytest.mark.skipif(not ros_workspace_sourced(), reason=NEEDS_ROS_WORKSPACE)
@@ -90,15 +90,6 @@ def ros(tmp_path):
         master.stop()
 
 
-def _voluntary_switches(pid):
-    """How often the process's main thread has gone to sleep (each wakeup from a sleep counts one)."""
-    with open(f"/proc/{pid}/task/{pid}/status", encoding="ascii") as status:
-        for line in status:
-            if line.startswith("voluntary_ctxt_switches:"):
-                return int(line.split()[1])
-    raise AssertionError("no voluntary_ctxt_switches in /proc")
-
-
 def _wait_registered(name, timeout=60):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -118,9 +109,9 @@ def test_a_node_main_thread_sleeps_until_shutdown_and_ends_on_sigint_and_sigterm
             process = stack.processes["lock"]
             _wait_registered("/filesync/lock/acquire")
             time.sleep(1.0)  # let start-up finish
-            before = _voluntary_switches(process.pid)
+            before = voluntary_switches(process.pid)
             time.sleep(3.0)
-            woke = _voluntary_switches(process.pid) - before
+            woke = voluntary_switches(process.pid) - before
             assert woke <= 1, f"the lock node's main thread woke {woke} times in 3 s with nothing to do"
             process.send_signal(signal_number)
             assert process.wait(30) == 0

@@ -45,15 +45,28 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def _wait_port(port, timeout):
+def wait_port(port, timeout, process=None):
+    """Wait until something listens on 127.0.0.1:`port`; fail early if `process` (the one to listen) ended."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"the process to listen on port {port} ended (rc {process.returncode})")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
             return
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
+
+
+def voluntary_switches(pid):
+    """How often the process's main thread has gone to sleep (each wakeup from a sleep counts one): an idle node's
+    cost, read from /proc."""
+    with open(f"/proc/{pid}/task/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("voluntary_ctxt_switches:"):
+                return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches in /proc")
 
 
 class RosMaster:
@@ -77,7 +90,7 @@ class RosMaster:
         log = open(os.path.join(self.workdir, "roscore.log"), "a")
         self.process = subprocess.Popen(["roscore", "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
-        _wait_port(self.port, timeout)
+        wait_port(self.port, timeout)
         return self
 
     def processes(self):

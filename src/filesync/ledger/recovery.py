@@ -20,6 +20,7 @@ from filesync.paths import PART_SUFFIX, staged_path
 
 log = logging.getLogger(__name__)
 META_SUFFIX = ".json"
+META_TEMPORARY = META_SUFFIX + ".tmp"  # an <id>.json being replaced
 # the upload workers of one process (one per target) update one version's <id>.json in turn
 _META_UPDATES = threading.Lock()
 
@@ -55,31 +56,32 @@ def wait_for_ledger(path, stopped=lambda: False, report=lambda reason: None, int
     return None, None
 
 
-def write_staged_meta(final_path, record, sha256, checksum):
-    """Describe a staged version beside it (<id>.json, fsynced) so a rebuilt ledger knows it again."""
-    meta = final_path + META_SUFFIX
-    with open(meta, "w", encoding="utf-8") as handle:
-        json.dump({"id": record.id, "source": record.source, "path": record.path, "version": record.version,
-                   "size": record.size, "mtime": record.mtime, "sha256": sha256, "checksum": checksum}, handle)
+def _write_meta(final_path, meta):
+    """Write <id>.json whole: a temporary file, fsync, rename; a crash leaves the old description or the new."""
+    temporary = final_path + META_TEMPORARY
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(meta, handle)
         handle.flush()
         os.fsync(handle.fileno())
+    os.replace(temporary, final_path + META_SUFFIX)
+
+
+def write_staged_meta(final_path, record, sha256, checksum):
+    """Describe a staged version beside it (<id>.json, fsynced) so a rebuilt ledger knows it again."""
+    _write_meta(final_path, {"id": record.id, "source": record.source, "path": record.path, "version": record.version,
+                             "size": record.size, "mtime": record.mtime, "sha256": sha256, "checksum": checksum})
 
 
 def record_delivery(final_path, target, location):
     """Add `target` (and where the version landed there) to the staged version's <id>.json, after the ledger recorded
     the upload: a ledger rebuilt from staging then does not send it again (Flight Review or an HTTP API cannot be
-    asked whether they hold it). Replaced whole (temporary file, fsync, rename), never half-written."""
+    asked whether they hold it)."""
     with _META_UPDATES:
         meta = read_staged_meta(final_path)
         if meta is None:  # released meanwhile (retention) or never described: nothing to rebuild from
             return False
         meta.setdefault("delivered", {})[target] = location
-        temporary = final_path + META_SUFFIX + ".tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(meta, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, final_path + META_SUFFIX)
+        _write_meta(final_path, meta)
     return True
 
 
@@ -98,7 +100,7 @@ def discard_staged(staging_dir, record):
     back with a ledger rebuilt from staging."""
     final = staged_path(staging_dir, record.source, record.id)
     removed = False
-    for path in (final, final + PART_SUFFIX, final + META_SUFFIX, final + META_SUFFIX + ".tmp"):
+    for path in (final, final + PART_SUFFIX, final + META_SUFFIX, final + META_TEMPORARY):
         try:
             os.remove(path)
             removed = removed or path == final
