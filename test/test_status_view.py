@@ -68,6 +68,39 @@ def test_what_is_still_to_move_only_goes_down_through_a_files_download_and_its_u
     assert seen == sorted(seen, reverse=True), [value / MiB for value in seen]
 
 
+def test_a_report_older_than_the_ledger_does_not_make_the_figure_dip_at_the_hand_over(tmp_path):
+    """The status reads the ledger each second and keeps each worker's latest report, which may be older: at the
+    hand-over the ledger counts the download done while the report still shows it at 100 %. Counted as moved, that
+    made mib_to_move 0 for one sample, then it jumped back as the upload began."""
+    from filesync.ledger.store import Ledger
+    builder = StatusBuilder(load_config(RAW))
+    ledger = Ledger(str(tmp_path / "ledger.db"))
+    [record] = ledger.register("inbox", ["ftp"], False, [("big.ulg", 4 * MiB, 1.0)])
+    seen, clock = [], [10.0]
+
+    def sample(*transfers):
+        clock[0] += 1
+        reports = [WorkerReport("w", transfers=list(transfers))]
+        seen.append(builder.build(ledger.counts(), reports, 1 << 30, now=clock[0], to_copy=ledger.bytes_to_copy(),
+                                  moving=ledger.copies_under_way()).bytes_to_move / MiB)
+
+    def at(kind, device, done):
+        return TransferStatus(record.id, "inbox", "big.ulg", kind, device, done, 4 * MiB)
+
+    ledger.claim("download", "inbox", "w", 30)
+    sample(at("download", "inbox", 3 * MiB))
+    sample(at("download", "inbox", 4 * MiB))
+    ledger.finish(record.id, "download", "inbox", "w", "done")
+    sample(at("download", "inbox", 4 * MiB))  # the report from before the finish
+    ledger.claim("upload", "ftp", "w", 30)
+    sample(at("download", "inbox", 4 * MiB))  # still, though the upload is claimed
+    sample(at("upload", "ftp", 1 * MiB))
+    ledger.finish(record.id, "upload", "ftp", "w", "done")
+    sample(at("upload", "ftp", 4 * MiB))
+    ledger.close()
+    assert seen == [5.0, 4.0, 4.0, 4.0, 3.0, 0.0]
+
+
 def test_parked_files_and_the_last_error_come_from_the_ledger_when_no_worker_remembers_one():
     view = status_view(_status(), now=20.0)
     assert view["files_parked"] == 1
