@@ -168,8 +168,8 @@ class StatusWidget(QWidget):
             else "none")
         self.parked.setRowCount(len(shown))
         for row, parked in enumerate(shown):
-            for column, text in enumerate((parked["file_id"], f"{parked['source']}/{parked['path']}\n{parked['reason']}",
-                                           parked["devices"])):
+            name_and_reason = f"{parked['source']}/{parked['path']}\n{parked['reason']}"
+            for column, text in enumerate((parked["file_id"], name_and_reason, parked["devices"])):
                 self.parked.setItem(row, column, _item(text))
             for column, (label, action) in enumerate((("Retry", "retry"), ("Forget", "forget")), start=PARKED_RETRY):
                 name = f"{action}_{parked['file_id']}"
