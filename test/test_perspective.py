@@ -90,27 +90,50 @@ def test_the_plots_show_two_minutes_of_plot_friendly_fields(perspective):
 
 RESTORE = r"""
 import json, sys
-from PyQt5.QtCore import QByteArray, Qt
+from PyQt5.QtCore import QByteArray, QRect, Qt
+from PyQt5.QtGui import QFontMetrics
 from PyQt5.QtWidgets import QApplication, QDockWidget, QMainWindow, QWidget
-geometry, state, names = json.loads(sys.stdin.read())
+geometry, state, names, shown = json.loads(sys.stdin.read())
 application = QApplication([])
 screen = application.primaryScreen().size()
 window = QMainWindow()
 window.setObjectName("MainWindow")
 docks = {}
+widget = None
 for name in names:  # as qt_gui adds each plugin's widget: a dock named after it, at first at the bottom
     dock = QDockWidget()
     dock.setObjectName(name)
-    dock.setWidget(QWidget())
+    if shown and name.startswith("filesync__"):  # filesync's own widget, showing a view
+        from filesync.ui.widget import StatusWidget
+        widget = StatusWidget()
+        dock.setWidget(widget)
+    else:
+        dock.setWidget(QWidget())
     window.addDockWidget(Qt.BottomDockWidgetArea, dock)
     docks[name] = dock
 restored = [window.restoreGeometry(QByteArray.fromHex(geometry.encode()))]
 window.show()
 restored.append(window.restoreState(QByteArray.fromHex(state.encode())))  # once the plugins' docks are there
+parked = {}
+if widget is not None:
+    widget.show_view(shown["view"])
+    for _ in range(10):
+        application.processEvents()
+    table, header = widget.parked, widget.parked.horizontalHeader()
+    column = next(c for c in range(header.count()) if "reason" in table.horizontalHeaderItem(c).text())
+    width = header.sectionSize(column)
+    metrics = QFontMetrics(table.font())
+    rows = []
+    for row in range(table.rowCount()):  # the height the cell's text needs, wrapped in its column, and the row's
+        text = table.item(row, column).text()
+        needed = metrics.boundingRect(QRect(0, 0, width - 8, 10000), Qt.TextWordWrap | Qt.TextWrapAnywhere, text)
+        rows.append([text, needed.height(), table.rowHeight(row)])
+    parked = {"width": width, "viewport": table.viewport().width(), "rows": rows}
+    widget.grab().save(shown["screenshot"])
 application.processEvents()
 frame = window.frameGeometry()
 print(json.dumps({"screen": [screen.width(), screen.height()], "restored": restored,
-                  "window": [frame.x(), frame.y(), frame.width(), frame.height()],
+                  "window": [frame.x(), frame.y(), frame.width(), frame.height()], "parked": parked,
                   "docks": {name: [d.isVisible(), d.x(), d.y(), d.width(), d.height()] for name, d in docks.items()}}))
 """
 
@@ -135,12 +158,11 @@ def screen_1280x800():
         server.wait(10)
 
 
-def test_the_window_fits_1280x800_and_restores_every_pane(perspective, screen_1280x800, monkeypatch):
-    """On a real 1280x800 X screen, as rqt runs: Qt refuses geometry saved on a screen of another size (the offscreen
-    platform's 800 px), and puts a dock in place only when its name is the one the plugin's widget really has."""
+def _restore(perspective, display, shown=None):
+    """Restore the perspective's window on `display` as rqt does, in a process of its own; what it saw.
+    shown: {"view": a status_view, "screenshot": a PNG path} puts filesync's widget in its dock, showing the view."""
     import subprocess
     import sys
-    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")  # this process only builds the widget to read its name
     from PyQt5.QtWidgets import QApplication
     from filesync.ui.widget import StatusWidget
     application = QApplication.instance() or QApplication([])  # noqa: F841 (widgets need one)
@@ -149,12 +171,20 @@ def test_the_window_fits_1280x800_and_restores_every_pane(perspective, screen_12
              for plugin, serials in perspective["groups"]["pluginmanager"]["keys"]["running-plugins"].items()
              for serial in serials]
     keys = perspective["groups"]["mainwindow"]["keys"]
-    payload = json.dumps([bytes(keys["geometry"].toHex()).decode(), bytes(keys["state"].toHex()).decode(), docks])
-    environment = dict(os.environ, DISPLAY=screen_1280x800, QT_QPA_PLATFORM="xcb")
+    payload = json.dumps([bytes(keys["geometry"].toHex()).decode(), bytes(keys["state"].toHex()).decode(), docks,
+                          shown])
+    environment = dict(os.environ, DISPLAY=display, QT_QPA_PLATFORM="xcb")
     result = subprocess.run([sys.executable, "-c", RESTORE], input=payload, capture_output=True, text=True,
                             env=environment, timeout=60)
     assert result.returncode == 0, result.stderr[-2000:]
-    seen = json.loads(result.stdout.splitlines()[-1])
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def test_the_window_fits_1280x800_and_restores_every_pane(perspective, screen_1280x800, monkeypatch):
+    """On a real 1280x800 X screen, as rqt runs: Qt refuses geometry saved on a screen of another size (the offscreen
+    platform's 800 px), and puts a dock in place only when its name is the one the plugin's widget really has."""
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")  # this process only builds the widget to read its name
+    seen = _restore(perspective, screen_1280x800)
     assert seen["screen"] == [1280, 800]
     assert seen["restored"] == [True, True], "rqt would open its default window and stack the panes"
     x, y, width, height = seen["window"]
@@ -167,6 +197,34 @@ def test_the_window_fits_1280x800_and_restores_every_pane(perspective, screen_12
     assert monitor[4] >= 200 and monitor[1] == filesync[1], monitor  # below the plugin
     for plot in plots:  # rqt_plot's toolbar and topic row take some 90 px: the axes need the rest
         assert plot[1] > filesync[1] and plot[3] >= 500 and plot[4] >= 330, plot
+
+
+def test_parked_reasons_are_readable_in_the_perspectives_own_pane(perspective, screen_1280x800, monkeypatch,
+                                                                   tmp_path):
+    """In rqt's 1260x740 window the reason column was some 30 px wide beside a PX4 log's path: one word a line. In
+    the pane the perspective gives the plugin, the text with the reason has most of the table's width and each row
+    is tall enough for all of its wrapped lines. The screenshot is kept as build/test-artifacts/rqt-plugin-pane.png."""
+    monkeypatch.setenv("QT_QPA_PLATFORM", "offscreen")
+    from filesync.status import LinkStatus, ParkedFile, PipelineStatus, Status, TransferStatus, status_view
+    from support.ui_scene import copy_artifact
+    reasons = ["upload ftp: the server already holds a different file of this name (550 clash); rename it there or "
+               "Forget", "download vehicle: CRC mismatch after 3 attempts (the SD card may be failing)",
+               "upload flight_review: 413 Request Entity Too Large"]
+    status = Status(stamp=100.0, pipelines=[PipelineStatus("vehicle", ["ftp", "flight_review"])],
+                    transfers=[TransferStatus(1, "vehicle", "fs/microsd/log/2024-05-01/09_00_00.ulg", "upload", "ftp",
+                                              3 << 20, 10 << 20)],
+                    links=[LinkStatus("vehicle", "source"), LinkStatus("ftp", "target", False, 50.0, "timed out")],
+                    parked=[ParkedFile(i + 3, "vehicle", f"fs/microsd/log/2024-05-01/1{i}_11_12.ulg", 10 << 20,
+                                       reason, ["target ftp"]) for i, reason in enumerate(reasons)],
+                    files_parked=3)
+    screenshot = str(tmp_path / "rqt-plugin-pane.png")
+    seen = _restore(perspective, screen_1280x800, {"view": status_view(status, now=100.0), "screenshot": screenshot})
+    copy_artifact(screenshot, "rqt-plugin-pane.png")
+    parked = seen["parked"]
+    assert parked["viewport"] >= 550, parked  # the pane itself: some 660 px of the 1260
+    assert parked["width"] >= parked["viewport"] / 2, parked
+    for (text, needed, height), reason in zip(parked["rows"], reasons):
+        assert reason in text and needed <= height, (text, needed, height)
 
 
 def test_the_filesync_pane_fits_its_place_however_many_rows_it_shows(monkeypatch):

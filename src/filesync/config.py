@@ -10,8 +10,9 @@ import yaml
 
 from filesync.devices import source_class
 from filesync.errors import ConfigError
-from filesync.options import Option, expand_path, not_negative, parse_options, port_number, positive, secret_options
-from filesync.ui.web import is_loopback
+from filesync.options import (Option, expand_path, not_negative, parse_options, port_number, positive, resolve_secret,
+                              secret_options)
+from filesync.ui.web import MAX_CONNECTIONS, REQUEST_TIMEOUT, is_loopback
 
 TOP_LEVEL = [
     Option("staging_dir", str, "~/filesync/staging"),
@@ -57,6 +58,10 @@ WEB = [
     Option("enabled", bool, True),
     Option("host", str, "127.0.0.1"),
     Option("port", int, 8088, port_number),
+    Option("allowed_hosts", list, [], lambda names: None if all(isinstance(n, str) and n for n in names)
+           else "expected a list of host names"),
+    Option("request_timeout", float, REQUEST_TIMEOUT, positive),
+    Option("max_connections", int, MAX_CONNECTIONS, positive),
 ] + secret_options("token")
 
 FTP_USER = [Option("name", str), Option("perm", str, "elradfmwMT")] + secret_options()
@@ -123,6 +128,17 @@ def _check_devices(mapping, section):
             raise ConfigError(f"{section}.{name}.kind: required but missing")
 
 
+def _check_web_token(web):
+    """An empty token file (or a set but empty variable) is a mistake, not a wish for a read-only page: one line
+    naming the key now, before the web node starts without a token (on another address it could not start at all)."""
+    variable = web["token_env"]
+    if variable:  # unset, it is the web node's to report: another process (a command-line tool) may lack it
+        if variable in os.environ and not os.environ[variable].strip():
+            raise ConfigError(f"web.token_env: environment variable {variable} is empty")
+    elif web["token_file"] and not resolve_secret(web, "web", "token").strip():
+        raise ConfigError(f"web.token_file: {expand_path(web['token_file'])} is empty (its first line is the token)")
+
+
 def load_config(raw) -> Config:
     """Check a configuration mapping and return a Config. Raises ConfigError naming the first bad key."""
     values = parse_options(TOP_LEVEL, raw, "")
@@ -159,6 +175,8 @@ def load_config(raw) -> Config:
     if not is_loopback(web["host"]) and not any(web[key] for key in ("token", "token_env", "token_file")):
         raise ConfigError(f"web.host: serving on {web['host']} needs a token (web.token_env or web.token_file); "
                           "without one the page is served on 127.0.0.1 only")
+    if web["enabled"]:
+        _check_web_token(web)
     values["web"] = web
     values["staging_dir"] = expand_path(values["staging_dir"])
     values["database"] = expand_path(values["database"]) if values["database"] else default_database()

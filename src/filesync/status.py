@@ -250,11 +250,12 @@ class StatusBuilder:
         return [(SOURCE, name) for name in sources] + [(TARGET, name) for name in targets]
 
     def build(self, counts, reports, staging_free, now=None, ledger_ok=True, parked=(), ledger_error="",
-              to_copy=None) -> Status:
+              to_copy=None, moving=None) -> Status:
         """counts: {(source, state): (files, bytes)} (Ledger.counts()); reports: the live WorkerReports; parked: the
         ParkedFiles the ledger holds (their reasons stay shown after a restart, when no worker remembers them);
         to_copy: {source: bytes} of the downloads and uploads still to make (Ledger.bytes_to_copy()), from which
-        bytes_to_move is counted (without it, from bytes_waiting)."""
+        bytes_to_move is counted (without it, from bytes_waiting); moving: {(file_id, kind, device)} of the copies
+        the ledger has under way (Ledger.copies_under_way()), the only ones whose reported progress counts."""
         now = time.time() if now is None else now
         with self._lock:
             transfers = self._transfers(reports, now)
@@ -280,8 +281,12 @@ class StatusBuilder:
             # progress within a file counts, and each copy once: a 300 MB file with one target is 600 MB to move when
             # found, goes down as it downloads, and on as it uploads (counted from bytes_waiting alone, it fell to 0
             # at the end of the download and jumped back to 300 MB when the upload began)
+            # and a report may be older than the ledger's figures: a download the ledger counts done (no longer in
+            # to_copy) that a worker still reports at 100 % moved nothing more (counted, it made the figure 0 for
+            # one sample at the hand-over to the upload)
             legs = pipeline.bytes_waiting if to_copy is None else to_copy.get(pipeline.source, 0)
-            moved = sum(t.bytes_done for t in transfers if t.source == pipeline.source)
+            moved = sum(t.bytes_done for t in transfers if t.source == pipeline.source and
+                        (moving is None or (t.file_id, t.kind, t.device) in moving))
             to_move += max(0, legs - moved)
         rate = sum(t.rate for t in transfers)
         return Status(stamp=now, pipelines=pipelines, transfers=transfers, links=self._links(reports),

@@ -15,7 +15,7 @@ import rospy
 from PyQt5.QtWidgets import QApplication, QProgressBar
 
 from filesync.ros.status_window import connect
-from filesync.ui.widget import StatusWidget
+from filesync.ui.widget import PARKED_RETRY, PARKED_TEXT, StatusWidget
 
 TIMEOUT = 60.0
 
@@ -40,8 +40,9 @@ def main(clash_path, screenshot):
         bar = widget.transfers.cellWidget(0, 3) if widget.transfers.rowCount() else None
         return bar.value() if isinstance(bar, QProgressBar) else None
 
-    def parked_reason():
-        return widget.parked.item(0, 2).text() if widget.parked.rowCount() and widget.parked.item(0, 2) else ""
+    def parked_reason():  # the name, and under it the reason
+        item = widget.parked.item(0, PARKED_TEXT) if widget.parked.rowCount() else None
+        return item.text() if item else ""
 
     # 1. a bar that moves (three distinct values in flight) while the parked file shows its reason
     while time.monotonic() < deadline:
@@ -56,7 +57,7 @@ def main(clash_path, screenshot):
     # 2. Retry puts it back in line: the server's clashing file is gone first, so the upload can succeed
     if seen["reason"]:
         os.remove(clash_path)
-        button = widget.parked.cellWidget(0, 4)
+        button = widget.parked.cellWidget(0, PARKED_RETRY)
         seen["retry_button"] = button.text()
         button.click()
         while time.monotonic() < deadline and not widget.action_result.text().endswith("back in line"):

@@ -480,6 +480,14 @@ class Ledger:
                 "WHERE t.kind IN ('download', 'upload') AND t.state IN ('waiting', 'active') GROUP BY f.source")
             return {row[0]: int(row[1]) for row in rows}
 
+    def copies_under_way(self) -> set:
+        """{(file_id, kind, device)} of the downloads and uploads under way (claimed), for the status: a transfer a
+        worker still reports after its task was finished is no longer in bytes_to_copy() and must not count as moved."""
+        with self._lock:
+            rows = self._db.execute("SELECT file_id, kind, device FROM tasks "
+                                    "WHERE kind IN ('download', 'upload') AND state = 'active'")
+            return {(row[0], row[1], row[2]) for row in rows}
+
     def _get(self, db, file_id):
         # one statement for the file and its tasks (a ledger call runs under the lock: every statement counts)
         rows = db.execute(_RECORD_SQL, (file_id,)).fetchall()

@@ -145,10 +145,13 @@ class LedgerServices:
                     break
                 after = failed[-1].id
             to_copy = sorted(self._call("bytes_to_copy").items())
+            moving = sorted(self._call("copies_under_way"))
             cached = CountsResponse(
                 counts=[StateCount(source=source, state=state, files=files, bytes=size)
                         for (source, state), (files, size) in sorted(self._call("counts").items())],
                 copy_sources=[source for source, _ in to_copy], copy_bytes=[size for _, size in to_copy],
+                moving_file_ids=[file_id for file_id, _, _ in moving], moving_kinds=[kind for _, kind, _ in moving],
+                moving_devices=[device for _, _, device in moving],
                 parked_roles=[role for role, _ in parked], parked_devices=[device for _, device in parked],
                 parked_files=list(parked.values()))
             self._counts = (changes, cached)

@@ -81,7 +81,7 @@ class StatusNode:
         self.reports = {}  # node -> (received monotonic time, status.WorkerReport)
         self._lock = threading.Lock()
         self.counts, self.parked, self.ledger_ok, self.ledger_error = {}, {}, False, ""
-        self.to_copy = {}
+        self.to_copy, self.moving = {}, set()
         self._proxies = {}  # persistent: asking once a second costs no master lookup and no new connection
         self.parked_files = []  # status.ParkedFile, from the ledger
         self._parked_stale = True  # ask the ledger for the parked files at the next tick
@@ -155,6 +155,7 @@ class StatusNode:
             self._parked_stale = True
         self.counts = counts
         self.to_copy = dict(zip(reply.copy_sources, reply.copy_bytes))
+        self.moving = set(zip(reply.moving_file_ids, reply.moving_kinds, reply.moving_devices))
         self.parked = {(role, device): files for role, device, files in
                        zip(reply.parked_roles, reply.parked_devices, reply.parked_files)}
         if self._parked_stale:
@@ -176,7 +177,8 @@ class StatusNode:
         except OSError:
             free = 0
         status = self.builder.build(self.counts, reports, free, ledger_ok=self.ledger_ok, parked=self.parked_files,
-                                    ledger_error=self.ledger_error, to_copy=self.to_copy)
+                                    ledger_error=self.ledger_error, to_copy=self.to_copy,
+                                    moving=self.moving)
         self.publisher.publish(status_to_msg(status))
         self.diagnoses = {d.name: d for d in status_lib.diagnose(status, self.parked,
                                                                  self.config.unreachable_warn_seconds)}

@@ -35,7 +35,8 @@ def main():
     server = None
     while server is None and not stopped.is_set():
         try:
-            server = StatusServer(web["host"], web["port"], page, LedgerActions(), token)
+            server = StatusServer(web["host"], web["port"], page, LedgerActions(), token, web["allowed_hosts"],
+                                  web["request_timeout"], web["max_connections"])
         except OSError as error:
             if error.errno != errno.EADDRINUSE:
                 fail(f"web: cannot serve on {web['host']}:{web['port']}: {error.strerror or error}")

@@ -2,7 +2,11 @@
 links, staging. It needs neither ROS nor rqt: it shows the views of filesync.status.status_view() that it is given
 (view_arrived may be emitted from any thread) and acts through an object with retry(id), forget(id) and retry_all(),
 each returning (ok, message). The rqt plugin and the stand-alone window wrap it.
+
+Names and errors come from devices and people (a file may be called `<font size=7>x</font>`): every label is plain
+text, and every tooltip is plain text made into Qt's rich text (a tooltip that looks like HTML is rendered as such).
 """
+import html
 import threading
 
 from PyQt5.QtCore import Qt, pyqtSignal
@@ -11,6 +15,7 @@ from PyQt5.QtWidgets import (QAbstractItemView, QFrame, QGroupBox, QHBoxLayout, 
                              QPushButton, QScrollArea, QTableWidget, QTableWidgetItem, QVBoxLayout, QWidget)
 
 STATE_COLOURS = {"up": "#1b7f3b", "down": "#b3261e", "unknown": "#7a7a7a"}
+PARKED_TEXT, PARKED_RETRY = 1, 3  # the parked files' columns: the name over the reason; Retry, then Forget
 
 
 def _table(headers, stretch_column):
@@ -26,9 +31,21 @@ def _table(headers, stretch_column):
     return table
 
 
+def plain_tooltip(text):
+    """A tooltip that shows `text` as it is, spaces and lines kept (Qt renders a tooltip that looks like HTML as rich
+    text, so it is made rich text here, escaped)."""
+    return f'<p style="white-space:pre-wrap">{html.escape(str(text))}</p>' if text != "" else ""
+
+
+def _label(text=""):
+    label = QLabel(text)
+    label.setTextFormat(Qt.PlainText)
+    return label
+
+
 def _item(text, tooltip=None):
     item = QTableWidgetItem(str(text))
-    item.setToolTip(tooltip or str(text))
+    item.setToolTip(plain_tooltip(tooltip or text))
     return item
 
 
@@ -57,9 +74,9 @@ class StatusWidget(QWidget):
         # sum was the pane's minimum height, which made rqt's window 887 px tall on an 800 px screen
         content = QWidget()
         layout = QVBoxLayout(content)
-        self.summary = QLabel("waiting for /filesync/status ...")
+        self.summary = _label("waiting for /filesync/status ...")
         self.summary.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        self.last_error = QLabel("")
+        self.last_error = _label()
         self.last_error.setWordWrap(True)
         self.last_error.setStyleSheet("color: #b3261e")
         self.last_error.setTextInteractionFlags(Qt.TextSelectableByMouse)
@@ -73,21 +90,23 @@ class StatusWidget(QWidget):
         self.transfers.setColumnWidth(3, 160)
         layout.addWidget(self._group("Transfers", self.transfers))
 
-        self.parked = _table(["id", "file", "reason", "where", "", ""], 2)
-        self.parked.setWordWrap(True)  # the reason is what the operator came for: shown whole
+        # the reason is what the operator came for: under the file's name, in the column that stretches, wrapped and
+        # shown whole (in a column of its own beside a long name, it was some 30 px wide in rqt's 1260 px window)
+        self.parked = _table(["id", "file and reason", "where", "", ""], PARKED_TEXT)
+        self.parked.setWordWrap(True)
         self.retry_all = QPushButton("Retry all")
         self.retry_all.clicked.connect(lambda: self._act("retry_all"))
-        self.parked_title = QLabel("none")
+        self.parked_title = _label("none")
         parked_head = QHBoxLayout()
         parked_head.addWidget(self.parked_title, 1)
         parked_head.addWidget(self.retry_all)
-        self.action_result = QLabel("")
+        self.action_result = _label()
         self.action_result.setWordWrap(True)
         layout.addWidget(self._group("Parked files (wait for a person)", self.parked, parked_head, self.action_result))
 
         self.links = _table(["device", "state", "since", "why"], 3)
         layout.addWidget(self._group("Sources and targets", self.links))
-        self.staging = QLabel("")
+        self.staging = _label()
         layout.addWidget(self.staging)
         layout.addStretch(1)
         scroll = QScrollArea()
@@ -149,10 +168,10 @@ class StatusWidget(QWidget):
             else "none")
         self.parked.setRowCount(len(shown))
         for row, parked in enumerate(shown):
-            for column, text in enumerate((parked["file_id"], f"{parked['source']}/{parked['path']}",
-                                           parked["reason"], parked["devices"])):
+            name_and_reason = f"{parked['source']}/{parked['path']}\n{parked['reason']}"
+            for column, text in enumerate((parked["file_id"], name_and_reason, parked["devices"])):
                 self.parked.setItem(row, column, _item(text))
-            for column, (label, action) in enumerate((("Retry", "retry"), ("Forget", "forget")), start=4):
+            for column, (label, action) in enumerate((("Retry", "retry"), ("Forget", "forget")), start=PARKED_RETRY):
                 name = f"{action}_{parked['file_id']}"
                 button = self.parked.cellWidget(row, column)
                 if button is None or button.objectName() != name:  # kept while the row shows the same file
@@ -186,7 +205,7 @@ class StatusWidget(QWidget):
         can_act = self.actions is not None
         self.retry_all.setEnabled(can_act and bool(self.view and self.view["files_parked"]))
         for row in range(self.parked.rowCount()):
-            for column in (4, 5):
+            for column in (PARKED_RETRY, PARKED_RETRY + 1):
                 button = self.parked.cellWidget(row, column)
                 if button is not None:
                     button.setEnabled(can_act)
