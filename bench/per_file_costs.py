@@ -34,7 +34,11 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-sys.path[:0] = [os.path.join(ROOT, "src"), os.path.join(ROOT, "test")]
+sys.path.insert(0, os.path.join(ROOT, "test"))
+try:
+    import filesync.msg  # noqa: F401  (the workspace's filesync, with its messages)
+except ImportError:
+    sys.path.insert(0, os.path.join(ROOT, "src"))
 
 CASES = ("folder", "ftp", "sftp", "s3", "http", "drive", "ftp-source", "sftp-source")
 FSYNC_LINE = re.compile(r"^\d+\s+(?:fsync|fdatasync)\((\d+)<([^>]*)>")  # a call, finished or <unfinished ...>
