@@ -59,12 +59,18 @@ def tool(name):
 
 
 def run_process(command, environment=None, timeout=1800):
-    """Run a whole process; (seconds, peak RSS in bytes). Raises with its output's tail if it fails."""
+    """Run a whole process; (seconds, its peak RSS in bytes). Raises with its output's tail if it fails.
+
+    The peak is VmHWM from /proc, read while it runs (wait4's ru_maxrss is no good here: Linux keeps the largest
+    RSS across fork and exec, so a small program started by this big one reports this one's size).
+    """
     started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=environment)
+    peak = 0
     deadline = started + timeout
     while True:
-        pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+        peak = max(peak, high_water_mark(process.pid))
+        pid, status = os.waitpid(process.pid, os.WNOHANG)
         if pid:
             break
         if time.perf_counter() > deadline:
@@ -77,7 +83,19 @@ def run_process(command, environment=None, timeout=1800):
     process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
         raise RuntimeError(f"{os.path.basename(command[0])} failed ({process.returncode}): {output[-1500:]}")
-    return seconds, usage.ru_maxrss * 1024
+    return seconds, peak
+
+
+def high_water_mark(pid):
+    """VmHWM of a running process in bytes (0 once it has ended)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def run_ours(workdir, label, source, target, count):
@@ -118,8 +136,7 @@ def report(part, count, results, reference):
                         "files_per_s": rates, "ratio_to": reference, "ratios": ratios, "peak_rss": rss})
         note = f"{median(ratios):.2f} of {reference} (rounds " + ", ".join(f"{r:.2f}" for r in ratios) + ")" \
             if name != reference else ""
-        memory = f"; peak RSS {max(rss) / 2**20:.0f} MiB" if rss and not name.startswith(("rclone", "lftp", "rsync")) \
-            else ""
+        memory = f"; peak RSS {max(rss) / 2**20:.0f} MiB" if rss else ""
         print(f"    {name:<34} {median(rates):8.1f} files/s (range {min(rates):.1f}-{max(rates):.1f}) {note}{memory}",
               flush=True)
 
