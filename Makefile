@@ -21,12 +21,13 @@ APT_PACKAGES := ros-core-dev python3-rospy python3-rostest python3-roslaunch pyt
 #   and the libraries of vsftpd and ProFTPD (proftpd-core, which ships mod_digest.so), which run from their Debian
 #   packages unpacked into ~/.cache/filesync/ftp-servers ($(STAMPS)/ftp-servers), not installed (the two conflict);
 # - chromium, chromium-driver, python3-selenium (the status page in a real browser); socat (serial links as pty
-#   pairs); python3-openssl (pyftpdlib's TLS handler); curl and lftp (benchmark peers); python3-pytest.
+#   pairs); python3-openssl (pyftpdlib's TLS handler); curl, lftp and rsync (benchmark peers); strace (the fsyncs
+#   bench/per_file_costs.py counts); python3-pytest.
 # Packages that bring a daemon (nginx, ssh) are installed with a policy-rc.d that keeps Debian from starting them.
-TEST_APT_PACKAGES := python3-pytest python3-openssl curl lftp nginx openssh-server openssh-client socat \
+TEST_APT_PACKAGES := python3-pytest python3-openssl curl lftp rsync strace nginx openssh-server openssh-client socat \
   chromium chromium-driver python3-selenium xvfb libwrap0 libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3
 
-.PHONY: setup setup-test run test test-lib test-ros test-long soak bench clean install-service
+.PHONY: setup setup-test run test test-lib test-ros test-long soak bench bench-many clean install-service
 
 setup: $(STAMPS)/build
 
@@ -105,6 +106,13 @@ test-long: setup-test
 # one table (docs/benchmarks.md).
 bench: setup-test
 	$(ROS_ENV) && cd $(ROOT) && timeout -k 30 1500 $(PY) bench/run.py
+	$(MAKE) --no-print-directory bench-many
+
+# Many small files, near and far (issue 18): against rclone copy, lftp mirror -R and rsync -a --fsync, S3 and SFTP
+# over a 50 ms round trip; then what one small file costs per device (round trips, fsyncs, ledger calls).
+bench-many: setup-test
+	$(ROS_ENV) && cd $(ROOT) && timeout -k 30 2400 $(PY) bench/many_files.py
+	$(ROS_ENV) && cd $(ROOT) && timeout -k 30 600 $(PY) bench/per_file_costs.py
 
 # The 20-minute fault soak through every device (folders, an exFAT drive, MAVLink FTP, FTP, Flight Review): kill -9
 # of nodes, FTP and web server outages, drive unplugs, 20% MAVLink loss, HTTP 5xx, a full staging disk; prints its seed.

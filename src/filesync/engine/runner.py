@@ -60,12 +60,16 @@ class LocalRunner:
         lock_path = os.path.join(os.path.dirname(self.config.database), "leases.json")
         self.context = DeviceContext(lock=LeaseTable(lock_path), owner=worker_prefix)
         self.loops = build_workers(self.config, self.ledger, worker_prefix, self.context, self._announce)
+        self._task_workers = [loop for loop in self.loops if isinstance(loop, TaskWorker)]
         self._started = False
 
     def _announce(self, record, task=None, done=None):
         with self._events_lock:
             self.events.append((record.id, record.path, record.state, task.device if task else "", done))
-        for loop in self.loops:  # something changed: let every worker look for work now
+        # A state change may be work for a task worker: wake those now. Not the finders: a state change tells them
+        # nothing new about their source, and a finder woken per change lists the whole source again each time
+        # (O(N^2) listing for N files); they list every scan_interval, or at once for forget().
+        for loop in self._task_workers:
             loop.wake.set()
 
     def start(self):

@@ -1,0 +1,35 @@
+"""What one small file costs, pinned as an upper bound: bench/per_file_costs.py's counts must not grow.
+
+The bounds are the counts measured when they were written (docs/benchmarks.md, "What one small file costs"): work
+that lowers them (issue 18) should lower the bounds too; a change that raises them fails here.
+"""
+import os
+import shutil
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "bench"))
+
+import per_file_costs  # noqa: E402
+
+# case: {metric: at most per file}
+BOUNDS = {
+    "folder": {"fsyncs": 12, "fsync ledger wal": 6, "fsync staging": 4, "fsync target": 2, "ledger finish": 2,
+               "ledger checkpoint": 2},
+    "ftp": {"net round_trips": 17, "net connections": 0, "net ftp data connections": 1, "fsyncs": 10,
+            "fsync ledger wal": 6, "ledger finish": 2, "ledger checkpoint": 2},
+}
+
+
+@pytest.mark.parametrize("case", sorted(BOUNDS))
+def test_one_small_file_costs_no_more_than_today(tmp_path, case):
+    if shutil.which("strace") is None:
+        pytest.fail("strace is missing: apt-get install -y strace (it is in the Makefile's TEST_APT_PACKAGES)")
+    with per_file_costs.case_setup(case, str(tmp_path)) as (proxy, configure, extra):
+        few = per_file_costs.run_once(case, proxy, configure, extra, str(tmp_path), 2, 20_000, timeout=120)
+        many = per_file_costs.run_once(case, proxy, configure, extra, str(tmp_path), 6, 20_000, timeout=120)
+    costs = per_file_costs.per_file(few, many, 4)
+    over = {metric: costs.get(metric, 0) for metric, bound in BOUNDS[case].items() if costs.get(metric, 0) > bound}
+    assert not over, f"{case}: per file {over}, more than {BOUNDS[case]}"
