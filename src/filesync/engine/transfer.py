@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from filesync.devices.base import Checksum, digest_text, local_digest
 from filesync.errors import FileError, FinalNameTaken, PermanentError, SkipFile, StartOver, TransientError, Vanished
+from filesync.fsutil import fsync_directory, make_directories
 from filesync.ledger.recovery import discard_staged, read_staged_meta, write_staged_meta
 from filesync.paths import PART_SUFFIX, check_relative, conflict_name, device_name, staged_path
 log = logging.getLogger(__name__)
@@ -140,14 +141,6 @@ class Job:
             self.checkpoint(offset, note)
 
 
-def _fsync_directory(path):
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _staging_error(error, path):
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return TransientError(f"staging disk full while writing {path}")
@@ -163,12 +156,18 @@ def download(source, job) -> Done:
     if os.path.exists(final):  # staged before a crash, or rebuilt from staging
         return _staged(record, final)
     try:
-        os.makedirs(os.path.dirname(final), exist_ok=True)
+        make_directories(os.path.dirname(final))
+        new = not os.path.exists(part)
         descriptor = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
         raise _staging_error(error, part) from None
     digest = hashlib.sha256()
     with os.fdopen(descriptor, "r+b") as staged:
+        if new:  # its name must be as durable as the offsets checkpointed for it
+            try:
+                fsync_directory(os.path.dirname(part))
+            except OSError as error:
+                raise _staging_error(error, part) from None
         offset = min(job.task.offset, os.fstat(descriptor).st_size)
         staged.truncate(offset)
         for block in iter(lambda: staged.read(min(1 << 20, offset - staged.tell())), b""):
@@ -210,7 +209,7 @@ def download(source, job) -> Done:
     try:
         write_staged_meta(final, record, sha256, checksum)
         os.replace(part, final)
-        _fsync_directory(os.path.dirname(final))
+        fsync_directory(os.path.dirname(final))
     except OSError as error:
         raise _staging_error(error, final) from None
     return Done(final, sha256, checksum)

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from filesync.fsutil import make_directories
+
 SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -204,7 +206,7 @@ class Ledger:
         self._lock = threading.RLock()
         directory = os.path.dirname(os.path.abspath(path))
         try:
-            os.makedirs(directory, exist_ok=True)
+            make_directories(directory)
         except OSError as error:
             raise LedgerUnavailable(f"ledger folder {directory}: {error.strerror}") from None
         try:
