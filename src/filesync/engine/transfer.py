@@ -39,6 +39,12 @@ class StagingFull(Exception):
     """Free space on the staging file system is under its floor: downloads wait (no attempt counted) for space."""
 
 
+class StagedCopyLost(Exception):
+    """An upload found its version's staged copy gone (a power cut lost its entry, someone cleaned staging): the
+    version goes back to its download (ledger outcome 'restage'), which copies it again while the source still holds
+    it and parks it, saying so, when it does not."""
+
+
 def staging_free_bytes(staging_dir) -> int:
     """Free bytes (for an unprivileged writer) on the file system holding `staging_dir` (or its nearest parent)."""
     path = os.path.abspath(staging_dir)
@@ -155,6 +161,8 @@ def download(source, job) -> Done:
     part = final + PART_SUFFIX
     if os.path.exists(final):  # staged before a crash, or rebuilt from staging
         return _staged(record, final)
+    if record.sha256:  # staged once already, and the staged copy was lost
+        _check_still_held(source, record)
     try:
         make_directories(os.path.dirname(final))
         new = not os.path.exists(part)
@@ -206,6 +214,11 @@ def download(source, job) -> Done:
         job.checkpoint(0)  # the bytes are wrong somewhere: start the copy again rather than keep them
         raise
     sha256 = digest.hexdigest()
+    if record.sha256 and sha256 != record.sha256:
+        job.checkpoint(0)
+        raise PermanentError(f"the staged copy of {record.path} (version {record.version}) was lost and the source "
+                             f"holds other bytes under the same size and time now (SHA-256 {sha256}, the version's "
+                             f"was {record.sha256}): that version cannot be copied again")
     try:
         write_staged_meta(final, record, sha256, checksum)
         os.replace(part, final)
@@ -226,6 +239,20 @@ def _check_unchanged(source, record, job):
     if now.size != record.size or (record.mtime >= 0 and now.mtime != record.mtime):
         job.checkpoint(0)
         raise TransientError(f"{record.path} changed on the source during the copy; copying it again")
+
+
+def _check_still_held(source, record):
+    """Before copying again a version whose staged copy was lost: the source must still hold it (its size and time
+    here, its bytes against the recorded SHA-256 after the copy), else it is parked saying why."""
+    lost = f"the staged copy of {record.path} (version {record.version}) was lost and"
+    try:
+        now = source.stat(device_name(record.path))
+    except Vanished:
+        raise PermanentError(f"{lost} the source no longer holds the file: that version cannot be copied again") \
+            from None
+    if now.size != record.size or (record.mtime >= 0 and now.mtime != record.mtime):
+        raise PermanentError(f"{lost} the source holds another version now ({record.size} -> {now.size} bytes, "
+                             f"time {record.mtime} -> {now.mtime}): that version cannot be copied again")
 
 
 def _staged(record, final):
@@ -269,7 +296,8 @@ def _staged_copy(job):
     record = job.record
     staged = staged_path(job.settings.staging_dir, record.source, record.id)
     if not os.path.exists(staged):
-        raise PermanentError(f"the staged copy of {record.path} (version {record.version}) is missing: {staged}")
+        raise StagedCopyLost(f"the staged copy of {record.path} (version {record.version}) is missing: {staged}; "
+                             "copying it again from the source")
     sha256 = record.sha256 or (read_staged_meta(staged) or {}).get("sha256") or local_digest(staged, "sha256")
     return staged, sha256
 

@@ -76,7 +76,7 @@ ALTER TABLE tasks ADD COLUMN note TEXT NOT NULL DEFAULT '';
 
 DOWNLOAD, UPLOAD, REMOVE = "download", "upload", "remove"
 WAITING, ACTIVE, DONE, PARKED, SKIPPED = "waiting", "active", "done", "parked", "skipped"
-OUTCOMES = ("done", "retry", "park", "skip", "release", "wait")
+OUTCOMES = ("done", "retry", "park", "skip", "release", "wait", "restage")
 UNKNOWN_MTIME = -1.0  # a file rebuilt from staging: its source time is not known until the finder lists it again
 
 # Conditions under which a task may start: uploads after the download, removal after every upload reached its target.
@@ -364,12 +364,16 @@ class Ledger:
         done: finished (location: where it landed). retry: a transient failure, attempts + 1, backoff with jitter.
         park: a permanent failure, kept with its reason until retried by hand. skip: not for this target, with reason.
         release: given back untouched (shutdown). wait: the device is unreachable; given back with the reason, no
-        attempt counted (the worker probes the device before claiming again). A download done records the version's
-        `sha256` and the device's `checksum`.
+        attempt counted (the worker probes the device before claiming again). restage (an upload only): the staged
+        copy is gone; the download goes back to waiting from byte 0 with the reason, and this upload waits for it, no
+        attempt counted (one transaction: a crash leaves either both or neither). A download done records the
+        version's `sha256` and the device's `checksum`.
         The task keeps its last owner, so a worker finishing again after a lost reply gets the record again.
         """
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
+        if outcome == "restage" and kind != UPLOAD:
+            raise ValueError(f"only an upload sends its version back to be staged again, not a {kind}")
         now = self._clock()
         with self._transaction() as db:
             # one read of the file and its tasks serves the ownership check, the new state and the reply
@@ -394,6 +398,14 @@ class Ledger:
                 values = dict(state=SKIPPED, error=error)
             elif outcome == "wait":
                 values = dict(state=WAITING, error=error)
+            elif outcome == "restage":
+                values = dict(state=WAITING, error=error)
+                copy = record.task(DOWNLOAD)
+                db.execute("UPDATE tasks SET state = 'waiting', offset = 0, attempts = 0, not_before = 0, note = '', "
+                           "error = ?, lease_until = 0, updated = ? WHERE file_id = ? AND kind = 'download'",
+                           (error, now, file_id))
+                copy.state, copy.offset, copy.attempts, copy.not_before, copy.note, copy.error = (
+                    WAITING, 0, 0, 0.0, "", error)
             else:
                 values = dict(state=WAITING, error=task.error)
             for name, value in values.items():  # the record answers with what the row now holds
