@@ -11,7 +11,8 @@ its source. The transfer contract lives here, once, for every device (devices on
   says keep_both (publish under conflict_name), park, or overwrite. Every published copy is checked through the
   target: its size, and the first digest the target offers.
 - Removal: a source file is removed only while the source still holds this very version (size, time, and the
-  device's checksum where it has one); a changed file is left alone (the finder registers its new version).
+  device's checksum where it has one); a changed file is left alone (the finder registers its new version; other
+  bytes under the same size and time, seen only by the checksum, are registered here).
 """
 import errno
 import hashlib
@@ -25,6 +26,7 @@ from filesync.devices.base import Checksum, digest_text, local_digest
 from filesync.errors import FileError, FinalNameTaken, PermanentError, SkipFile, StartOver, TransientError, Vanished
 from filesync.fsutil import fsync_directory, make_directories
 from filesync.ledger.recovery import discard_staged, read_staged_meta, write_staged_meta
+from filesync.ledger.store import UPLOAD
 from filesync.paths import PART_SUFFIX, check_relative, conflict_name, device_name, staged_path
 log = logging.getLogger(__name__)
 
@@ -414,6 +416,18 @@ class SourceChanged(SkipFile):
     """The source no longer holds the version that was copied: it is not removed."""
 
 
+def _register_other_bytes(job, now, checksum) -> str:
+    """The source's own checksum shows other bytes under this version's size and time, which no listing shows (a
+    vehicle lists no times: they come from the log's name). Register them as the next version, with this version's
+    targets and removal (which skips this version's removal), and say so."""
+    record = job.record
+    targets = [task.device for task in record.tasks if task.kind == UPLOAD]
+    created = job.ledger.register(record.source, targets, True, [(record.path, now.size, now.mtime, "", checksum)])
+    newer = f"version {created[0].version}" if created else "its newest version"
+    return (f"not removed: the source holds other bytes under the same size and time now ({checksum}, the copy's "
+            f"is {record.checksum}); registered as {newer}")
+
+
 def remove(source, job) -> Done:
     """Delete job.record's version from its source, only if the source still holds that very version."""
     record = job.record
@@ -430,7 +444,7 @@ def remove(source, job) -> Done:
     if not changes and record.checksum and source.checksum_algorithm:
         current = source.checksum(name)
         if current is not None and _checksum_text(current) != record.checksum:
-            changes.append(f"{current.algorithm} {digest_text(current.value)} differs")
+            raise SourceChanged(_register_other_bytes(job, now, _checksum_text(current)))
     if changes:
         raise SourceChanged(f"not removed: the source changed after the copy ({', '.join(changes)}); "
                             "its new version is registered on the next scan")

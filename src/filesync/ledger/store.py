@@ -249,8 +249,10 @@ class Ledger:
     def register(self, source, targets, delete_after_upload, entries, downloaded=False) -> List[FileRecord]:
         """Record files found on `source`; return the versions that are new.
 
-        `entries` are (path, size, mtime) or (path, size, mtime, problem). A path whose newest version has the same
-        size and time is left alone. Another size or time is a new version with its own tasks; the older version
+        `entries` are (path, size, mtime), (path, size, mtime, problem) or (path, size, mtime, problem, checksum). A
+        path whose newest version has the same size and time is left alone, unless `checksum` (the device's own, as
+        'algorithm:hex') differs from the one recorded when that version was staged: other bytes under the same size
+        and time (a vehicle lists no times). Another size or time is a new version with its own tasks; the older version
         keeps what it did: if it was staged, its uploads go on (its bytes are in staging); if it was not, its copy
         can never be made (the source no longer holds it) and is skipped; either way it is never removed from the
         source, which now holds other bytes. A `problem` (a name the device cannot serve) parks the download with
@@ -262,12 +264,14 @@ class Ledger:
             for entry in entries:
                 path, size, mtime = entry[:3]
                 problem = entry[3] if len(entry) > 3 else ""
-                known = db.execute("SELECT id, size, mtime, version FROM files WHERE source = ? AND path = ? "
+                checksum = entry[4] if len(entry) > 4 else ""
+                known = db.execute("SELECT id, size, mtime, version, checksum FROM files WHERE source = ? AND path = ? "
                                    "ORDER BY version DESC LIMIT 1", (source, path)).fetchone()
                 version = 1
                 if known is not None:
-                    file_id, known_size, known_mtime, known_version = known
-                    if known_size == size and (known_mtime == mtime or UNKNOWN_MTIME in (known_mtime, mtime)):
+                    file_id, known_size, known_mtime, known_version, known_checksum = known
+                    same = known_size == size and (known_mtime == mtime or UNKNOWN_MTIME in (known_mtime, mtime))
+                    if same and not (checksum and known_checksum and checksum != known_checksum):
                         if known_mtime == UNKNOWN_MTIME and mtime != UNKNOWN_MTIME:
                             db.execute("UPDATE files SET mtime = ? WHERE id = ?", (mtime, file_id))
                         continue
