@@ -65,3 +65,15 @@ def test_a_new_downloads_folders_and_part_are_fsynced_before_its_first_checkpoin
     assert ("fsync", str(tmp_path / "staging" / "inbox")) in before  # holds the new .part
     assert events[-1] == ("fsync", str(tmp_path / "staging" / "inbox"))  # the final name, after the rename
     ledger.close()
+
+
+def test_a_recorded_delivery_is_renamed_into_place_and_fsynced(tmp_path, events):
+    """The staged version's <id>.json says where it was delivered (a ledger rebuilt from staging relies on it)."""
+    from filesync.ledger.recovery import read_staged_meta, record_delivery, write_staged_meta
+    from filesync.ledger.store import FileRecord
+    final = str(tmp_path / "7")
+    write_staged_meta(final, FileRecord(7, "inbox", "a.bin", 3, 1.0, "downloaded"), "ab" * 32, "")
+    del events[:]
+    assert record_delivery(final, "out", "/out/a.bin")
+    assert read_staged_meta(final)["delivered"] == {"out": "/out/a.bin"}
+    assert events == [("fsync", str(tmp_path))]
