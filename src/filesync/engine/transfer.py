@@ -424,8 +424,8 @@ def _register_other_bytes(job, now, checksum) -> str:
     targets = [task.device for task in record.tasks if task.kind == UPLOAD]
     created = job.ledger.register(record.source, targets, True, [(record.path, now.size, now.mtime, "", checksum)])
     newer = f"version {created[0].version}" if created else "its newest version"
-    return (f"not removed: the source holds other bytes under the same size and time now ({checksum}, the copy's "
-            f"is {record.checksum}); registered as {newer}")
+    return (f"not removed: the source changed after the copy (other bytes under the same size and time: {checksum}, "
+            f"the copy's {record.checksum}); registered as {newer}")
 
 
 def remove(source, job) -> Done:
