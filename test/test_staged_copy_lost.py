@@ -37,7 +37,7 @@ def test_a_lost_staged_copy_is_copied_again_from_the_source_and_delivered(tmp_pa
         runner.close()
     assert final.state == "removed", final.error
     assert (tmp_path / "out" / "a.log").read_bytes() == data
-    assert final.task("download").attempts == 0 and final.task("upload").attempts == 0  # no failure counted
+    assert final.task("download").attempts == 0 and final.task("upload").attempts == 1  # the copy lost: one attempt
     assert not (tmp_path / "inbox" / "a.log").exists()
 
 
@@ -77,7 +77,7 @@ def test_a_lost_staged_copy_whose_source_holds_other_bytes_under_the_same_size_a
         ledger.finish(record.id, "download", "inbox", "w", "restage")
     after = ledger.finish(record.id, "upload", "out", "w", "restage", "the staged copy is missing")
     assert (after.state, after.task("download").state, after.task("download").offset) == ("found", "waiting", 0)
-    assert after.task("upload").state == "waiting" and after.task("upload").attempts == 0
+    assert after.task("upload").state == "waiting" and after.task("upload").attempts == 1
     assert ledger.finish(record.id, "upload", "out", "w", "restage", "again").task("download").state == "waiting"
     path.write_bytes(b"B" * 5000)
     os.utime(path, (stamp, stamp))
@@ -86,3 +86,31 @@ def test_a_lost_staged_copy_whose_source_holds_other_bytes_under_the_same_size_a
         transfer.download(source, Job(ledger, "w", settings, record, task))
     assert not os.path.exists(done.location)  # the other bytes are not staged as this version
     ledger.close()
+
+
+def test_staging_that_keeps_losing_copies_parks_the_file_after_max_attempts(tmp_path):
+    """Each lost copy counts an attempt of the upload: a staging cleaned again and again does not cost a copy from
+    the source forever."""
+    from filesync.devices.folder import FolderTarget
+    from filesync.engine.workers import TaskWorker
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.bin").write_bytes(b"A" * 5000)
+    source = FolderSource("inbox", {"path": str(inbox)}, "sources.inbox")
+    target = FolderTarget("out", {"path": str(tmp_path / "out")}, "targets.out")
+    os.mkdir(tmp_path / "out")
+    ledger = Ledger(str(tmp_path / "ledger.db"))
+    settings = Settings(staging_dir=str(tmp_path / "staging"), max_attempts=2)
+    downloader = TaskWorker("download", source, ledger, "w/download", settings)
+    uploader = TaskWorker("upload", target, ledger, "w/upload", settings)
+    [record] = ledger.register("inbox", ["out"], False, [("a.bin", 5000, (inbox / "a.bin").stat().st_mtime)])
+    staged = os.path.join(settings.staging_dir, "inbox", str(record.id))
+    for _ in range(2):
+        assert downloader.step()
+        os.remove(staged)
+        uploader.step()
+    final = ledger.get(record.id)
+    ledger.close()
+    assert final.state == "failed" and final.task("upload").state == "parked"
+    assert "is missing" in final.task("upload").error and final.task("download").state == "done"
+    assert not (tmp_path / "out" / "a.bin").exists()

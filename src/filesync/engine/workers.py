@@ -141,7 +141,7 @@ class TaskWorker(Loop):
             outcome, reason = "wait", str(error)
             self._hold_back(str(error))
         except StagedCopyLost as error:
-            outcome, reason = "restage", str(error)
+            outcome, reason = ("park" if task.attempts + 1 >= self.settings.max_attempts else "restage"), str(error)
         except Exception as error:
             outcome, reason = self._outcome(error, task, record)
         finally:

@@ -369,8 +369,9 @@ class Ledger:
         park: a permanent failure, kept with its reason until retried by hand. skip: not for this target, with reason.
         release: given back untouched (shutdown). wait: the device is unreachable; given back with the reason, no
         attempt counted (the worker probes the device before claiming again). restage (an upload only): the staged
-        copy is gone; the download goes back to waiting from byte 0 with the reason, and this upload waits for it, no
-        attempt counted (one transaction: a crash leaves either both or neither). A download done records the
+        copy is gone; the download goes back to waiting from byte 0 with the reason, and this upload waits for it with
+        one attempt counted, so staging that keeps losing copies parks the file after max_attempts instead of copying
+        it forever (one transaction: a crash leaves either both or neither). A download done records the
         version's `sha256` and the device's `checksum`.
         The task keeps its last owner, so a worker finishing again after a lost reply gets the record again.
         """
@@ -403,7 +404,7 @@ class Ledger:
             elif outcome == "wait":
                 values = dict(state=WAITING, error=error)
             elif outcome == "restage":
-                values = dict(state=WAITING, error=error)
+                values = dict(state=WAITING, attempts=task.attempts + 1, error=error)
                 copy = record.task(DOWNLOAD)
                 db.execute("UPDATE tasks SET state = 'waiting', offset = 0, attempts = 0, not_before = 0, note = '', "
                            "error = ?, lease_until = 0, updated = ? WHERE file_id = ? AND kind = 'download'",
