@@ -683,8 +683,9 @@ class MavrosSourceTest(unittest.TestCase):
 
     def test_logs_leave_the_vehicle_once_every_target_holds_them(self):
         """delete_after_upload through the nodes: logs downloaded, uploaded, verified, then removed from the MAVSDK
-        autopilot's folder; a log whose bytes changed after the copy (same size) is not removed; a listed name with
-        '..' is a failed file with its reason while the others go on."""
+        autopilot's folder; a log whose bytes changed after the copy (same size) is not removed as that copy: the
+        removal's CRC registers its new bytes as version 2, which is delivered beside it and then removed; a listed
+        name with '..' is a failed file with its reason while the others go on."""
         digests = self.start_nodes("mavros_delete", "fixed", [1000, 35_001, 100_000], link=dict(latency=0.0),
                                    nodes=("ledger", "lock", "finder", "downloader"), delete=True)
         vehicle = self.nodes_vehicle
@@ -707,6 +708,7 @@ class MavrosSourceTest(unittest.TestCase):
             byte = handle.read(1)
             handle.seek(1000)
             handle.write(bytes([byte[0] ^ 0xFF]))
+        rewritten = local_checksum(local, "sha256")
         self.stack.start("uploader")
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
@@ -719,10 +721,13 @@ class MavrosSourceTest(unittest.TestCase):
             on_vehicle = os.path.exists(os.path.join(vehicle.root, "log", path))
             self.assertEqual(local_checksum(os.path.join(self.out, path), "sha256"), digests[path], path)
             if path == changed:
-                self.assertTrue(on_vehicle, "a log that changed after the copy was removed")
-                remove = records[path].task("remove")
-                self.assertEqual(remove.state, "skipped", (records[path].state, remove))
-                self.assertIn("changed after the copy", remove.error)
+                first, second = sorted((r for r in self.ledger.files() if r.path == path), key=lambda r: r.version)
+                remove = first.task("remove")
+                self.assertEqual(remove.state, "skipped", (first.state, remove))
+                self.assertIn("the source holds version 2", remove.error)
+                self.assertEqual(second.state, "removed", second.error)
+                self.assertEqual(local_checksum(second.task("upload").location, "sha256"), rewritten)
+                self.assertFalse(on_vehicle, "version 2 of the rewritten log is still on the vehicle")
             else:
                 self.assertEqual(records[path].state, "removed", (path, records[path].error))
                 self.assertFalse(on_vehicle, f"{path} is still on the vehicle")

@@ -481,7 +481,7 @@ services = LedgerServices(Ledger(sys.argv[1]), "")
 try:
     for batch in range(1000):
         services.register(RegisterRequest("inbox", ["out"], False, [
-            FoundFile(f"{batch}/{i}-" + "n" * 200, i, 1.0, "") for i in range(100)]))
+            FoundFile(path=f"{batch}/{i}-" + "n" * 200, size=i, mtime=1.0) for i in range(100)]))
 except sqlite3.OperationalError:
     pass
 print(services.counts(CountsRequest()).ledger_error)

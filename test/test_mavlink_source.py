@@ -303,6 +303,52 @@ def test_a_growing_file_is_not_complete(vehicle, area):
         source.close()
 
 
+def test_a_log_rewritten_with_the_same_size_is_a_new_version_seen_by_the_removals_crc(vehicle, area, tmp_path):
+    """The vehicle lists no times (a log's time comes from its name), so a log rewritten under its name with the same
+    size looks like the version already copied. The removal asks the vehicle's CRC32 (as it always did): it differs,
+    so the log is not removed and the new bytes are registered as version 2 at once (the old message promised the
+    next scan, which could never see them), delivered and then removed."""
+    import types
+    from filesync.devices.folder import FolderTarget
+    from filesync.engine.transfer import Settings
+    from filesync.engine.workers import Finder, TaskWorker
+    from filesync.ledger.store import Ledger
+    local, remote = area
+    log = os.path.join(local, "2024-05-01", "07_00_00.ulg")
+    first = write_log(log, 40_000, seed=1)
+    source = make_source(vehicle.url, remote, growth_check=0.0)
+    os.makedirs(tmp_path / "out")
+    target = FolderTarget("out", {"path": str(tmp_path / "out")}, "targets.out")
+    ledger = Ledger(str(tmp_path / "ledger.db"))
+    settings = Settings(staging_dir=str(tmp_path / "staging"), scan_interval=0.1, poll_interval=0.1)
+    finder = Finder(source, types.SimpleNamespace(targets=["out"], delete_after_upload=True), ledger, settings)
+    workers = [TaskWorker(kind, device, ledger, f"w/{kind}", settings)
+               for kind, device in (("download", source), ("upload", target), ("remove", source))]
+    try:
+        finder.step()
+        workers[0].step()
+        workers[1].step()
+        rewritten = write_log(log + ".tmp", 40_000, seed=2)  # another flight's log under the same name and size
+        os.replace(log + ".tmp", log)
+        assert rewritten != first
+        workers[2].step()
+        assert os.path.exists(log)  # not removed: other bytes
+        finder.step()
+        for worker in workers:
+            worker.step()
+        versions = ledger.versions("fc", "2024-05-01/07_00_00.ulg")
+    finally:
+        source.close()
+        ledger.close()
+    assert [v.version for v in versions] == [1, 2]
+    old, new = versions
+    assert old.state == "uploaded" and "version 2" in old.task("remove").error
+    assert new.state == "removed", new.error
+    assert not os.path.exists(log)
+    assert sha256_file(old.task("upload").location) == first
+    assert sha256_file(new.task("upload").location) == rewritten  # under its conflict name: never overwritten
+
+
 @pytest.mark.parametrize("shared", [False, True], ids=["two-instances", "one-instance"])
 def test_finder_and_downloader_never_hold_a_session_at_once(vehicle, area, tmp_path, shared):
     """Requests seen by a relay: no listing while a file is open, no read request inside a listing walk."""

@@ -12,6 +12,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from filesync.errors import TransientError
+from filesync.fsutil import fsync_directory
 
 
 @dataclass
@@ -73,6 +74,7 @@ class LeaseTable:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temporary, self._state_path)
+        fsync_directory(os.path.dirname(os.path.abspath(self._state_path)))  # the rename itself must survive
 
 
 class Lease:

@@ -6,9 +6,10 @@ filesync.errors so the engine knows whether to wait, retry or park. Paths given 
 """
 import hashlib
 import threading
+import time
 import zlib
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from filesync.errors import ConfigError, PermanentError, TransientError
 from filesync.options import Option, parse_options
@@ -108,6 +109,40 @@ def send_blocks(stream, send, offset: int, block_size: int, progress) -> tuple:
             progress(sent)
         except BaseException as error:
             return sent, error
+
+
+class Settling:
+    """When a listed file counts as complete for a source with `min_age`: its size and time stayed the same for
+    min_age seconds of this computer's own clock. The file's time is only compared with its own earlier value, never
+    with our clock: a camera whose clock was never set or a FAT drive written in local time can put it hours ahead
+    (the file would wait until our clock caught up) or behind (a file still growing would pass at once).
+
+    After a restart nothing is known: every file is first seen then, and is complete at the first listing at least
+    min_age later (a file that was stable before waits min_age once; one that keeps changing never passes). Only the
+    files of the last whole listing are remembered, so memory follows what the source holds.
+    """
+
+    def __init__(self, min_age: float, clock: Callable[[], float] = time.monotonic):
+        self.min_age = min_age
+        self._clock = clock
+        self._first_seen: Dict[str, Tuple[int, float, float]] = {}  # path -> (size, mtime, when first seen so)
+
+    def mark(self, files: Iterable[RemoteFile]) -> Iterator[RemoteFile]:
+        """`files` (one whole listing), each with `complete` cleared while it has not been still for min_age; a
+        file the device already called incomplete stays so. Forgets files no longer listed once the listing ends."""
+        if not self.min_age:
+            yield from files
+            return
+        now = self._clock()
+        seen = {}
+        for found in files:
+            known = self._first_seen.get(found.path)
+            if known is None or known[:2] != (found.size, found.mtime):
+                known = (found.size, found.mtime, now)
+            seen[found.path] = known
+            still = now - known[2] >= self.min_age
+            yield found if still or not found.complete else replace(found, complete=False)
+        self._first_seen = seen  # only after a whole listing: one cut short forgets nothing
 
 
 class PerThread:

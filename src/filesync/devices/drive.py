@@ -40,12 +40,13 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
-from filesync.devices.base import RemoteFile, Source, Target, local_digest
+from filesync.devices.base import RemoteFile, Settling, Source, Target, local_digest
 from filesync.devices.folder import _rename_no_replace
 from filesync.errors import (ConfigError, DeviceUnavailable, FileError, FinalNameTaken, PermanentError, TransientError,
                              UnsafePath, Vanished)
+from filesync.fsutil import fsync_directory
 from filesync.options import Option, expand_path, not_negative
 from filesync.paths import MAX_NAME_BYTES, PART_SUFFIX, check_relative
 
@@ -339,7 +340,7 @@ class DriveSource(Source):
         self.drive = DriveLocator(name, key, options, mode="rw" if options["writable"] else "ro")
         if options["writable"] and not options["mount"]:
             raise ConfigError(f"{key}.writable: applies only when mount is true (the drive is mounted by its owner)")
-        self._seen: Dict[str, Tuple[int, float, float]] = {}  # path -> (size, mtime, first seen so), for min_age
+        self._settling = Settling(options["min_age"])  # the camera's clock may be anything
 
     def _current(self) -> Tuple[str, str]:
         uuid, root, _ = self.drive.current()
@@ -383,18 +384,6 @@ class DriveSource(Source):
                        for p in patterns)
         return hit(self.options["include"]) and not hit(self.options["exclude"])
 
-    def _complete(self, path, size, mtime) -> bool:
-        """Unchanged for min_age seconds of our own clock: the camera's clock may be anything, so mtime is only
-        compared with its own earlier value."""
-        if not self.options["min_age"]:
-            return True
-        now = time.monotonic()
-        seen = self._seen.get(path)
-        if seen is None or seen[:2] != (size, mtime):
-            self._seen[path] = (size, mtime, now)
-            return False
-        return now - seen[2] >= self.options["min_age"]
-
     # Source
 
     def probe(self):
@@ -422,16 +411,13 @@ class DriveSource(Source):
                         elif entry.is_file(follow_symlinks=False) and self._wanted_file(relative):
                             status = entry.stat(follow_symlinks=False)
                             path = f"{uuid}/{relative}"
-                            found.append(RemoteFile(path, status.st_size, status.st_mtime,
-                                                    self._complete(path, status.st_size, status.st_mtime)))
+                            found.append(RemoteFile(path, status.st_size, status.st_mtime))
             except OSError as error:
                 failure = self._failure(error, relative_directory or "/", uuid, root, 0)
                 if isinstance(failure, DeviceUnavailable):
                     raise failure from None
                 log.warning("%s: skipped directory %s: %s", self.name, relative_directory or "/", failure)
-        listed = {f.path for f in found}
-        self._seen = {path: seen for path, seen in self._seen.items() if path in listed}
-        return found
+        return list(self._settling.mark(found))
 
     def stat(self, path) -> RemoteFile:
         uuid, root, full = self._locate(path)
@@ -476,11 +462,7 @@ class DriveSource(Source):
                 raise PermanentError(f"drive {uuid} is mounted read-only at {root}; {path} stays on it") from None
             raise self._failure(error, path, uuid, root, 0) from None
         try:  # make the removal durable before the drive can be pulled
-            descriptor = os.open(os.path.dirname(full), os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
+            fsync_directory(os.path.dirname(full))
         except OSError as error:
             log.debug("%s: fsync after removing %s: %s", self.name, path, error)
 
@@ -664,7 +646,7 @@ class DriveTarget(Target):
                 os.replace(part, final)
             else:
                 _rename_no_replace(part, final)
-            _fsync_directory(os.path.dirname(final))
+            fsync_directory(os.path.dirname(final))
         except FileExistsError:
             raise FinalNameTaken(f"{self._location(uuid, name)} exists") from None
         except OSError as error:
@@ -688,14 +670,6 @@ class DriveTarget(Target):
         except OSError as error:
             raise self._failure(error, f"removing {path}", uuid, mounted) from None
         try:  # make the removal durable before the drive can be pulled
-            _fsync_directory(os.path.dirname(final))
+            fsync_directory(os.path.dirname(final))
         except OSError as error:
             log.debug("%s: fsync after removing %s: %s", self.name, path, error)
-
-
-def _fsync_directory(path):
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)

@@ -4,10 +4,10 @@ import fnmatch
 import os
 import re
 import stat as stat_mode
-import time
 
-from filesync.devices.base import RemoteFile, Source, Target, local_digest
+from filesync.devices.base import RemoteFile, Settling, Source, Target, local_digest
 from filesync.errors import DeviceUnavailable, FinalNameTaken, PermanentError, TransientError, Vanished
+from filesync.fsutil import fsync_directory
 from filesync.options import Option, expand_path, not_negative
 from filesync.paths import PART_SUFFIX
 
@@ -32,7 +32,8 @@ def _matcher(patterns):
 
 
 class FolderSource(Source):
-    """Files under a local directory. A file modified less than min_age seconds ago is still being written."""
+    """Files under a local directory. A file whose size or time changed in the last min_age seconds (of this
+    computer's clock, see Settling) is still being written."""
 
     kind = "folder"
     can_delete = True
@@ -48,6 +49,7 @@ class FolderSource(Source):
         self.root = expand_path(self.options["path"])
         self._included = _matcher(self.options["include"])
         self._excluded = _matcher(self.options["exclude"])
+        self._settling = Settling(self.options["min_age"])
 
     def probe(self):
         if not os.path.isdir(self.root):
@@ -55,9 +57,9 @@ class FolderSource(Source):
 
     def list(self):
         self.probe()
-        return self._list(self.root, "", time.time())
+        return self._settling.mark(self._list(self.root, ""))
 
-    def _list(self, directory, prefix, now):
+    def _list(self, directory, prefix):
         """The files of `directory` (sorted), then those of its subfolders (sorted; links to folders not followed).
 
         One stat per file (scandir knows folders from files without one), no path arithmetic beyond a join.
@@ -85,10 +87,9 @@ class FolderSource(Source):
                 continue
             if not stat_mode.S_ISREG(status.st_mode):
                 continue
-            yield RemoteFile(relative, status.st_size, status.st_mtime,
-                             complete=now - status.st_mtime >= self.options["min_age"])
+            yield RemoteFile(relative, status.st_size, status.st_mtime)
         for entry in subdirectories:
-            yield from self._list(entry.path, prefix + entry.name + "/", now)
+            yield from self._list(entry.path, prefix + entry.name + "/")
 
     def _gone(self, path):
         """Vanished, or DeviceUnavailable when the whole folder went away (an unmounted share)."""
@@ -195,11 +196,7 @@ class FolderTarget(Target):
                 os.replace(part, final)
             else:
                 _rename_no_replace(part, final)
-            descriptor = os.open(os.path.dirname(final), os.O_RDONLY)
-            try:
-                os.fsync(descriptor)
-            finally:
-                os.close(descriptor)
+            fsync_directory(os.path.dirname(final))
         except FileExistsError:
             raise FinalNameTaken(f"{final} exists") from None
         except OSError as error:

@@ -11,7 +11,8 @@ its source. The transfer contract lives here, once, for every device (devices on
   says keep_both (publish under conflict_name), park, or overwrite. Every published copy is checked through the
   target: its size, and the first digest the target offers.
 - Removal: a source file is removed only while the source still holds this very version (size, time, and the
-  device's checksum where it has one); a changed file is left alone (the finder registers its new version).
+  device's checksum where it has one); a changed file is left alone (the finder registers its new version; other
+  bytes under the same size and time, seen only by the checksum, are registered here).
 """
 import errno
 import hashlib
@@ -23,7 +24,9 @@ from dataclasses import dataclass
 
 from filesync.devices.base import Checksum, digest_text, local_digest
 from filesync.errors import FileError, FinalNameTaken, PermanentError, SkipFile, StartOver, TransientError, Vanished
+from filesync.fsutil import fsync_directory, make_directories
 from filesync.ledger.recovery import discard_staged, read_staged_meta, write_staged_meta
+from filesync.ledger.store import UPLOAD
 from filesync.paths import PART_SUFFIX, check_relative, conflict_name, device_name, staged_path
 log = logging.getLogger(__name__)
 
@@ -36,6 +39,12 @@ class LeaseLost(Exception):
 
 class StagingFull(Exception):
     """Free space on the staging file system is under its floor: downloads wait (no attempt counted) for space."""
+
+
+class StagedCopyLost(Exception):
+    """An upload found its version's staged copy gone (a power cut lost its entry, someone cleaned staging): the
+    version goes back to its download (ledger outcome 'restage'), which copies it again while the source still holds
+    it and parks it, saying so, when it does not."""
 
 
 def staging_free_bytes(staging_dir) -> int:
@@ -140,14 +149,6 @@ class Job:
             self.checkpoint(offset, note)
 
 
-def _fsync_directory(path):
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _staging_error(error, path):
     if error.errno in (errno.ENOSPC, errno.EDQUOT):
         return TransientError(f"staging disk full while writing {path}")
@@ -162,13 +163,21 @@ def download(source, job) -> Done:
     part = final + PART_SUFFIX
     if os.path.exists(final):  # staged before a crash, or rebuilt from staging
         return _staged(record, final)
+    if record.sha256:  # staged once already, and the staged copy was lost
+        _check_still_held(source, record)
     try:
-        os.makedirs(os.path.dirname(final), exist_ok=True)
+        make_directories(os.path.dirname(final))
+        new = not os.path.exists(part)
         descriptor = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as error:
         raise _staging_error(error, part) from None
     digest = hashlib.sha256()
     with os.fdopen(descriptor, "r+b") as staged:
+        if new:  # its name must be as durable as the offsets checkpointed for it
+            try:
+                fsync_directory(os.path.dirname(part))
+            except OSError as error:
+                raise _staging_error(error, part) from None
         offset = min(job.task.offset, os.fstat(descriptor).st_size)
         staged.truncate(offset)
         for block in iter(lambda: staged.read(min(1 << 20, offset - staged.tell())), b""):
@@ -207,10 +216,15 @@ def download(source, job) -> Done:
         job.checkpoint(0)  # the bytes are wrong somewhere: start the copy again rather than keep them
         raise
     sha256 = digest.hexdigest()
+    if record.sha256 and sha256 != record.sha256:
+        job.checkpoint(0)
+        raise PermanentError(f"the staged copy of {record.path} (version {record.version}) was lost and the source "
+                             f"holds other bytes under the same size and time now (SHA-256 {sha256}, the version's "
+                             f"was {record.sha256}): that version cannot be copied again")
     try:
         write_staged_meta(final, record, sha256, checksum)
         os.replace(part, final)
-        _fsync_directory(os.path.dirname(final))
+        fsync_directory(os.path.dirname(final))
     except OSError as error:
         raise _staging_error(error, final) from None
     return Done(final, sha256, checksum)
@@ -227,6 +241,20 @@ def _check_unchanged(source, record, job):
     if now.size != record.size or (record.mtime >= 0 and now.mtime != record.mtime):
         job.checkpoint(0)
         raise TransientError(f"{record.path} changed on the source during the copy; copying it again")
+
+
+def _check_still_held(source, record):
+    """Before copying again a version whose staged copy was lost: the source must still hold it (its size and time
+    here, its bytes against the recorded SHA-256 after the copy), else it is parked saying why."""
+    lost = f"the staged copy of {record.path} (version {record.version}) was lost and"
+    try:
+        now = source.stat(device_name(record.path))
+    except Vanished:
+        raise PermanentError(f"{lost} the source no longer holds the file: that version cannot be copied again") \
+            from None
+    if now.size != record.size or (record.mtime >= 0 and now.mtime != record.mtime):
+        raise PermanentError(f"{lost} the source holds another version now ({record.size} -> {now.size} bytes, "
+                             f"time {record.mtime} -> {now.mtime}): that version cannot be copied again")
 
 
 def _staged(record, final):
@@ -270,7 +298,8 @@ def _staged_copy(job):
     record = job.record
     staged = staged_path(job.settings.staging_dir, record.source, record.id)
     if not os.path.exists(staged):
-        raise PermanentError(f"the staged copy of {record.path} (version {record.version}) is missing: {staged}")
+        raise StagedCopyLost(f"the staged copy of {record.path} (version {record.version}) is missing: {staged}; "
+                             "copying it again from the source")
     sha256 = record.sha256 or (read_staged_meta(staged) or {}).get("sha256") or local_digest(staged, "sha256")
     return staged, sha256
 
@@ -387,6 +416,18 @@ class SourceChanged(SkipFile):
     """The source no longer holds the version that was copied: it is not removed."""
 
 
+def _register_other_bytes(job, now, checksum) -> str:
+    """The source's own checksum shows other bytes under this version's size and time, which no listing shows (a
+    vehicle lists no times: they come from the log's name). Register them as the next version, with this version's
+    targets and removal (which skips this version's removal), and say so."""
+    record = job.record
+    targets = [task.device for task in record.tasks if task.kind == UPLOAD]
+    created = job.ledger.register(record.source, targets, True, [(record.path, now.size, now.mtime, "", checksum)])
+    newer = f"version {created[0].version}" if created else "its newest version"
+    return (f"not removed: the source changed after the copy (other bytes under the same size and time: {checksum}, "
+            f"the copy's {record.checksum}); registered as {newer}")
+
+
 def remove(source, job) -> Done:
     """Delete job.record's version from its source, only if the source still holds that very version."""
     record = job.record
@@ -403,7 +444,7 @@ def remove(source, job) -> Done:
     if not changes and record.checksum and source.checksum_algorithm:
         current = source.checksum(name)
         if current is not None and _checksum_text(current) != record.checksum:
-            changes.append(f"{current.algorithm} {digest_text(current.value)} differs")
+            raise SourceChanged(_register_other_bytes(job, now, _checksum_text(current)))
     if changes:
         raise SourceChanged(f"not removed: the source changed after the copy ({', '.join(changes)}); "
                             "its new version is registered on the next scan")

@@ -8,7 +8,8 @@ import threading
 import time
 
 from filesync.engine import transfer
-from filesync.engine.transfer import Job, LeaseLost, StagingFull, check_staging_space, release_staged
+from filesync.engine.transfer import (Job, LeaseLost, StagedCopyLost, StagingFull, check_staging_space,
+                                      release_staged)
 from filesync import errors
 from filesync.errors import DeviceUnavailable, PermanentError, TransientError, UnsafePath
 from filesync.ledger.recovery import record_delivery
@@ -139,6 +140,8 @@ class TaskWorker(Loop):
         except StagingFull as error:
             outcome, reason = "wait", str(error)
             self._hold_back(str(error))
+        except StagedCopyLost as error:
+            outcome, reason = ("park" if task.attempts + 1 >= self.settings.max_attempts else "restage"), str(error)
         except Exception as error:
             outcome, reason = self._outcome(error, task, record)
         finally:

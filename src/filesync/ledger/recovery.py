@@ -15,6 +15,7 @@ import os
 import threading
 import time
 
+from filesync.fsutil import fsync_directory
 from filesync.ledger.store import Ledger, LedgerCorrupt, LedgerUnavailable
 from filesync.paths import PART_SUFFIX, staged_path
 
@@ -57,13 +58,15 @@ def wait_for_ledger(path, stopped=lambda: False, report=lambda reason: None, int
 
 
 def _write_meta(final_path, meta):
-    """Write <id>.json whole: a temporary file, fsync, rename; a crash leaves the old description or the new."""
+    """Write <id>.json whole: a temporary file, fsync, rename, fsync of the folder; a crash or a power cut leaves the
+    old description or the new."""
     temporary = final_path + META_TEMPORARY
     with open(temporary, "w", encoding="utf-8") as handle:
         json.dump(meta, handle)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, final_path + META_SUFFIX)
+    fsync_directory(os.path.dirname(final_path))
 
 
 def write_staged_meta(final_path, record, sha256, checksum):

@@ -17,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from filesync.fsutil import make_directories
+
 SCHEMA_VERSION = 2
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -74,7 +76,7 @@ ALTER TABLE tasks ADD COLUMN note TEXT NOT NULL DEFAULT '';
 
 DOWNLOAD, UPLOAD, REMOVE = "download", "upload", "remove"
 WAITING, ACTIVE, DONE, PARKED, SKIPPED = "waiting", "active", "done", "parked", "skipped"
-OUTCOMES = ("done", "retry", "park", "skip", "release", "wait")
+OUTCOMES = ("done", "retry", "park", "skip", "release", "wait", "restage")
 UNKNOWN_MTIME = -1.0  # a file rebuilt from staging: its source time is not known until the finder lists it again
 
 # Conditions under which a task may start: uploads after the download, removal after every upload reached its target.
@@ -204,7 +206,7 @@ class Ledger:
         self._lock = threading.RLock()
         directory = os.path.dirname(os.path.abspath(path))
         try:
-            os.makedirs(directory, exist_ok=True)
+            make_directories(directory)
         except OSError as error:
             raise LedgerUnavailable(f"ledger folder {directory}: {error.strerror}") from None
         try:
@@ -247,8 +249,10 @@ class Ledger:
     def register(self, source, targets, delete_after_upload, entries, downloaded=False) -> List[FileRecord]:
         """Record files found on `source`; return the versions that are new.
 
-        `entries` are (path, size, mtime) or (path, size, mtime, problem). A path whose newest version has the same
-        size and time is left alone. Another size or time is a new version with its own tasks; the older version
+        `entries` are (path, size, mtime), (path, size, mtime, problem) or (path, size, mtime, problem, checksum). A
+        path whose newest version has the same size and time is left alone, unless `checksum` (the device's own, as
+        'algorithm:hex') differs from the one recorded when that version was staged: other bytes under the same size
+        and time (a vehicle lists no times). Another size or time is a new version with its own tasks; the older version
         keeps what it did: if it was staged, its uploads go on (its bytes are in staging); if it was not, its copy
         can never be made (the source no longer holds it) and is skipped; either way it is never removed from the
         source, which now holds other bytes. A `problem` (a name the device cannot serve) parks the download with
@@ -260,12 +264,14 @@ class Ledger:
             for entry in entries:
                 path, size, mtime = entry[:3]
                 problem = entry[3] if len(entry) > 3 else ""
-                known = db.execute("SELECT id, size, mtime, version FROM files WHERE source = ? AND path = ? "
+                checksum = entry[4] if len(entry) > 4 else ""
+                known = db.execute("SELECT id, size, mtime, version, checksum FROM files WHERE source = ? AND path = ? "
                                    "ORDER BY version DESC LIMIT 1", (source, path)).fetchone()
                 version = 1
                 if known is not None:
-                    file_id, known_size, known_mtime, known_version = known
-                    if known_size == size and (known_mtime == mtime or UNKNOWN_MTIME in (known_mtime, mtime)):
+                    file_id, known_size, known_mtime, known_version, known_checksum = known
+                    same = known_size == size and (known_mtime == mtime or UNKNOWN_MTIME in (known_mtime, mtime))
+                    if same and not (checksum and known_checksum and checksum != known_checksum):
                         if known_mtime == UNKNOWN_MTIME and mtime != UNKNOWN_MTIME:
                             db.execute("UPDATE files SET mtime = ? WHERE id = ?", (mtime, file_id))
                         continue
@@ -362,12 +368,17 @@ class Ledger:
         done: finished (location: where it landed). retry: a transient failure, attempts + 1, backoff with jitter.
         park: a permanent failure, kept with its reason until retried by hand. skip: not for this target, with reason.
         release: given back untouched (shutdown). wait: the device is unreachable; given back with the reason, no
-        attempt counted (the worker probes the device before claiming again). A download done records the version's
-        `sha256` and the device's `checksum`.
+        attempt counted (the worker probes the device before claiming again). restage (an upload only): the staged
+        copy is gone; the download goes back to waiting from byte 0 with the reason, and this upload waits for it with
+        one attempt counted, so staging that keeps losing copies parks the file after max_attempts instead of copying
+        it forever (one transaction: a crash leaves either both or neither). A download done records the
+        version's `sha256` and the device's `checksum`.
         The task keeps its last owner, so a worker finishing again after a lost reply gets the record again.
         """
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
+        if outcome == "restage" and kind != UPLOAD:
+            raise ValueError(f"only an upload sends its version back to be staged again, not a {kind}")
         now = self._clock()
         with self._transaction() as db:
             # one read of the file and its tasks serves the ownership check, the new state and the reply
@@ -392,6 +403,14 @@ class Ledger:
                 values = dict(state=SKIPPED, error=error)
             elif outcome == "wait":
                 values = dict(state=WAITING, error=error)
+            elif outcome == "restage":
+                values = dict(state=WAITING, attempts=task.attempts + 1, error=error)
+                copy = record.task(DOWNLOAD)
+                db.execute("UPDATE tasks SET state = 'waiting', offset = 0, attempts = 0, not_before = 0, note = '', "
+                           "error = ?, lease_until = 0, updated = ? WHERE file_id = ? AND kind = 'download'",
+                           (error, now, file_id))
+                copy.state, copy.offset, copy.attempts, copy.not_before, copy.note, copy.error = (
+                    WAITING, 0, 0, 0.0, "", error)
             else:
                 values = dict(state=WAITING, error=task.error)
             for name, value in values.items():  # the record answers with what the row now holds

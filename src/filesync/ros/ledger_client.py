@@ -63,7 +63,8 @@ class RosLedger:
     def register(self, source, targets, delete_after_upload, entries, downloaded=False):
         """See Ledger.register."""
         reply = self._call("register", source=source, targets=list(targets), delete_after_upload=delete_after_upload,
-                           files=[FoundFile(e[0], e[1], e[2], e[3] if len(e) > 3 else "") for e in entries])
+                           files=[FoundFile(*e[:3], e[3] if len(e) > 3 else "", e[4] if len(e) > 4 else "")
+                                  for e in entries])
         return [record_from_msg(r) for r in reply.changed]
 
     def claim(self, kind, device, worker, lease_seconds):

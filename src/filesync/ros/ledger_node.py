@@ -73,7 +73,7 @@ class LedgerServices:
     @_changes_state
     def register(self, request):
         changed = self._call("register", request.source, request.targets, request.delete_after_upload,
-                             [(f.path, f.size, f.mtime, f.problem) for f in request.files])
+                             [(f.path, f.size, f.mtime, f.problem, f.checksum) for f in request.files])
         return RegisterResponse(changed=[record_to_msg(r) for r in changed])
 
     @_changes_state

@@ -3,6 +3,7 @@ import os
 
 import rospy
 
+from filesync.fsutil import make_directories
 from filesync.lock import LeaseTable
 from filesync.ros.node import LOCK_NAMESPACE, start_node, wait_for_shutdown
 from filesync.srv import Acquire, AcquireResponse, Release, ReleaseResponse
@@ -11,7 +12,7 @@ from filesync.srv import Acquire, AcquireResponse, Release, ReleaseResponse
 def main():
     """Run the lock node; its state (leases and the last token) lives beside the ledger's database."""
     config = start_node("lock")
-    os.makedirs(os.path.dirname(config.database), exist_ok=True)
+    make_directories(os.path.dirname(config.database))
     table = LeaseTable(os.path.join(os.path.dirname(config.database), "leases.json"))
 
     def acquire(request):

@@ -1,0 +1,79 @@
+"""Directory entries made durable: the folder holding a new folder, a new staged .part or a renamed lease file is
+fsynced before anything relies on the entry. A power cut cannot be simulated here, so these tests record which
+directories os.fsync was called on (and when), and check them."""
+import os
+import stat
+
+import pytest
+
+from filesync.devices.folder import FolderSource
+from filesync.engine import transfer
+from filesync.engine.transfer import Job, Settings
+from filesync.ledger.store import Ledger
+from filesync.lock import LeaseTable
+
+
+@pytest.fixture
+def events(monkeypatch):
+    """What happened, in order: ("fsync", directory) for each directory fsynced (files are left out)."""
+    happened = []
+    real_fsync = os.fsync
+
+    def fsync(descriptor):
+        if stat.S_ISDIR(os.fstat(descriptor).st_mode):
+            happened.append(("fsync", os.readlink(f"/proc/self/fd/{descriptor}")))
+        return real_fsync(descriptor)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    return happened
+
+
+def test_the_ledgers_new_folders_are_fsynced_into_their_parents(tmp_path, events):
+    Ledger(str(tmp_path / "var" / "filesync" / "ledger.db")).close()
+    assert ("fsync", str(tmp_path)) in events  # holds the new 'var'
+    assert ("fsync", str(tmp_path / "var")) in events  # holds the new 'filesync'
+
+
+def test_the_lease_files_rename_is_fsynced(tmp_path, events):
+    table = LeaseTable(str(tmp_path / "leases.json"))
+    assert table.acquire("vehicle", "me", 10.0).granted
+    assert events == [("fsync", str(tmp_path))]
+
+
+def test_a_new_downloads_folders_and_part_are_fsynced_before_its_first_checkpoint(tmp_path, events):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.bin").write_bytes(b"x" * 300_000)
+    ledger = Ledger(str(tmp_path / "ledger.db"))
+    real_checkpoint = ledger.checkpoint
+
+    def checkpoint(*args, **kwargs):
+        events.append(("checkpoint",))
+        return real_checkpoint(*args, **kwargs)
+
+    ledger.checkpoint = checkpoint
+    [record] = ledger.register("inbox", ["out"], False, [("a.bin", 300_000, (inbox / "a.bin").stat().st_mtime)])
+    record, task = ledger.claim("download", "inbox", "w", 30)
+    settings = Settings(staging_dir=str(tmp_path / "staging"), checkpoint_bytes=64 * 1024)
+    del events[:]
+    transfer.download(FolderSource("inbox", {"path": str(inbox)}, "sources.inbox"),
+                      Job(ledger, "w", settings, record, task))
+    first_checkpoint = events.index(("checkpoint",))
+    before = events[:first_checkpoint]
+    assert ("fsync", str(tmp_path)) in before  # holds the new 'staging'
+    assert ("fsync", str(tmp_path / "staging")) in before  # holds the new 'staging/inbox'
+    assert ("fsync", str(tmp_path / "staging" / "inbox")) in before  # holds the new .part
+    assert events[-1] == ("fsync", str(tmp_path / "staging" / "inbox"))  # the final name, after the rename
+    ledger.close()
+
+
+def test_a_recorded_delivery_is_renamed_into_place_and_fsynced(tmp_path, events):
+    """The staged version's <id>.json says where it was delivered (a ledger rebuilt from staging relies on it)."""
+    from filesync.ledger.recovery import read_staged_meta, record_delivery, write_staged_meta
+    from filesync.ledger.store import FileRecord
+    final = str(tmp_path / "7")
+    write_staged_meta(final, FileRecord(7, "inbox", "a.bin", 3, 1.0, "downloaded"), "ab" * 32, "")
+    del events[:]
+    assert record_delivery(final, "out", "/out/a.bin")
+    assert read_staged_meta(final)["delivered"] == {"out": "/out/a.bin"}
+    assert events == [("fsync", str(tmp_path))]
