@@ -212,7 +212,7 @@ def test_refused_session_gives_a_clear_reason_and_recovers(vehicle, area):
             patient = make_source(link.url, remote, session_idle=1.0)
             assert read_all(patient, "a.ulg")[0] == digest
             patient.close()
-            assert rule.open_seq is None  # the holder's session is gone, and we closed our own behind us
+            assert not rule.session_open  # the holder's session is gone, and we closed our own behind us
             assert read_all(source, "a.ulg")[0] == digest
         finally:
             holder.close()
@@ -228,14 +228,14 @@ def test_closing_a_read_early_closes_the_session(vehicle, area):
         try:
             chunks = source.read("a.ulg", 0)
             next(chunks)
-            assert rule.open_seq is not None
+            assert rule.session_open
             chunks.close()  # what the engine does when it stops a download
             # the link emulator's thread sees the vehicle's ACK of the close a moment after the client may: closed
             # well within PX4's 10 s idle timeout means the close was sent
             deadline = time.monotonic() + 2.0
-            while rule.open_seq is not None and time.monotonic() < deadline:
+            while rule.session_open and time.monotonic() < deadline:
                 time.sleep(0.01)
-            assert rule.open_seq is None
+            assert not rule.session_open
         finally:
             source.close()
 
