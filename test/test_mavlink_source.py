@@ -219,6 +219,24 @@ def test_refused_session_gives_a_clear_reason_and_recovers(vehicle, area):
             source.close()
 
 
+def test_clients_started_together_number_their_requests_apart():
+    """PX4 answers a request numbered one below its last reply with that reply, whoever sent it (Px4SessionRule): a
+    client counting close behind another (both seeded from the clock's milliseconds, started together) got the other's
+    reply to every resend of its request and gave up (seen here: the holder's listing in
+    test_refused_session_gives_a_clear_reason_and_recovers). Seeds far apart make that as rare as any 1 in 65,536."""
+    gaps = []
+    for _ in range(20):
+        first, second = (MavFtpClient("udpout:127.0.0.1:9", source_system=system) for system in (250, 251))
+        try:
+            first.connect()
+            second.connect()
+            gaps.append(min((first._seq - second._seq) % 65536, (second._seq - first._seq) % 65536))
+        finally:
+            first.close()
+            second.close()
+    assert sum(gap > 256 for gap in gaps) >= 15, gaps
+
+
 def test_closing_a_read_early_closes_the_session(vehicle, area):
     local, remote = area
     write_log(os.path.join(local, "a.ulg"), 200_000)
