@@ -22,10 +22,18 @@ neither offset nor count, which pymavlink's put needs and PX4's gives):
   ours         filesync.devices.mavlink.MavlinkTarget.write (CreateFile, WriteFile pipelined 16 deep, 239 bytes each)
   pymavlink    pymavlink.mavftp.MAVFTP.cmd_put with write_size 239, write_qsize 5
   pymavlink80  the same with pymavlink's defaults (write_size 80, write_qsize 5)
-Every copy is compared with the file's bytes.
+Every copy is compared with the file's bytes. pymavlink's put is waited for as its own command line does
+(process_ftp_reply("put")), which returns when the upload's last reply came; waiting for "CreateFile" instead returned
+only after pymavlink's idle detection (3.7 s of silence) and made every put look slower by that much.
+
+--rounds N runs every reader or writer N times per link, the order of the two sides alternating from round to
+round (the first side of one round is the last of the next), and prints the median with the range over the rounds.
+Each figure is printed with the machine's load average at its start (os.getloadavg: 1 minute): pymavlink needs a
+whole core, and on a busy machine it starves, so figures taken under load compare badly with quiet ones.
 
 Run: .venv/bin/python bench/mavftp_bench.py [--size BYTES] [--links serial,loopback,serial5,serial20] [--readers ...]
-     .venv/bin/python bench/mavftp_bench.py --writes [--size BYTES] [--writers ours,pymavlink,pymavlink80]
+                                            [--rounds N]
+     .venv/bin/python bench/mavftp_bench.py --writes [--size BYTES] [--writers ours,pymavlink,pymavlink80] [--rounds N]
      .venv/bin/python bench/mavftp_bench.py --peak-rss 5000000,20000000
 The second form reads a log of each size with our `mavlink` source on loopback in a child process of its own and
 reports that process's peak RSS (ru_maxrss) before and after the read: the downloader's memory, flat in the log's size.
@@ -165,7 +173,7 @@ def write_pymavlink(write_size):
         try:
             started = time.monotonic()
             ftp.cmd_put([local, remote])
-            result = ftp.process_ftp_reply("CreateFile", timeout=3600)
+            result = ftp.process_ftp_reply("put", timeout=3600)  # as `python -m pymavlink.mavftp put` waits
             elapsed = time.monotonic() - started
             return (elapsed, remote) if result.error_code == 0 else (elapsed, None)
         finally:
@@ -176,11 +184,13 @@ def write_pymavlink(write_size):
 WRITERS = {"ours": write_ours, "pymavlink": write_pymavlink(239), "pymavlink80": write_pymavlink(80)}
 
 
-def measure_writes(size, links, writers, log=sys.stderr):
-    """Send one file of `size` bytes to a MAVSDK autopilot (behind Px4WriteRules) with each writer over each link.
+def measure_writes(size, links, writers, rounds=1, log=sys.stderr, loads=None):
+    """Send one file of `size` bytes to a MAVSDK autopilot (behind Px4WriteRules) with each writer over each link,
+    `rounds` times, the writers' order alternating from round to round.
 
-    Returns rows (link, writer, bytes, seconds, KB/s, identical). The time counts from the first request after the
-    connection is up (each writer waits for the vehicle's HEARTBEAT before).
+    Returns rows (link, writer, bytes, seconds, KB/s, identical); `loads` (a list) gets the load average at the start
+    of each row. The time counts from the first request after the connection is up (each writer waits for the
+    vehicle's HEARTBEAT before).
     """
     rows = []
     with tempfile.TemporaryDirectory() as folder:
@@ -192,39 +202,75 @@ def measure_writes(size, links, writers, log=sys.stderr):
         root = os.path.join(folder, "vehicle")
         os.makedirs(os.path.join(root, "up"))
         with MavsdkAutopilot(root) as vehicle:
-            for link_name in links:
-                for writer_name in writers:
-                    remote = f"/up/{link_name}-{writer_name}.ulg"
-                    link = LinkEmulator(("127.0.0.1", vehicle.port), seed=5, filters=[Px4WriteRules(root)],
-                                        **LINKS[link_name]).start()
-                    try:
-                        elapsed, written = WRITERS[writer_name](link.url, local, remote)
-                        correct = written is not None and open(os.path.join(root, written.lstrip("/")),
-                                                               "rb").read() == data
-                    except Exception as error:  # a writer that fails is reported, not fatal
-                        elapsed, correct = 0.0, f"error: {error}"
-                    finally:
-                        link.stop()
-                    rate = size / elapsed / 1000 if elapsed and correct is True else 0.0
-                    rows.append((link_name, writer_name, size, elapsed, rate, correct))
-                    print(f"{link_name:9} {writer_name:12} {size:>10} B {elapsed:8.1f} s {rate:7.1f} KB/s {correct}",
-                          file=log, flush=True)
+            for round_number in range(rounds):
+                for link_name in links:
+                    for writer_name in alternate(writers, round_number):
+                        remote = f"/up/{link_name}-{writer_name}-{round_number}.ulg"
+                        link = LinkEmulator(("127.0.0.1", vehicle.port), seed=5 + round_number,
+                                            filters=[Px4WriteRules(root)], **LINKS[link_name]).start()
+                        load = os.getloadavg()[0]
+                        try:
+                            elapsed, written = WRITERS[writer_name](link.url, local, remote)
+                            correct = written is not None and open(os.path.join(root, written.lstrip("/")),
+                                                                   "rb").read() == data
+                        except Exception as error:  # a writer that fails is reported, not fatal
+                            elapsed, correct = 0.0, f"error: {error}"
+                        finally:
+                            link.stop()
+                        rate = size / elapsed / 1000 if elapsed and correct is True else 0.0
+                        rows.append((link_name, writer_name, size, elapsed, rate, correct))
+                        if loads is not None:
+                            loads.append(load)
+                        print(f"round {round_number + 1} {link_name:9} {writer_name:12} {size:>10} B {elapsed:8.1f} s "
+                              f"{rate:7.1f} KB/s {correct}  load {load:.2f}", file=log, flush=True)
     return rows
 
 
-def print_write_table(rows, size):
+def alternate(sides, round_number):
+    """The sides in their order for this round: as given in even rounds, reversed in odd ones."""
+    return list(sides) if round_number % 2 == 0 else list(reversed(sides))
+
+
+def summarize(rows, loads):
+    """{(link, side): (median KB/s, min, max, rounds, all identical, (min load, max load))} over the rounds, in the
+    order the pairs first ran; `loads` holds the load average at the start of each row."""
+    grouped = {}
+    for (link, side, _, _, rate, correct), load in zip(rows, loads):
+        grouped.setdefault((link, side), []).append((rate, correct, load))
+    summary = {}
+    for key, runs in grouped.items():
+        rates = sorted(rate for rate, _, _ in runs)
+        loads = [load for _, _, load in runs]
+        verdicts = {correct for _, correct, _ in runs}
+        verdict = verdicts.pop() if len(verdicts) == 1 else sorted(map(str, verdicts))
+        summary[key] = (rates[len(rates) // 2], rates[0], rates[-1], len(runs), verdict, (min(loads), max(loads)))
+    return summary
+
+
+def _range(low, high, digits=1):
+    low, high = f"{low:.{digits}f}", f"{high:.{digits}f}"
+    return low if low == high else f"{low}-{high}"
+
+
+def print_write_table(rows, size, loads):
+    summary = summarize(rows, loads)
     best_peer = {}
-    for link, writer, _, _, rate, _ in rows:
+    for (link, writer), (median, *_rest) in summary.items():
         if writer.startswith("pymavlink"):
-            best_peer[link] = max(best_peer.get(link, 0.0), rate)
-    print(f"\nFile: {size:,} bytes written to the vehicle. Link limit (921600 baud): {LINK_LIMIT / 1000:.1f} KB/s.\n")
-    print("| link | writer | KB/s | / link limit | / best pymavlink put | bytes identical |")
-    print("|---|---|---:|---:|---:|---|")
-    for link, writer, count, elapsed, rate, correct in rows:
+            best_peer[link] = max(best_peer.get(link, 0.0), median)
+    rounds = max(runs for _, _, _, runs, _, _ in summary.values())
+    print(f"\nFile: {size:,} bytes written to the vehicle, {rounds} round(s), the writers' order alternating. Link "
+          f"limit (921600 baud): {LINK_LIMIT / 1000:.1f} KB/s.\n")
+    print("| link | writer | KB/s (median) | range | / link limit | / best pymavlink put | load average | "
+          "bytes identical |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    for (link, writer), (median, low, high, _, correct, loads) in summary.items():
         peer = best_peer.get(link)
-        print(f"| {link} | {writer} | {rate:.1f} | {rate * 1000 / LINK_LIMIT:.2f} | "
-              f"{rate / peer:.2f} | {'yes' if correct is True else f'NO ({correct})'} |" if peer else
-              f"| {link} | {writer} | {rate:.1f} | {rate * 1000 / LINK_LIMIT:.2f} | - | {correct} |")
+        print(f"| {link} | {writer} | {median:.1f} | {_range(low, high)} | {median * 1000 / LINK_LIMIT:.2f} | "
+              f"{f'{median / peer:.2f}' if peer else '-'} | {_range(*loads, digits=2)} | "
+              f"{'yes' if correct is True else f'NO ({correct})'} |")
+
+
 LINKS = {"serial": dict(bandwidth=SERIAL, latency=0.001), "loopback": None,
          "serial5": dict(bandwidth=SERIAL, latency=0.001, loss=0.05),
          "serial20": dict(bandwidth=SERIAL, latency=0.001, loss=0.20)}
@@ -282,6 +328,7 @@ def main():
     parser.add_argument("--readers", default="ours,pymavlink,mavros,bare")
     parser.add_argument("--writes", action="store_true", help="measure writes to the vehicle instead of reads")
     parser.add_argument("--writers", default="ours,pymavlink,pymavlink80")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each side per link, alternating their order")
     parser.add_argument("--peak-rss", help="comma-separated log sizes: measure the reader's peak memory instead")
     parser.add_argument("--child-rss", nargs=3, metavar=("URL", "SIZE", "SHA256"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -293,55 +340,72 @@ def main():
     if args.writes:
         links = [link for link in args.links.split(",") if link != "loopback"] if args.links != parser.get_default(
             "links") else ["serial", "serial5"]
-        return print_write_table(measure_writes(args.size, links, args.writers.split(",")), args.size)
-    print_table(measure(args.size, args.links.split(","), args.readers.split(",")), args.size)
+        loads = []
+        rows = measure_writes(args.size, links, args.writers.split(","), args.rounds, loads=loads)
+        return print_write_table(rows, args.size, loads)
+    loads = []
+    print_table(measure(args.size, args.links.split(","), args.readers.split(","), args.rounds, loads=loads), args.size,
+                loads)
 
 
-def measure(size, links, readers, log=sys.stderr):
-    """Fetch one log of `size` bytes from a MAVSDK autopilot with each reader over each link.
+def measure(size, links, readers, rounds=1, log=sys.stderr, loads=None):
+    """Fetch one log of `size` bytes from a MAVSDK autopilot with each reader over each link, `rounds` times, the
+    readers' order alternating from round to round.
 
-    Returns rows (link, reader, bytes, seconds, KB/s, identical: True, None when only counted, or an error text).
+    Returns rows (link, reader, bytes, seconds, KB/s, identical: True, None when only counted, or an error text);
+    `loads` (a list) gets the load average at the start of each row.
     """
     rows = []
     with tempfile.TemporaryDirectory() as root:
         digest = write_log(root, size)
         with MavsdkAutopilot(root) as vehicle:
-            for link_name in links:
-                for reader_name in readers:
-                    if link_name in ("serial5", "serial20") and reader_name == "bare":
-                        continue
-                    link = None
-                    if LINKS[link_name] is not None:
-                        link = LinkEmulatorProcess(("127.0.0.1", vehicle.port), seed=5, **LINKS[link_name])
-                    url = link.url if link else vehicle.url
-                    started = time.monotonic()
-                    try:
-                        count, correct = READERS[reader_name](url, size, digest)
-                    except Exception as error:  # a reader that fails is reported, not fatal
-                        count, correct = 0, f"error: {error}"
-                    elapsed = time.monotonic() - started
-                    if link:
-                        link.stop()
-                    rate = count / elapsed / 1000
-                    rows.append((link_name, reader_name, count, elapsed, rate, correct))
-                    print(f"{link_name:9} {reader_name:10} {count:>10} B {elapsed:8.1f} s {rate:7.1f} KB/s "
-                          f"{'' if correct is None else correct}", file=log, flush=True)
+            for round_number in range(rounds):
+                for link_name in links:
+                    for reader_name in alternate(readers, round_number):
+                        if link_name in ("serial5", "serial20") and reader_name == "bare":
+                            continue
+                        link = None
+                        if LINKS[link_name] is not None:
+                            link = LinkEmulatorProcess(("127.0.0.1", vehicle.port), seed=5 + round_number,
+                                                       **LINKS[link_name])
+                        url = link.url if link else vehicle.url
+                        load = os.getloadavg()[0]
+                        started = time.monotonic()
+                        try:
+                            count, correct = READERS[reader_name](url, size, digest)
+                        except Exception as error:  # a reader that fails is reported, not fatal
+                            count, correct = 0, f"error: {error}"
+                        elapsed = time.monotonic() - started
+                        if link:
+                            link.stop()
+                        rate = count / elapsed / 1000
+                        rows.append((link_name, reader_name, count, elapsed, rate, correct))
+                        if loads is not None:
+                            loads.append(load)
+                        print(f"round {round_number + 1} {link_name:9} {reader_name:10} {count:>10} B {elapsed:8.1f} s "
+                              f"{rate:7.1f} KB/s {'' if correct is None else correct}  load {load:.2f}", file=log,
+                              flush=True)
     return rows
 
 
-def print_table(rows, size):
-    ceiling = {link: rate for link, reader, _, _, rate, _ in rows if reader == "bare"}
-    peer = {link: rate for link, reader, _, _, rate, _ in rows if reader == "pymavlink"}
-    print(f"\nFile: {size:,} bytes. Link limit (921600 baud): {LINK_LIMIT / 1000:.1f} KB/s of file data.\n")
-    print("| link | reader | KB/s | / link limit | / bare ceiling | / pymavlink | bytes identical |")
-    print("|---|---|---:|---:|---:|---:|---|")
-    for link, reader, count, elapsed, rate, correct in rows:
-        limit = f"{rate * 1000 / LINK_LIMIT:.2f}" if link.startswith("serial") else "-"
+def print_table(rows, size, loads):
+    summary = summarize(rows, loads)
+    ceiling = {link: median for (link, reader), (median, *_rest) in summary.items() if reader == "bare"}
+    peer = {link: median for (link, reader), (median, *_rest) in summary.items() if reader == "pymavlink"}
+    rounds = max(runs for _, _, _, runs, _, _ in summary.values())
+    print(f"\nFile: {size:,} bytes, {rounds} round(s), the readers' order alternating. Link limit (921600 baud): "
+          f"{LINK_LIMIT / 1000:.1f} KB/s of file data.\n")
+    print("| link | reader | KB/s (median) | range | / link limit | / bare ceiling | / pymavlink | load average | "
+          "bytes identical |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    for (link, reader), (median, low, high, _, correct, loads) in summary.items():
+        limit = f"{median * 1000 / LINK_LIMIT:.2f}" if link.startswith("serial") else "-"
         base = ceiling.get(link) or ceiling.get("serial" if link.startswith("serial") else link)
-        to_ceiling = f"{rate / base:.2f}" if base else "-"
-        to_peer = f"{rate / peer[link]:.2f}" if peer.get(link) else "-"
+        to_ceiling = f"{median / base:.2f}" if base else "-"
+        to_peer = f"{median / peer[link]:.2f}" if peer.get(link) else "-"
         verdict = "counted only" if correct is None else ("yes" if correct is True else f"NO ({correct})")
-        print(f"| {link} | {reader} | {rate:.1f} | {limit} | {to_ceiling} | {to_peer} | {verdict} |")
+        print(f"| {link} | {reader} | {median:.1f} | {_range(low, high)} | {limit} | {to_ceiling} | {to_peer} | "
+              f"{_range(*loads, digits=2)} | {verdict} |")
 
 
 if __name__ == "__main__":

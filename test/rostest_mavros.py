@@ -183,6 +183,7 @@ class Vehicle:
         self.autopilot = MavsdkAutopilot(self.root, log_path=os.path.join(self.workdir, f"{self.name}-mavsdk.log"))
         self.autopilot.start()
         self.rules.rebooted()
+        self.session_rule.rebooted()
         self.link.server_address = ("127.0.0.1", self.autopilot.port)
 
     def reads(self):
@@ -839,6 +840,39 @@ class MavrosSourceTest(unittest.TestCase):
         target.publish("reboot.ulg", len(big))
         with open(os.path.join(vehicle.root, "up", "bad", "reboot.ulg"), "rb") as handle:
             self.assertEqual(handle.read(), big)
+
+    def test_target_recovers_when_a_restarted_mavros_node_left_a_write_session(self):
+        """mavros_node killed while it held the vehicle's one session for writing (CreateFile or OpenFileWO) and
+        started again: PX4 refuses the new node every open (NoSessionsAvailable) until the sessions are reset; the
+        target sees the restart (another node offers the services) and resets them at once."""
+        from mavros_msgs.srv import FileOpen
+        vehicle = self.writable()
+        target = self.target("/up/restart")
+        data = os.urandom(60_000)
+        remote = os.path.join(vehicle.root, "up", "restart", part_name("a.ulg"))
+        target.write("a.ulg", io.BytesIO(data[:20_000]), 0, 20_000, lambda done: None)
+        for mode, path, offset in ((1, "a.ulg", 20_000), (2, "b.ulg", 0)):  # OpenFileWO, then CreateFile
+            held_by_dead_node = f"/up/restart/{part_name(path)}"
+            opening = rospy.ServiceProxy("/mavros_rw/ftp/open", FileOpen)
+            self.assertTrue(opening(held_by_dead_node, mode).success)
+            vehicle.kill_mavros()
+            vehicle.start_mavros(settle=True)
+            self.assertTrue(vehicle.session_rule.session_open, "the vehicle must still hold the dead node's session")
+            refusals_before = vehicle.session_rule.refusals
+            started = time.monotonic()
+            try:
+                target.write(path, io.BytesIO(data[offset:]), offset, len(data), lambda done: None)
+            except StartOver:  # raised after the open went through: MAVSDK's OpenFileWO empties the file (PX4's
+                target.write(path, io.BytesIO(data), 0, len(data), lambda done: None)  # keeps it); from byte 0
+            seconds = time.monotonic() - started
+            self.assertGreater(vehicle.session_rule.refusals, refusals_before,
+                               "the vehicle never refused a session: the test proved nothing")
+            self.assertLess(seconds, 15.0, "a restart seen as one must be recovered from at once")
+            with open(os.path.join(os.path.dirname(remote), part_name(path)), "rb") as handle:
+                self.assertEqual(handle.read(), data)
+            self.assertEqual(target.publish(path, len(data)), f"/mavros_rw:/up/restart/{path}")
+            print(f"MAVROS target recovery after a restart with mode {mode} held: {seconds:.1f} s", flush=True)
+        self.assertFalse(vehicle.session_rule.session_open)
 
     def test_source_delete_refuses_while_armed_and_a_protected_log_parks(self):
         vehicle = self.writable()

@@ -41,6 +41,8 @@ What it reproduces of MAVROS 1.x (mavros/src/plugins/ftp.cpp at 1.21.0, identica
 - For tests, not MAVROS: the parameter ~read_log (a file path) makes every /ftp/read call append a line
   "<file_path> <offset> <size>" to that file, and every /ftp/write call a line "write <file_path> <offset> <size>",
   so a test can see where transfers start (resume after a crash).
+- Sequence numbers from 0, one more for each request, as MAVROS's last_send_seqnr(0) and the reply it takes: a
+  restarted mavros_node counts from 0 again.
 Not reproduced: MAVROS's reuse of the last reply's sequence number after a timeout (PX4 then resends its previous
 reply) and its "Lost sync" failure (EILSEQ) on a reply with another sequence number: the stand-in numbers each
 request anew and ignores replies to earlier requests during an operation.
@@ -91,6 +93,8 @@ class FakeMavros:
     def __init__(self, url, legacy):
         self.legacy = legacy
         self.client = MavFtpClient(url, source_system=MAVROS_SYSTEM_ID, source_component=MAVROS_COMPONENT_ID)
+        self.client.connect()
+        self.client._seq = 0  # MAVROS's last_send_seqnr(0): a restarted mavros_node counts from 0 again
         self.link = threading.Lock()  # the connection: one user at a time (operations, heartbeat polling)
         self.operation = threading.Lock()  # MAVROS's op_state: held while an operation is in progress
         self.sessions = {}  # file path -> session, MAVROS's session_file_map

@@ -11,8 +11,11 @@ Each direction is one shared link with:
 Randomness comes from random.Random(seed), so a run can be repeated.
 
 Filters see every datagram: filter(direction, client, data, reply) where direction is "up" (client to server) or
-"down", client the client's address, reply(bytes) sends bytes straight back to that client, and the return value is
-the datagram to pass on (None drops it). They run before the link's bandwidth, delay and loss.
+"down", client the client's address, reply(bytes) sends bytes back to that client, and the return value is the
+datagram to pass on (None drops it). They run before the link's bandwidth, delay and loss. The filters are layers
+from the client (first) to the server (last): a datagram going up passes them first to last, one going down last to
+first, and a filter's reply goes down through the filters before it (so the first filter sees every answer the client
+gets, whichever layer made it).
 """
 import heapq
 import random
@@ -106,9 +109,10 @@ class LinkEmulator:
         return sock
 
     def _pass(self, direction, client, data, sock, destination, now):
-        reply_socket = self._listen
-        for rule in self.filters:
-            data = rule(direction, client, data, lambda answer: reply_socket.sendto(answer, client))
+        layers = self.filters if direction == "up" else self.filters[::-1]
+        for index, rule in enumerate(layers):
+            outer = self.filters[:index][::-1] if direction == "up" else []
+            data = rule(direction, client, data, lambda answer, outer=outer: self._answer(client, answer, outer))
             if data is None:
                 return
         link = self.up if direction == "up" else self.down
@@ -116,6 +120,14 @@ class LinkEmulator:
         if due is not None:
             self._order += 1
             heapq.heappush(self._queue, (due, self._order, sock, data, destination))
+
+    def _answer(self, client, data, outer):
+        """Send a filter's answer to `client` through the filters between that filter and the client."""
+        for rule in outer:
+            data = rule("down", client, data, lambda answer: self._listen.sendto(answer, client))
+            if data is None:
+                return
+        self._listen.sendto(data, client)
 
     def _run(self):
         while not self._stop.is_set():

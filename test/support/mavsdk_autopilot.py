@@ -5,11 +5,13 @@ that MAVSDK's own threads never keep pytest from exiting. The autopilot listens 
 serves a directory; its HEARTBEAT carries the armed flag, which set_armed() switches through MAVSDK's own
 ActionServer.set_armed_state (a real MAVSDK feature, no stand-in).
 
-Px4SessionRule is the one stand-in here, and says so: MAVSDK's server silently ends the open session when a second
-OpenFileRO arrives, while PX4 (src/modules/mavlink/mavlink_ftp.cpp) has one session and answers a second open with
-NAK NoSessionsAvailable until the session is terminated, reset, or idle for 10 s; a repeated seq_number gets the
-previous reply again. The rule is a relay filter (support.linkemu.LinkEmulator(filters=[...])) placed in front of
-the real MAVSDK server that answers exactly so.
+Px4SessionRule is the stand-in for PX4's session rule, and says so: MAVSDK's server silently ends the open session
+when another open (OpenFileRO, CreateFile, OpenFileWO) arrives and re-executes a repeated request, while PX4
+(src/modules/mavlink/mavlink_ftp.cpp) has one session, answers any open while it is taken with NAK
+NoSessionsAvailable until it is terminated, reset or idle for 10 s, and answers a request whose seq_number is one
+less than its last reply's with that reply again, from whoever it comes (details and the lines: its docstring). The
+rule is a relay filter (support.linkemu.LinkEmulator(filters=[...])), the first one, in front of the real MAVSDK
+server.
 
 Px4WriteRules is the stand-in, likewise a filter, for what PX4 does on writes and MAVSDK 4.1.0's server does not
 (checked with both sources: PX4 mavlink_ftp.cpp, MAVSDK mavlink_ftp_server.cpp). ListingRewrite makes the vehicle
@@ -139,70 +141,6 @@ class MavsdkAutopilot:
         return False
 
 
-class Px4SessionRule:
-    """Stand-in for PX4's one-session rule, as a LinkEmulator filter in front of MAVSDK's server (see the top).
-
-    While a session is open (an OpenFileRO was ACKed and no TerminateSession/ResetSessions has been ACKed since), another
-    OpenFileRO is answered with NAK NoSessionsAvailable by the relay and does not reach the server. As in PX4's
-    MavlinkFTP::send(), the session closes after `idle_timeout` seconds without any FTP request from anyone (every
-    request, a refused open or a listing too, counts as activity). `refusals` counts the refusals.
-    """
-
-    OPEN, TERMINATE, RESET, ACK, NAK, NO_SESSIONS = 4, 1, 2, 128, 129, 5
-
-    def __init__(self, idle_timeout=10.0):
-        from pymavlink.dialects.v20 import common as mavlink2
-        self._mavlink2 = mavlink2
-        self.idle_timeout = idle_timeout
-        self.open_seq = None  # seq of the OpenFileRO that holds the session
-        self.last_used = 0.0
-        self.refusals = 0
-        self._parsers = {}
-        self._lock = threading.Lock()
-        # NAKs are framed as the server (system 1, component 1) would send them
-        self._packer = mavlink2.MAVLink(None, srcSystem=1, srcComponent=1)
-
-    def _parse(self, key, data):
-        parser = self._parsers.get(key)
-        if parser is None:
-            parser = self._parsers[key] = self._mavlink2.MAVLink(None)
-            parser.robust_parsing = True
-        try:
-            return parser.parse_buffer(data) or []
-        except Exception:  # not MAVLink: let it through untouched
-            return []
-
-    def __call__(self, direction, client, data, reply):
-        with self._lock:
-            for msg in self._parse((direction, client), data):
-                if msg.get_msgId() != self._mavlink2.MAVLINK_MSG_ID_FILE_TRANSFER_PROTOCOL:
-                    continue
-                payload = bytes(msg.payload)
-                seq, session, opcode = struct.unpack_from("<HBB", payload)
-                req_opcode = payload[5]
-                now = time.monotonic()
-                if self.open_seq is not None and now - self.last_used > self.idle_timeout:
-                    self.open_seq = None  # PX4 drops an idle session
-                if direction == "up":
-                    self.last_used = now
-                    if opcode == self.OPEN and self.open_seq is not None and seq != self.open_seq:
-                        self.refusals += 1
-                        reply(self._nak(msg, seq, opcode))
-                        return None
-                elif opcode == self.ACK:
-                    if req_opcode == self.OPEN:
-                        self.open_seq, self.last_used = (seq - 1) % 65536, now
-                    elif req_opcode in (self.TERMINATE, self.RESET):
-                        self.open_seq = None
-            return data
-
-    def _nak(self, request, seq, opcode):
-        payload = struct.pack("<HBBBBBxI", (seq + 1) % 65536, 0, self.NAK, 1, opcode, 0, 0) + bytes([self.NO_SESSIONS])
-        msg = self._mavlink2.MAVLink_file_transfer_protocol_message(
-            0, request.get_srcSystem(), request.get_srcComponent(), payload.ljust(251, b"\0"))
-        return msg.pack(self._packer)
-
-
 class FtpFilter:
     """A LinkEmulator filter that parses MAVLink frames per client and direction and may answer or rewrite them."""
 
@@ -256,6 +194,81 @@ class FtpFilter:
     def handle(self, direction, client, msg, seq, opcode, req_opcode, offset, body, reply):
         """True: pass the frame on; None: drop it (answered with reply(...) maybe); bytes: send these instead."""
         return True
+
+
+class Px4SessionRule(FtpFilter):
+    """PX4's one-session rule, as a LinkEmulator filter in front of MAVSDK's server (see the top), exactly as
+    MavlinkFTP in PX4's src/modules/mavlink/mavlink_ftp.cpp (PX4/PX4-Autopilot 9977a59f; 2021's version reads the same
+    in these places) decides it, quirks included:
+    - _process_request(): every request first renews the idle timer (_ensure_buffers_exist() stamps
+      _last_work_buffer_access before anything else), then "if (payload->seq_number + 1 ==
+      last_payload->seq_number)" resends the stored last reply and does nothing else: whatever the request's opcode
+      and whoever sends it (PX4 keeps no client identity; a restarted MAVROS counts from 0 again), and with no wrap
+      (uint16 + 1 is an int: a request numbered 65535 is never a resend);
+    - _reply() stores a reply as the last one only when its data is at most 4 bytes (ACKs of open, write, CRC,
+      terminate, reset; every NAK); a longer one (a read, a listing, a burst packet) leaves none stored;
+    - _workOpen() serves OpenFileRO, CreateFile and OpenFileWO alike and answers NAK NoSessionsAvailable while
+      _session_info.fd >= 0 (one session, anyone's);
+    - _workTerminate(): NAK InvalidSession unless the session is 0 and open; _workReset() closes it and ACKs always;
+    - _workRead(): NAK InvalidSession unless the session is 0 and open; _workWrite() and _workBurst() check only
+      "session != 0 && fd < 0", so session 0 with no file open fails in lseek(-1): NAK FailErrno EBADF;
+    - send(): a session without a request for more than 10 s is closed, and the stored reply with it.
+    The filter keeps PX4's state from what passes (an ACK of an open opens the session, of TerminateSession or
+    ResetSessions closes it) and answers the requests PX4 would refuse or resend itself, so MAVSDK never sees them.
+    `refusals` counts the NoSessionsAvailable answers; `session_open` is PX4's "_session_info.fd >= 0".
+    """
+
+    TERMINATE, RESET, OPEN_RO, READ, CREATE, WRITE, OPEN_WO, BURST = 1, 2, 4, 5, 6, 7, 11, 15
+    OPENS = (OPEN_RO, CREATE, OPEN_WO)
+    ACK, NAK = 128, 129
+    FAIL_ERRNO, INVALID_SESSION, NO_SESSIONS = 2, 4, 5
+    STORED_REPLY_MAX = 4  # sizeof(uint32_t) in _reply()
+
+    def __init__(self, idle_timeout=10.0):
+        super().__init__()
+        self.idle_timeout = idle_timeout
+        self.session_open = False
+        self.refusals = 0
+        self._last_request = 0.0
+        self._last_reply = None  # (seq, frame) of the stored reply
+
+    def rebooted(self):
+        """The server restarted: no session, no stored reply."""
+        with self._lock:
+            self.session_open, self._last_reply = False, None
+
+    def handle(self, direction, client, msg, seq, opcode, req_opcode, offset, body, reply):
+        if direction == "down":
+            if opcode == self.ACK and req_opcode in self.OPENS:
+                self.session_open = True
+            elif opcode == self.ACK and req_opcode in (self.TERMINATE, self.RESET):
+                self.session_open = False
+            stored = len(body) <= self.STORED_REPLY_MAX
+            self._last_reply = (seq, msg.get_msgbuf()) if stored else None
+            return True
+        now = time.monotonic()
+        if self.session_open and now - self._last_request > self.idle_timeout:
+            self.session_open, self._last_reply = False, None  # "Session was closed without activity"
+        self._last_request = now
+        if self._last_reply is not None and seq + 1 == self._last_reply[0]:
+            reply(bytes(self._last_reply[1]))
+            return None
+        session = msg.payload[2]
+        nak = None
+        if opcode in self.OPENS and self.session_open:
+            self.refusals += 1
+            nak = bytes([self.NO_SESSIONS])
+        elif opcode in (self.TERMINATE, self.READ) and (session != 0 or not self.session_open):
+            nak = bytes([self.INVALID_SESSION])
+        elif opcode in (self.WRITE, self.BURST) and not self.session_open:
+            nak = bytes([self.INVALID_SESSION]) if session != 0 else bytes([self.FAIL_ERRNO, errno.EBADF])
+        if nak is None:
+            return True
+        answer = self.frame(msg.get_srcSystem(), msg.get_srcComponent(), seq + 1, self.NAK, opcode, offset, nak,
+                            session)
+        self._last_reply = ((seq + 1) % 65536, answer)
+        reply(answer)
+        return None
 
 
 def _path(body):

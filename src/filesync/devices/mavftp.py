@@ -24,6 +24,7 @@ session. The timeout adapts to the measured round trip (as TCP's does) between `
 """
 import errno
 import logging
+import random
 import struct
 import time
 from collections import deque
@@ -336,9 +337,11 @@ class MavFtpClient:
                 pass
         self._conn = conn
         self._silent = 0
-        # Start from a random-looking seq so a restarted client does not repeat the previous run's last seq,
-        # which PX4 would answer with its stored reply.
-        self._seq = int(time.monotonic() * 1000) % SEQ_MOD
+        # Start from a random seq. PX4 answers any request numbered one below its last reply with that reply, whoever
+        # sent it: a restarted client repeating its previous run's seq, or one counting close to another client's
+        # (clients started within milliseconds of each other got nearly the same seq from the clock), would get the
+        # other's reply to every resend of the same seq and never its own.
+        self._seq = random.randrange(SEQ_MOD)
         self._send_heartbeat()
 
     @property
