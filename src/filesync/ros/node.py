@@ -68,10 +68,8 @@ class RosLeaseClient:
         """See LeaseTable.acquire; raises TransientError while the lock node is away."""
         try:
             reply = call_service(self._acquire, resource=resource, owner=owner, ttl=ttl)
-        except ServiceUnreachable as error:
+        except (ServiceUnreachable, ServiceFailed) as error:
             raise TransientError(f"lock service {LOCK_NAMESPACE} does not answer: {error}") from None
-        except ServiceFailed as error:
-            raise TransientError(f"lock service {LOCK_NAMESPACE} failed: {error}") from None
         return Grant(reply.granted, reply.token, reply.holder, reply.expires_in)
 
     def release(self, resource, owner, token):

@@ -131,15 +131,10 @@ class StatusNode:
     def _fetch_counts(self):
         try:
             reply = self._counts_service.call()
-        except ServiceUnreachable as error:
+        except (ServiceUnreachable, ServiceFailed) as error:
             if self.ledger_ok:
                 rospy.logwarn(f"status: the ledger does not answer ({error}); showing the last counts")
             self.ledger_ok = False
-            return
-        except ServiceFailed as error:  # it answers, but with an error: ERROR on /diagnostics with the reason
-            if self.ledger_error != f"counts: {error}":
-                rospy.logerr(f"status: the ledger's counts failed: {error}")
-            self.ledger_ok, self.ledger_error = True, f"counts: {error}"
             return
         self.ledger_ok, self.ledger_error = True, reply.ledger_error
         counts = {(c.source, c.state): (c.files, c.bytes) for c in reply.counts}

@@ -124,10 +124,8 @@ class VehicleServiceLink:
     def _call(self, name, **fields):
         try:
             response = call_service(self._proxies[name], vehicle=self.vehicle, **fields)
-        except ServiceUnreachable as error:
+        except (ServiceUnreachable, ServiceFailed) as error:
             raise DeviceUnavailable(f"the vehicle node ({NAMESPACE}) does not answer: {error}") from None
-        except ServiceFailed as error:  # its handler answers every failure in the reply: this is a bug there
-            raise TransientError(f"the vehicle node ({NAMESPACE}) failed: {error}") from None
         if response.error_class:
             raise self._errors.get(response.error_class, TransientError)(response.error)
         return response
