@@ -74,13 +74,22 @@ def wait_keepalive_resets(port, timeout=KEEPALIVE_RESET):
     the kill. Nothing shorter does the same: `ss -K` on the client's side gives ECONNABORTED, which rospy passes on as
     an OSError without closing its side of the connection (the fault would not show).
     """
+    def ss(*arguments):
+        return subprocess.run(["ss", "-tnH", *arguments], capture_output=True, text=True, timeout=30,
+                              check=True).stdout.splitlines()
+
     def connections():
-        return subprocess.run(["ss", "-tnH", "dst", f"127.0.0.1:{port}"], capture_output=True, text=True,
-                              timeout=30, check=True).stdout.splitlines()
+        return ss("dst", f"127.0.0.1:{port}")
 
     started = time.monotonic()
+    while ss("state", "listening", "src", f"127.0.0.1:{port}"):  # a SIGKILL is not done at once
+        if time.monotonic() - started > 10:
+            raise RuntimeError(f"port {port} still listens: its node was not killed")
+        time.sleep(0.1)
     found = connections()
-    subprocess.run(["ss", "-K", "-tnH", "src", f"127.0.0.1:{port}"], capture_output=True, timeout=30)
+    # only the dead node's lingering sockets: removing a live one would reset the other side at once (ECONNRESET),
+    # another fault than the one the keepalive brings
+    ss("-K", "state", "fin-wait-2", "state", "time-wait", "src", f"127.0.0.1:{port}")
     while connections():
         if time.monotonic() - started > timeout:
             raise RuntimeError(f"connections to port {port} still open after {timeout} s: {connections()}")
