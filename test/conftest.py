@@ -30,6 +30,14 @@ def write_file(path, size, seed=0):
             left -= block
 
 
+def write_file_whole(path, size, seed=0):
+    """write_file under a hidden name beside `path` (sources skip dot files by default), then renamed into place: a
+    scan never lists it half written (with min_age 0 that would be a version of its own)."""
+    hidden = os.path.join(os.path.dirname(path), "." + os.path.basename(path))
+    write_file(hidden, size, seed)
+    os.replace(hidden, path)
+
+
 def assert_config_error(build, key, text=""):
     """`build()` raises ConfigError in one line that starts with `key:` and holds `text`; returns the message."""
     from filesync.errors import ConfigError

@@ -15,17 +15,19 @@ import time
 import unittest
 from collections import Counter
 
+import rosgraph
 import rospy
 import rostest
 
 HERE = os.path.dirname(os.path.realpath(__file__))
 sys.path.insert(0, HERE)  # filesync itself comes from the workspace (devel space), which adds the messages
 
-from conftest import write_file  # noqa: E402
-from filesync.msg import FileEvent  # noqa: E402
+from conftest import write_file_whole  # noqa: E402
+from filesync.msg import FileEvent, Status  # noqa: E402
 from filesync.ros.ledger_client import RosLedger  # noqa: E402
 from filesync.ros.node import RosLeaseClient  # noqa: E402
 from support.ftp_server import FtpServerProcess  # noqa: E402
+from support.launch import wait_keepalive_resets  # noqa: E402
 from support.leases import overlaps_between  # noqa: E402
 from support.nodes import Stack, node_command  # noqa: E402,F401 (Stack: also imported from here by others)
 from filesync.devices.base import local_checksum
@@ -66,15 +68,12 @@ class NodesTest(unittest.TestCase):
         self.server.stop()
         shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def write_inbox(self, sizes):
+    def write_inbox(self, sizes, stem="f"):
         """Files written whole, then renamed into the inbox (min_age is 0 here: a file listed while still being
         written would be a version of its own, correctly, but not what these tests count)."""
-        paths = [f"d{i % 3}/f{i:02d}.bin" for i in range(len(sizes))]
+        paths = [f"d{i % 3}/{stem}{i:02d}.bin" for i in range(len(sizes))]
         for path, size in zip(paths, sizes):
-            final = os.path.join(self.inbox, path)
-            hidden = os.path.join(os.path.dirname(final), "." + os.path.basename(final))  # excluded by default
-            write_file(hidden, size, seed=path)
-            os.replace(hidden, final)
+            write_file_whole(os.path.join(self.inbox, path), size, seed=path)
         return paths
 
     def wait_all(self, count, state="uploaded", timeout=300):
@@ -133,6 +132,38 @@ class NodesTest(unittest.TestCase):
         self.assertTrue({"found", "downloaded", "uploaded"} <= states, states)
         uploaded = [e for e in events if e.task == "upload" and e.task_state == "done"]
         self.assertTrue(all(e.location.startswith("ftp://") and e.bytes_done == e.size for e in uploaded))
+
+    def test_a_ledger_restarted_while_the_workers_idle_never_jams_them(self):
+        """The ledger is killed (and started again) while the workers idle. Their connections to the dead one that
+        they use only when a file moves (register, checkpoint, finish; claim is asked every poll) are reset by
+        rospy's TCP keepalive about a minute later; rospy then raised TransportTerminated and kept the closed
+        connection, so every later call failed ('NoneType' object has no attribute 'tell'). The next file must be
+        delivered, and the status node (its parked-files query is such a connection) go on."""
+        statuses = []
+        rospy.Subscriber("/filesync/status", Status, statuses.append)
+        for name in ("ledger", "lock", "finder", "downloader", "uploader", "status"):
+            self.stack.start(name)
+        first = self.write_inbox([200_000])
+        self.wait_all(1)
+        master = rosgraph.Master(rospy.get_name())
+        old_port = int(master.lookupService("/filesync/ledger/register").rsplit(":", 1)[1])
+        self.stack.kill("ledger")
+        self.stack.start("ledger")
+        broken, waited = wait_keepalive_resets(old_port)  # the one long wait: see its docstring
+        rospy.loginfo(f"{broken} connections to the killed ledger reset after {waited:.0f} s")
+        self.assertGreater(broken, 0, "no connection to the killed ledger was left")
+        second = self.write_inbox([300_000], stem="after")
+        delivered = os.path.join(self.server.root, "up", second[0])
+        deadline = time.monotonic() + 60  # seen on the FTP server: this test's own ledger client had a reset too
+        while not os.path.exists(delivered):
+            self.assertLess(time.monotonic(), deadline, f"{second[0]} not delivered after the ledger's restart")
+            time.sleep(0.2)
+        self.wait_all(2)
+        self.assert_arrived(first + second)
+        shown = time.monotonic()
+        while not statuses or statuses[-1].pipelines[0].uploaded != 2:
+            self.assertLess(time.monotonic() - shown, 30, "the status node does not show the second file")
+            time.sleep(0.2)
 
     def test_corrupt_database_at_start_uploads_nothing_again(self):
         paths = self.write_inbox([1000, 200_000, 3 * MiB])

@@ -19,7 +19,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 HERE = os.path.dirname(os.path.realpath(__file__))
 sys.path.insert(0, HERE)  # filesync itself comes from the workspace (devel space), which adds the messages
 
-from conftest import write_file  # noqa: E402
+from conftest import write_file_whole  # noqa: E402
 from filesync.msg import Status  # noqa: E402
 from support.nodes import Stack  # noqa: E402
 from support.ftp_server import FtpServerProcess  # noqa: E402
@@ -109,7 +109,7 @@ class StatusTest(unittest.TestCase):
         self.assertEqual([(link.role, link.name) for link in watch.status.links], [("source", "inbox"),
                                                                                     ("target", "ftp")])
         for index in range(4):
-            write_file(os.path.join(self.inbox, f"flight{index}.ulg"), SIZE)
+            write_file_whole(os.path.join(self.inbox, f"flight{index}.ulg"), SIZE)
 
         def uploading(w):
             transfer = next(t for t in w.status.transfers if t.kind == "upload")
@@ -142,7 +142,7 @@ class StatusTest(unittest.TestCase):
 
         # the server goes away: the next upload finds it unreachable; after 3 s the target's diagnostic warns
         self.server.stop()
-        write_file(os.path.join(self.inbox, "late.ulg"), SIZE)
+        write_file_whole(os.path.join(self.inbox, "late.ulg"), SIZE)
         watch.wait_for(lambda w: not w.status.links[1].up, 120, "the target's link down on the status")
         self.assertTrue(watch.status.links[1].reason)
         self.assertTrue(watch.status.last_error)

@@ -1,5 +1,6 @@
 """The ledger's ROS client used from several threads at once, as the downloader and uploader nodes do (one thread per
-source or target): every thread must get the reply to its own call.
+source or target): every thread must get the reply to its own call. And a call the ledger answers with an error
+raises it at once.
 
 rospy's ServiceProxy has no lock; threads that shared one persistent connection got each other's replies, so a remove
 worker could act on a download's claim and delete a source file before it was copied (found by the soak).
@@ -52,8 +53,27 @@ print(json.dumps({"claimed": claimed, "wrong": wrong[:10]}), flush=True)
 """
 
 
-@pytest.mark.skipif(not ros_workspace_sourced(), reason=NEEDS_ROS_WORKSPACE)
-def test_threads_sharing_a_ledger_client_each_get_their_own_replies(tmp_path):
+ERROR_CLIENT = r"""
+import json, time
+import rospy
+from filesync.ros.ledger_client import RosLedger
+
+rospy.init_node("ledger_error_test", anonymous=True, disable_signals=True)
+ledger = RosLedger(wait=10)
+ledger.files()  # the ledger answers
+started = time.monotonic()
+try:
+    ledger.finish(1, "download", "s0", "w0", "no such outcome")
+    error = None
+except Exception as caught:
+    error = caught
+print(json.dumps({"error": type(error).__name__, "reason": str(error), "seconds": time.monotonic() - started}))
+"""
+
+
+@pytest.fixture
+def ledger_node(tmp_path):
+    """A real roscore and ledger node for SOURCES folder sources."""
     master = RosMaster(str(tmp_path)).start()
     ledger = None
     try:
@@ -68,15 +88,33 @@ def test_threads_sharing_a_ledger_client_each_get_their_own_replies(tmp_path):
                                capture_output=True, text=True, timeout=60).stdout.strip()
         ledger = subprocess.Popen([relay, "__ns:=/filesync", "__name:=ledger"], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
-        result = subprocess.run([sys.executable, "-c", CLIENT, str(SOURCES), str(FILES)], capture_output=True,
-                                text=True, timeout=300, cwd=str(tmp_path))
-        assert result.returncode == 0, result.stderr[-2000:]
-        outcome = json.loads(result.stdout.strip().splitlines()[-1])
-        assert outcome["wrong"] == [], "a thread got another thread's reply"
-        assert sorted(map(tuple, outcome["claimed"])) == sorted(
-            (f"s{i}", f"f{n:04d}") for i in range(SOURCES) for n in range(FILES))
+        yield ledger
     finally:
         if ledger is not None:
             ledger.kill()
             ledger.wait(10)
         master.stop()
+
+
+@pytest.mark.skipif(not ros_workspace_sourced(), reason=NEEDS_ROS_WORKSPACE)
+def test_threads_sharing_a_ledger_client_each_get_their_own_replies(tmp_path, ledger_node):
+    result = subprocess.run([sys.executable, "-c", CLIENT, str(SOURCES), str(FILES)], capture_output=True,
+                            text=True, timeout=300, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["wrong"] == [], "a thread got another thread's reply"
+    assert sorted(map(tuple, outcome["claimed"])) == sorted(
+        (f"s{i}", f"f{n:04d}") for i in range(SOURCES) for n in range(FILES))
+
+
+@pytest.mark.skipif(not ros_workspace_sourced(), reason=NEEDS_ROS_WORKSPACE)
+def test_an_error_the_ledger_answers_is_raised_at_once_with_its_reason(tmp_path, ledger_node):
+    """The ledger's handler raises (here: an outcome it does not know, as a bug in a worker would send): the client
+    raises LedgerError at once; it took that for an absent ledger and called again and again until its deadline."""
+    result = subprocess.run([sys.executable, "-c", ERROR_CLIENT], capture_output=True, text=True, timeout=120,
+                            cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-2000:]
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["error"] == "LedgerError", outcome
+    assert "unknown outcome 'no such outcome'" in outcome["reason"]
+    assert outcome["seconds"] < 5, outcome

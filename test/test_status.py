@@ -264,6 +264,40 @@ def test_report_pacer_sends_a_change_of_a_real_loop_and_does_not_look_while_idle
     assert not thread.is_alive()
 
 
+def test_a_loop_whose_steps_fail_over_and_over_is_an_error_on_the_diagnostics_with_the_reason(tmp_path, caplog):
+    """A loop that fails every step (the workers did so on a ledger connection rospy had closed: AttributeError at
+    each poll) shows its device down as a fault with the reason and the count, so /diagnostics says ERROR and why,
+    not only 'step failed' in a log. The traceback is logged once; a step that works again clears it."""
+    from filesync.ledger.recovery import open_ledger
+    write_file(str(tmp_path / "inbox" / "a.bin"), 10)
+    source = FolderSource("inbox", {"kind": "folder", "path": str(tmp_path / "inbox"), "min_age": 0.0},
+                          "sources.inbox")
+    finder = Finder(source, SimpleNamespace(targets=["ftp"], delete_after_upload=False), None,
+                    SimpleNamespace(scan_interval=0.01))  # no ledger at all: every register fails
+    finder.start()
+    try:
+        _wait_until(lambda: finder.failures >= 5)
+        report = worker_report("finder", [finder])
+        ledger, _ = open_ledger(str(tmp_path / "ledger.db"))
+        finder.ledger = ledger
+        _wait_until(lambda: finder.failures == 0)
+        healed = worker_report("finder", [finder])
+    finally:
+        finder.stop()
+        finder.join(10)
+        if finder.ledger is not None:
+            finder.ledger.close()
+    link = report.links[0]
+    assert (link.name, link.up, link.fault) == ("inbox", False, True)
+    assert "steps failed in a row: AttributeError: 'NoneType' object has no attribute 'register'" in link.reason
+    diagnosis = next(d for d in diagnose(StatusBuilder(config()).build({}, [report], 5000), {}, 30.0)
+                     if d.name == "source inbox")
+    assert diagnosis.level == ERROR and "AttributeError" in diagnosis.message, diagnosis
+    assert healed.links[0].up and not healed.links[0].fault
+    failed = [record for record in caplog.records if "step failed" in record.getMessage()]
+    assert len(failed) == 1 and failed[0].exc_info and "AttributeError" in failed[0].getMessage()
+
+
 def test_report_pacer_reports_every_period_while_a_transfer_moves_and_heartbeats_when_idle():
     moving = WorkerReport("up", transfers=[TransferStatus(1, "inbox", "a.bin", "upload", "ftp", 10, 100)])
     idle = WorkerReport("up")

@@ -70,6 +70,11 @@ class FinalNameTaken(FilesyncError):
     """Target.publish found its final name taken by another file meanwhile; the engine applies on_conflict again."""
 
 
+class Stopping(Exception):
+    """The process is shutting down and a call was cut short for it: not a failure (a worker ends its step quietly;
+    a claimed task's lease runs out and it is taken up again from its checkpoint, as after a crash)."""
+
+
 WAIT, RETRY, START_OVER, RETRY_FILE, PARK, SKIP = "wait", "retry", "start over", "retry file", "park", "skip"
 
 # Most specific first: the first class an error is an instance of decides.

@@ -199,9 +199,8 @@ def worker_report(node, loops, last_error=None) -> WorkerReport:
     for loop in loops:
         if isinstance(loop, TaskWorker):
             role = TARGET if loop.kind == UPLOAD else SOURCE
-            report.links.append(LinkStatus(loop.device.name, role, loop.link.up, loop.link.since, loop.link.reason,
-                                           last_location=loop.last_location[0],
-                                           last_location_time=loop.last_location[1], fault=loop.link.fault))
+            report.links.append(_loop_link(loop, loop.device.name, role, last_location=loop.last_location[0],
+                                           last_location_time=loop.last_location[1]))
             job = loop.current
             if job is not None:
                 report.transfers.append(TransferStatus(job.record.id, job.record.source, job.record.path, loop.kind,
@@ -210,11 +209,19 @@ def worker_report(node, loops, last_error=None) -> WorkerReport:
             if loop.held_back:
                 report.downloads_held = loop.held_back
         elif isinstance(loop, Finder):
-            report.links.append(LinkStatus(loop.source.name, SOURCE, loop.link.up, loop.link.since, loop.link.reason,
-                                           fault=loop.link.fault))
+            report.links.append(_loop_link(loop, loop.source.name, SOURCE))
     if last_error is not None:
         report.last_error, report.last_error_time = last_error.message, last_error.time
     return report
+
+
+def _loop_link(loop, name, role, **extra) -> LinkStatus:
+    """The device's link as `loop` sees it; a loop whose steps fail over and over shows it down with the reason, as a
+    fault (ERROR on /diagnostics), whatever the device answers: its work does not get done."""
+    failing = loop.failing()
+    if failing:
+        return LinkStatus(name, role, False, loop.failing_since, failing, fault=True, **extra)
+    return LinkStatus(name, role, loop.link.up, loop.link.since, loop.link.reason, fault=loop.link.fault, **extra)
 
 
 class RateMeter:
@@ -371,8 +378,8 @@ def diagnose(status, parked, warn_after, now=None) -> List[Diagnosis]:
             down_for = max(0.0, now - link.since)
             late = link.role == SOURCE or down_for >= warn_after
             level = ERROR if link.fault else WARN if late else OK
-            message = f"unreachable for {down_for:.0f} s: {link.reason}" if link.reason else \
-                f"unreachable for {down_for:.0f} s"
+            state = "failing" if link.fault else "unreachable"  # a fault answers, but nothing gets done
+            message = f"{state} for {down_for:.0f} s: {link.reason}" if link.reason else f"{state} for {down_for:.0f} s"
             values["reason"] = link.reason
         if files_parked:
             level = ERROR

@@ -59,6 +59,44 @@ def wait_port(port, timeout, process=None):
     raise RuntimeError(f"nothing listens on port {port} after {timeout} s")
 
 
+KEEPALIVE_RESET = 150.0  # seconds: the latest a keepalive resets a dead node's connection (130 s seen)
+
+
+def wait_keepalive_resets(port, timeout=KEEPALIVE_RESET):
+    """Wait until the TCP connections still open to 127.0.0.1:`port` (a killed node's) are reset, as rospy's TCP
+    keepalive resets them; returns how many there were and how long it took.
+
+    rospy turns on keepalive: a probe after 60 s without traffic, then every 10 s. The killed node's side of each
+    connection lingers in FIN-WAIT-2 for tcp_fin_timeout (60 s) and answers a probe with an ACK, which starts the
+    60 s again: a reset comes 60 to 130 s after the kill (the "about two minutes" seen in the field), and then the
+    next send on the connection fails with EPIPE. `ss -K` removes the lingering sockets at once (it needs
+    CAP_NET_ADMIN; without it this only waits longer), so each connection is reset by its first probe, 60 s after
+    the kill. Nothing shorter does the same: `ss -K` on the client's side gives ECONNABORTED, which rospy passes on as
+    an OSError without closing its side of the connection (the fault would not show).
+    """
+    def ss(*arguments):
+        return subprocess.run(["ss", "-tnH", *arguments], capture_output=True, text=True, timeout=30,
+                              check=True).stdout.splitlines()
+
+    def connections():
+        return ss("dst", f"127.0.0.1:{port}")
+
+    started = time.monotonic()
+    while ss("state", "listening", "src", f"127.0.0.1:{port}"):  # a SIGKILL is not done at once
+        if time.monotonic() - started > 10:
+            raise RuntimeError(f"port {port} still listens: its node was not killed")
+        time.sleep(0.1)
+    found = connections()
+    # only the dead node's lingering sockets: removing a live one would reset the other side at once (ECONNRESET),
+    # another fault than the one the keepalive brings
+    ss("-K", "state", "fin-wait-2", "state", "time-wait", "src", f"127.0.0.1:{port}")
+    while connections():
+        if time.monotonic() - started > timeout:
+            raise RuntimeError(f"connections to port {port} still open after {timeout} s: {connections()}")
+        time.sleep(1.0)
+    return len(found), time.monotonic() - started
+
+
 def voluntary_switches(pid):
     """How often the process's main thread has gone to sleep (each wakeup from a sleep counts one): an idle node's
     cost, read from /proc."""

@@ -11,7 +11,7 @@ from filesync.engine import transfer
 from filesync.engine.transfer import (Job, LeaseLost, StagedCopyLost, StagingFull, check_staging_space,
                                       release_staged)
 from filesync import errors
-from filesync.errors import DeviceUnavailable, PermanentError, TransientError, UnsafePath
+from filesync.errors import DeviceUnavailable, PermanentError, Stopping, TransientError, UnsafePath
 from filesync.ledger.recovery import record_delivery
 from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
 from filesync.paths import check_relative, safe_name, staged_path
@@ -20,6 +20,7 @@ log = logging.getLogger(__name__)
 
 STEPS = {DOWNLOAD: transfer.download, UPLOAD: transfer.upload, REMOVE: transfer.remove}
 REGISTER_BATCH = 500
+FAILING_AFTER = 3  # steps failed in a row after which a loop shows as failing on the status (ERROR on /diagnostics)
 
 
 def describe(error) -> str:
@@ -65,6 +66,9 @@ class Loop:
         # called whenever what the status shows of this loop changes (link, transfer, held back), so a node reports
         # changes as they happen instead of looking every second; set by whoever reports
         self.notify = lambda: None
+        self.failures = 0  # steps failed in a row
+        self.failure = ""  # why the last one failed
+        self.failing_since = 0.0  # wall-clock time of the first failure in a row
 
     def start(self):
         """Run in a daemon thread."""
@@ -86,12 +90,39 @@ class Loop:
         while not self.stop_event.is_set():
             try:
                 busy = self.step()
-            except Exception:  # a bug or a ledger that is away: keep the loop alive and try again later
-                log.exception("%s: step failed", self.name)
+            except Stopping:  # the process shuts down: no failure
                 busy = False
+            except Exception as error:  # a bug, or a ledger that answers with an error: keep the loop, try again later
+                self._step_failed(error)
+                busy = False
+            else:
+                self._step_worked()
             if not busy:
                 self.wake.wait(self.poll_interval)
                 self.wake.clear()
+
+    def failing(self) -> str:
+        """Why this loop's steps fail, once FAILING_AFTER of them failed in a row; empty otherwise."""
+        if self.failures < FAILING_AFTER:
+            return ""
+        return f"{self.name}: {self.failures} steps failed in a row: {self.failure}"
+
+    def _step_failed(self, error):
+        reason = describe(error)
+        if reason != self.failure or not self.failures:  # in full once; failing() keeps the count on the status
+            log.error("%s: step failed: %s", self.name, reason, exc_info=error)
+        if not self.failures:
+            self.failing_since = time.time()
+        self.failures += 1
+        self.failure = reason
+        if self.failures == FAILING_AFTER:
+            self.notify()
+
+    def _step_worked(self):
+        if self.failures >= FAILING_AFTER:
+            log.info("%s: a step works again after %d failed", self.name, self.failures)
+            self.notify()
+        self.failures, self.failure = 0, ""
 
     def step(self) -> bool:
         """Do one unit of work; return True if there may be more right away."""
@@ -137,6 +168,8 @@ class TaskWorker(Loop):
         except LeaseLost as error:
             log.warning("%s: %s", self.name, error)
             return True
+        except Stopping:  # the task stays claimed; its lease runs out and it goes on from its checkpoint
+            raise
         except StagingFull as error:
             outcome, reason = "wait", str(error)
             self._hold_back(str(error))

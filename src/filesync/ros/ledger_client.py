@@ -1,14 +1,18 @@
 """The ledger node's services behind the same methods as filesync.ledger.Ledger, for workers in other nodes.
 
-A call that fails because the ledger node is away (restarting after a crash) waits for it and tries again, for as
-long as the node runs: every ledger call is idempotent, so repeating one whose reply was lost is safe.
+A call that fails because the ledger node is away (restarting after a crash), or because its connection broke, waits
+for it and tries again on a new connection, for as long as the node runs: every ledger call is idempotent, so
+repeating one whose reply was lost is safe. A call the ledger answers with an error (its handler raised) is not
+repeated: it raises LedgerError, and the worker's step fails with that reason.
 """
 import threading
 
 import rospy
 
+from filesync.errors import Stopping
 from filesync.msg import FoundFile
 from filesync.ros.convert import record_from_msg
+from filesync.ros.services import PersistentService, ServiceFailed, ServiceUnreachable
 from filesync.srv import Checkpoint, Claim, Finish, Manage, Query, Register
 
 SERVICES = {"register": Register, "claim": Claim, "checkpoint": Checkpoint, "finish": Finish, "query": Query,
@@ -17,6 +21,10 @@ SERVICES = {"register": Register, "claim": Claim, "checkpoint": Checkpoint, "fin
 
 class LedgerUnavailable(Exception):
     """The ledger did not answer within the time given."""
+
+
+class LedgerError(Exception):
+    """The ledger answered a call with an error (its database cannot be written, or a bug in its handler)."""
 
 
 class RosLedger:
@@ -31,34 +39,30 @@ class RosLedger:
         self._local = threading.local()
 
     def _call(self, name, **fields):
-        service = f"{self.namespace}/{name}"
+        service = self._service(name)
         deadline = None if self.wait is None else rospy.get_time() + self.wait
         while not rospy.is_shutdown():
-            proxy = self._proxy(name)
             try:
-                return proxy(**fields)
-            except (rospy.ServiceException, rospy.ROSException, OSError) as error:
-                self._proxies().pop(name, None)
-                proxy.close()
+                return service.call(**fields)
+            except ServiceFailed as error:
+                raise LedgerError(str(error)) from None
+            except ServiceUnreachable as error:
                 if deadline is not None and rospy.get_time() > deadline:
-                    raise LedgerUnavailable(f"ledger service {service} did not answer: {error}") from None
+                    raise LedgerUnavailable(f"ledger service {service.name} did not answer: {error}") from None
                 try:
-                    rospy.wait_for_service(service, timeout=5.0)
+                    rospy.wait_for_service(service.name, timeout=5.0)
                 except rospy.ROSException:
-                    rospy.logwarn_throttle(30, f"waiting for the ledger ({service})")
-        raise LedgerUnavailable("shutting down")
+                    rospy.logwarn_throttle(30, f"waiting for the ledger ({service.name})")
+        raise Stopping("shutting down")
 
-    def _proxies(self):
-        if not hasattr(self._local, "proxies"):
-            self._local.proxies = {}
-        return self._local.proxies
-
-    def _proxy(self, name):
-        proxies = self._proxies()
-        if name not in proxies:
+    def _service(self, name):
+        if not hasattr(self._local, "services"):
+            self._local.services = {}
+        services = self._local.services
+        if name not in services:
             # persistent: one TCP connection per service (and thread) instead of one per call
-            proxies[name] = rospy.ServiceProxy(f"{self.namespace}/{name}", SERVICES[name], persistent=True)
-        return proxies[name]
+            services[name] = PersistentService(f"{self.namespace}/{name}", SERVICES[name])
+        return services[name]
 
     def register(self, source, targets, delete_after_upload, entries, downloaded=False):
         """See Ledger.register."""

@@ -9,6 +9,7 @@ from filesync.config import load_config
 from filesync.errors import ConfigError, TransientError
 from filesync.lock import Grant
 from filesync.logs import replace_ros_file_handler, setup_file_logging
+from filesync.ros.services import ServiceFailed, ServiceUnreachable, call_service
 from filesync.srv import Acquire, Release
 
 CONFIG_PARAM = "/filesync/config"
@@ -66,16 +67,16 @@ class RosLeaseClient:
     def acquire(self, resource, owner, ttl):
         """See LeaseTable.acquire; raises TransientError while the lock node is away."""
         try:
-            reply = self._acquire(resource=resource, owner=owner, ttl=ttl)
-        except (rospy.ServiceException, rospy.ROSException, OSError) as error:
+            reply = call_service(self._acquire, resource=resource, owner=owner, ttl=ttl)
+        except (ServiceUnreachable, ServiceFailed) as error:
             raise TransientError(f"lock service {LOCK_NAMESPACE} does not answer: {error}") from None
         return Grant(reply.granted, reply.token, reply.holder, reply.expires_in)
 
     def release(self, resource, owner, token):
         """See LeaseTable.release."""
         try:
-            return self._release(resource=resource, owner=owner, token=token).released
-        except (rospy.ServiceException, rospy.ROSException, OSError):
+            return call_service(self._release, resource=resource, owner=owner, token=token).released
+        except (ServiceUnreachable, ServiceFailed):
             return False
 
 

@@ -19,6 +19,7 @@ from filesync.engine.transfer import staging_free_bytes
 from filesync.logs import prune_logs
 from filesync.msg import (FileEvent, LinkStatus, ParkedFile, PipelineStatus, Status, TransferStatus, WorkerReport)
 from filesync.ros.node import EVENTS_TOPIC, start_node, wait_for_shutdown
+from filesync.ros.services import PersistentService, ServiceFailed, ServiceUnreachable
 from filesync.srv import Counts, Query
 
 STATUS_TOPIC = "/filesync/status"
@@ -82,7 +83,9 @@ class StatusNode:
         self._lock = threading.Lock()
         self.counts, self.parked, self.ledger_ok, self.ledger_error = {}, {}, False, ""
         self.to_copy, self.moving = {}, set()
-        self._proxies = {}  # persistent: asking once a second costs no master lookup and no new connection
+        # persistent: asking once a second costs no master lookup and no new connection
+        self._counts_service = PersistentService(COUNTS_SERVICE, Counts)
+        self._query_service = PersistentService(QUERY_SERVICE, Query)
         self.parked_files = []  # status.ParkedFile, from the ledger
         self._parked_stale = True  # ask the ledger for the parked files at the next tick
         self._parked_at = 0.0
@@ -119,32 +122,16 @@ class StatusNode:
                 any(parked.file_id == event.file_id for parked in self.parked_files):
             self._parked_stale = True
 
-    def _call(self, name, kind, **fields):
-        """One call on the service's persistent connection; a broken one (the ledger restarted) is opened again once."""
-        for attempt in (1, 2):
-            if name not in self._proxies:
-                self._proxies[name] = rospy.ServiceProxy(name, kind, persistent=True)
-            try:
-                return self._proxies[name](**fields)
-            except (rospy.ServiceException, rospy.ROSException, OSError):
-                self._proxies.pop(name).close()
-                if attempt == 2:
-                    raise
-
-    def _call_counts(self):
-        """The ledger's grouped counts."""
-        return self._call(COUNTS_SERVICE, Counts)
-
     def _fetch_parked(self):
         """The first PARKED_SHOWN failed files with their reasons, from the ledger."""
-        reply = self._call(QUERY_SERVICE, Query, state="failed", limit=status_lib.PARKED_SHOWN)
+        reply = self._query_service.call(state="failed", limit=status_lib.PARKED_SHOWN)
         self.parked_files = [status_lib.parked_file(record) for record in reply.files]
         self._parked_stale, self._parked_at = False, time.monotonic()
 
     def _fetch_counts(self):
         try:
-            reply = self._call_counts()
-        except (rospy.ServiceException, rospy.ROSException, OSError) as error:
+            reply = self._counts_service.call()
+        except (ServiceUnreachable, ServiceFailed) as error:
             if self.ledger_ok:
                 rospy.logwarn(f"status: the ledger does not answer ({error}); showing the last counts")
             self.ledger_ok = False
@@ -161,7 +148,7 @@ class StatusNode:
         if self._parked_stale:
             try:
                 self._fetch_parked()
-            except (rospy.ServiceException, rospy.ROSException, OSError) as error:
+            except (ServiceUnreachable, ServiceFailed) as error:
                 rospy.logwarn(f"status: the ledger's parked files could not be read ({error})")
 
     def tick(self, _event=None):

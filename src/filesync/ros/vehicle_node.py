@@ -16,6 +16,7 @@ import rospy
 from filesync import errors
 from filesync.errors import ConfigError, DeviceUnavailable, TransientError
 from filesync.paths import device_name, safe_name
+from filesync.ros.services import ServiceFailed, ServiceUnreachable, call_service
 from filesync.srv import (VehicleCrc, VehicleCrcResponse, VehicleList, VehicleListResponse, VehicleRead,
                           VehicleReadResponse, VehicleRemove, VehicleRemoveResponse, VehicleRename,
                           VehicleRenameResponse, VehicleState, VehicleStateResponse, VehicleWrite,
@@ -122,8 +123,8 @@ class VehicleServiceLink:
 
     def _call(self, name, **fields):
         try:
-            response = self._proxies[name](vehicle=self.vehicle, **fields)
-        except (rospy.ServiceException, rospy.ROSException, OSError) as error:
+            response = call_service(self._proxies[name], vehicle=self.vehicle, **fields)
+        except (ServiceUnreachable, ServiceFailed) as error:
             raise DeviceUnavailable(f"the vehicle node ({NAMESPACE}) does not answer: {error}") from None
         if response.error_class:
             raise self._errors.get(response.error_class, TransientError)(response.error)
