@@ -18,14 +18,25 @@ How the engine's contract maps onto S3, which has no rename:
     between sends the file again (less than multipart_threshold bytes, like one part). The object then carries the
     store's own full SHA-256, and a small file costs one request instead of three.
   publish() is the CompleteMultipartUpload or the PutObject, with If-None-Match: * unless `replace`: a 412 raises
-    FinalNameTaken (unless the name already holds these very bytes: a retry after a lost answer). A HEAD then checks
-    the size and the store's checksum.
+    FinalNameTaken (unless the name already holds these very bytes: a retry after a lost answer). The engine then
+    checks the published object through stat() and digest() (and deletes it and sends it again if it differs).
 
-Integrity is the store's job: every part and every PutObject carries x-amz-checksum-sha256 of its bytes, so the
-store refuses damaged bytes (BadDigest -> FileError: sent again), and the object's checksum (a checksum of the parts'
-checksums, "<b64>-<parts>", for a multipart object) is checked after completion. The whole file's SHA-256 goes along
-as metadata (x-amz-meta-sha256, with the source, the vehicle and the version's time); digest() answers it where the
-store's checksum is a composite one.
+Verification rests on what the store computed from the bytes it holds, never on what filesync claimed (the checksum
+it sent, its own x-amz-meta-sha256): many stores (rclone serve s3, moto, Ceph RGW 16) accept a wrong
+x-amz-checksum-sha256 and echo it back. So the first verification on an endpoint sends a tiny object with a wrong
+checksum (cached per endpoint for the process; `verified_by` says the answer):
+  store checksum: the store refused it, so it checks what it is sent: every part and PutObject carries
+    x-amz-checksum-sha256 (damaged bytes: BadDigest -> FileError, sent again), and digest() is the store's full-object
+    SHA-256, or for a multipart object its composite checksum (of the parts' checksums, "<b64>-<parts>") compared with
+    the composite of the parts this process sent.
+  ETag MD5: the store took it, and its ETag was the MD5 of the bytes: a single-part object is checked by its ETag
+    against the MD5 of the bytes sent (computed with the SHA-256, in the same local pass); a multipart object is read
+    back.
+  read back: neither: the object is read back (ranged GETs, hashed as they arrive).
+Where nothing the store computed confirms the bytes (an object this process did not publish, as in `filesync audit`),
+digest() reads the object back. The whole file's SHA-256 still goes along as metadata (x-amz-meta-sha256, with the
+source, the vehicle and the version's time) for people and the audit's metadata check; metadata keys are compared
+without case (rclone serve s3 answers "Sha256").
 
 Errors:
   connection refused, endpoint down, TLS certificate not accepted        -> DeviceUnavailable (wait, probe)
@@ -48,7 +59,9 @@ import re
 import socket
 import string
 import threading
+import uuid
 import warnings
+from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -91,6 +104,15 @@ DIGEST_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "Inva
 LATER_CODES = {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "ServiceUnavailable",
                "InternalError", "OperationAborted", "ConditionalRequestConflict", "RequestTimeoutException"}
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+READ_BACK_RANGE = 64 * MIB  # one ranged GET of a read-back: a broken one costs at most this much again
+KNOWN_KEPT = 256  # objects this process published whose store fingerprints it remembers (digest() right after)
+
+# How a store's copies are verified (S3Target.verified_by), found once per endpoint per process (_VERIFICATION)
+STORE_CHECKSUM, ETAG_MD5, READ_BACK = "store checksum", "ETag MD5", "read back"
+PROBE_BODY = b"filesync: does this store check x-amz-checksum-sha256?\n"
+PROBE_NAME = ".filesync-checksum-probe"
+_VERIFICATION = {}
+_VERIFICATION_LOCK = threading.Lock()
 
 
 def _key_template_check(value):
@@ -176,8 +198,9 @@ class _Staged:
             self.stream.seek(offset)
             return self.stream.read(length)
 
-    def sha256(self, start, length):
-        """SHA-256 of bytes [start, start + length); FileError if the file ends before."""
+    def sha256(self, start, length, also=None):
+        """SHA-256 of bytes [start, start + length), and `also` (another hash object) fed the same bytes in the same
+        pass; FileError if the file ends before."""
         digest = hashlib.sha256()
         position, end = start, start + length
         while position < end:
@@ -185,6 +208,8 @@ class _Staged:
             if not block:
                 raise FileError(f"the staged file ended at byte {position}, expected {end}")
             digest.update(block)
+            if also is not None:
+                also.update(block)
             position += len(block)
         return digest
 
@@ -277,7 +302,22 @@ class _Pending:
     staged: _Staged
     size: int
     checksum: str  # SHA-256 base64
+    md5: str  # hex: what a store whose ETag is the MD5 of the body must answer
     metadata: dict
+
+
+@dataclass
+class _Known:
+    """What the store must compute for an object this process published, if it holds the bytes sent: its ETag (the
+    MD5, single part) or its composite checksum (multipart); and the SHA-256 those bytes have."""
+    sha256: str
+    md5: str = ""
+    composite: str = ""
+
+
+def _metadata_of(head):
+    """A HEAD's user metadata with lower-case keys (metadata names are case-insensitive HTTP headers)."""
+    return {name.lower(): value for name, value in head.get("Metadata", {}).items()}
 
 
 @dataclass
@@ -360,6 +400,7 @@ class S3Target(Target):
         self._state_lock = threading.Lock()
         self._uploads = {}  # key -> _Upload (multipart uploads held for the next write()/publish())
         self._pending = {}  # key -> _Pending (small files waiting for publish())
+        self._known = OrderedDict()  # key -> _Known: the last KNOWN_KEPT objects published
         self._local = threading.local()
 
     # --- configuration, client, keys -------------------------------------------------------------------------------
@@ -565,6 +606,111 @@ class S3Target(Target):
                 raise
             raise mapped from None
 
+    # --- verification ----------------------------------------------------------------------------------------------
+
+    def _endpoint(self):
+        return self.options["endpoint_url"] or f"AWS {self.options['region'] or 'default region'}"
+
+    @property
+    def verified_by(self):
+        """How published copies are verified on this endpoint: STORE_CHECKSUM, ETAG_MD5 or READ_BACK (see the module
+        doc); '' until the first verification found out. Never asks the store (the status reads it)."""
+        with _VERIFICATION_LOCK:
+            return _VERIFICATION.get(self._endpoint(), "")
+
+    def verification(self):
+        """How this endpoint is verified: found at the first call in this process (a PUT of a tiny object with a
+        wrong checksum, then its DELETE), then kept for every target on the same endpoint."""
+        found = self.verified_by
+        if found:
+            return found
+        found = self._probe_verification()
+        with _VERIFICATION_LOCK:
+            found = _VERIFICATION.setdefault(self._endpoint(), found)
+        log.info("%s: %s is verified by %s", self.name, self._endpoint(), found)
+        return found
+
+    def _probe_verification(self):
+        key = self.key_for(f"{PROBE_NAME}-{uuid.uuid4().hex[:12]}")
+        wrong = _b64(hashlib.sha256(PROBE_BODY + b"(other bytes)").digest())
+        try:
+            answer = self._client().put_object(Bucket=self.bucket, Key=key, Body=PROBE_BODY, ChecksumSHA256=wrong)
+        except Exception as error:
+            if self._status(error)[0] in DIGEST_CODES:
+                return STORE_CHECKSUM  # it refused bytes that do not match their checksum: it checks
+            mapped = self._error(error, "checksum probe PUT", key)
+            if mapped is error:
+                raise
+            raise mapped from None
+        self._call("checksum probe DELETE", key, "delete_object")
+        etag = answer.get("ETag", "").strip('"')
+        return ETAG_MD5 if etag == hashlib.md5(PROBE_BODY, usedforsecurity=False).hexdigest() else READ_BACK
+
+    def _remember(self, key, known):
+        with self._state_lock:
+            self._known[key] = known
+            self._known.move_to_end(key)
+            while len(self._known) > KNOWN_KEPT:
+                self._known.popitem(last=False)
+
+    def _stored_sha256(self, key, head):
+        """The SHA-256 (hex) of the bytes the store holds under `key` (`head` its HEAD), from what the store computed:
+        its full-object checksum where it checks checksums; its composite checksum or ETag where they are those of
+        the bytes this process published there; else read back."""
+        verification = self.verification()
+        checksum = head.get("ChecksumSHA256") or ""
+        with self._state_lock:
+            known = self._known.get(key)
+        if verification == STORE_CHECKSUM:
+            if checksum and "-" not in checksum:
+                return base64.b64decode(checksum).hex()
+            if known is not None and known.composite and known.composite == checksum:
+                return known.sha256
+        elif verification == ETAG_MD5:
+            if known is not None and known.md5 and known.md5 == head.get("ETag", "").strip('"'):
+                return known.sha256
+        digest = hashlib.sha256()
+        for block in self._ranges(key, head):
+            digest.update(block)
+        return digest.hexdigest()
+
+    def _ranges(self, key, head):
+        """The bytes of the object `head` describes, by ranged GETs of READ_BACK_RANGE (If-Match its ETag, so that an
+        object replaced meanwhile is not read as a mix), in blocks of READ_BLOCK."""
+        size, etag = head["ContentLength"], head.get("ETag")
+        condition = {"IfMatch": etag} if etag else {}
+        for start in range(0, size, READ_BACK_RANGE):
+            end = min(size, start + READ_BACK_RANGE)
+            try:
+                answer = self._client().get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}",
+                                                   **condition)
+            except Exception as error:
+                code, status = self._status(error)
+                if status == 412 or code == "PreconditionFailed":
+                    raise TransientError(f"{self._what('GET', key)}: the object changed while it was read") from None
+                mapped = self._error(error, "GET", key)
+                if mapped is error:
+                    raise
+                raise mapped from None
+            body, position = answer["Body"], start
+            try:
+                while position < end:
+                    try:
+                        block = body.read(min(READ_BLOCK, end - position))
+                    except Exception as error:
+                        mapped = self._error(error, "GET", key)
+                        if mapped is error:
+                            raise TransientError(f"{self._what('GET', key)}: the transfer broke off: {error}") \
+                                from None
+                        raise mapped from None
+                    if not block:
+                        raise TransientError(f"{self._what('GET', key)}: the answer ended at byte {position} of "
+                                             f"{size}")
+                    position += len(block)
+                    yield block
+            finally:
+                body.close()
+
     # --- the Target interface --------------------------------------------------------------------------------------
 
     def probe(self):
@@ -588,25 +734,15 @@ class S3Target(Target):
         return None if head is None else head["ContentLength"]
 
     def digest(self, path, algorithm):
-        """The object's SHA-256 in hex: the store's own checksum where it covers the whole object, else the
-        x-amz-meta-sha256 filesync sent (a multipart object's checksum is one of its parts' checksums, which publish()
-        checked), else computed by reading the object back (an object filesync did not write)."""
+        """The object's SHA-256 in hex, from what the store computed over the bytes it holds (never from the checksum
+        or the x-amz-meta-sha256 filesync sent, which a store may just echo): see the module doc."""
         if algorithm != "sha256":
             return super().digest(path, algorithm)
         key = self.key_for(path)
         head = self._head(key)
         if head is None:
             raise PermanentError(f"{self._what('digest of', key)}: there is no such object")
-        checksum = head.get("ChecksumSHA256") or ""
-        if checksum and "-" not in checksum:
-            return base64.b64decode(checksum).hex()
-        recorded = head.get("Metadata", {}).get("sha256", "")
-        if re.fullmatch(r"[0-9a-f]{64}", recorded):
-            return recorded
-        digest = hashlib.sha256()
-        for block in self.read(path):
-            digest.update(block)
-        return digest.hexdigest()
+        return self._stored_sha256(key, head)
 
     def check_stored(self, path, sha256, note=""):
         """For an audit: what the store says about the object beyond its size, against the version's `sha256` (hex)
@@ -618,7 +754,7 @@ class S3Target(Target):
         if head is None:
             return ["there is no such object"]
         problems = []
-        metadata = head.get("Metadata", {})
+        metadata = _metadata_of(head)
         if metadata.get("sha256") != sha256:
             problems.append(f"x-amz-meta-sha256 is {metadata.get('sha256') or 'missing'}, the ledger's is {sha256}")
         vehicle = _metadata_value(self._context().vehicle)
@@ -639,29 +775,19 @@ class S3Target(Target):
         return problems
 
     def read(self, path):
-        """Stream the object's bytes (GetObject) in 1 MiB blocks."""
+        """Stream the object's bytes (ranged GETs) in 1 MiB blocks."""
         key = self.key_for(path)
-        answer = self._call("GET", key, "get_object")
-        body = answer["Body"]
-        try:
-            while True:
-                try:
-                    block = body.read(READ_BLOCK)
-                except Exception as error:
-                    mapped = self._error(error, "GET", key)
-                    if mapped is error:
-                        raise TransientError(f"{self._what('GET', key)}: the transfer broke off: {error}") from None
-                    raise mapped from None
-                if not block:
-                    return
-                yield block
-        finally:
-            body.close()
+        head = self._head(key, "GET")
+        if head is None:
+            raise PermanentError(f"{self._what('GET', key)}: there is no such object")
+        yield from self._ranges(key, head)
 
     def delete(self, path):
         """DeleteObject (S3 answers alike whether or not the object existed)."""
         key = self.key_for(path)
         self._call("DELETE", key, "delete_object")
+        with self._state_lock:
+            self._known.pop(key, None)
 
     def held(self, path, note=""):
         """The bytes of the parts of the upload in `note` (or, without one, of the upload this object holds for
@@ -744,7 +870,10 @@ class S3Target(Target):
         """The UploadIds of the multipart uploads in progress for exactly `key` (ListMultipartUploads, every page)."""
         found, markers = set(), {}
         while True:
-            page = self._call("ListMultipartUploads", None, "list_multipart_uploads", Prefix=key, **markers)
+            try:
+                page = self._call("ListMultipartUploads", None, "list_multipart_uploads", Prefix=key, **markers)
+            except StartOver:  # NoSuchUpload: rclone serve s3's answer when none is open
+                return found
             found |= {upload["UploadId"] for upload in page.get("Uploads", []) if upload["Key"] == key}
             if not page.get("IsTruncated"):
                 return found
@@ -764,8 +893,9 @@ class S3Target(Target):
         if size < self.options["multipart_threshold"]:
             if offset:
                 raise StartOver(f"{self._what('upload of', key)}: a file under multipart_threshold goes whole")
-            checksum = staged.sha256(0, size)
-            pending = _Pending(staged.kept(size), size, _b64(checksum.digest()),
+            md5 = hashlib.md5(usedforsecurity=False)
+            checksum = staged.sha256(0, size, also=md5)
+            pending = _Pending(staged.kept(size), size, _b64(checksum.digest()), md5.hexdigest(),
                                self._metadata(checksum.hexdigest()))
             with self._state_lock:
                 previous = self._pending.pop(key, None)
@@ -854,7 +984,8 @@ class S3Target(Target):
 
     def publish(self, path, size, replace=False):
         """Complete the multipart upload, or PUT the small file, with If-None-Match: * unless `replace`; a 412 raises
-        FinalNameTaken unless the key already holds these bytes. Then a HEAD checks size and checksum."""
+        FinalNameTaken unless the key already holds these bytes. The engine checks the object afterwards (digest()),
+        from what this publish tells the store must compute for these bytes (its ETag, its composite checksum)."""
         key = self.key_for(path)
         condition = {} if replace else {"IfNoneMatch": "*"}
         with self._state_lock:
@@ -863,7 +994,7 @@ class S3Target(Target):
         if pending is not None:
             if pending.size != size:
                 raise StartOver(f"{self._what('PUT', key)}: {pending.size} bytes were staged for it, not {size}")
-            expected, whole = pending.checksum, base64.b64decode(pending.checksum).hex()
+            known = _Known(base64.b64decode(pending.checksum).hex(), md5=pending.md5)
             operation = "PUT"
             send = lambda: self._client().put_object(  # noqa: E731
                 Bucket=self.bucket, Key=key, Body=_Window(pending.staged, 0, size), ContentLength=size,
@@ -872,7 +1003,7 @@ class S3Target(Target):
             if upload.held != size:
                 raise StartOver(f"{self._what('CompleteMultipartUpload', key)}: the parts hold {upload.held} of "
                                 f"{size} bytes")
-            expected, whole = composite_checksum([checksum for _, _, checksum in upload.parts]), upload.sha256
+            known = _Known(upload.sha256, composite=composite_checksum([checksum for _, _, checksum in upload.parts]))
             operation = "CompleteMultipartUpload"
             parts = [{"PartNumber": number, "ETag": f'"{etag}"', "ChecksumSHA256": checksum}
                      for number, etag, checksum in upload.parts]
@@ -882,6 +1013,7 @@ class S3Target(Target):
         else:
             raise StartOver(f"{self._what('publish of', key)}: nothing of it is held here (filesync restarted since "
                             f"it was sent); it is sent again")
+        self._remember(key, known)
         completed = True
         try:
             send()
@@ -889,9 +1021,9 @@ class S3Target(Target):
             completed = False
             code, status = self._status(error)
             if status == 412 or code == "PreconditionFailed":
-                if not self._holds(key, size, expected, whole):
+                if not self._holds(key, size, known.sha256):
                     raise FinalNameTaken(f"{self._what(operation, key)}: the key holds another object") from None
-            elif code == "NoSuchUpload" and self._holds(key, size, expected, whole):
+            elif code == "NoSuchUpload" and self._holds(key, size, known.sha256):
                 pass  # completed before, and the answer was lost
             else:
                 mapped = self._error(error, operation, key)
@@ -901,9 +1033,6 @@ class S3Target(Target):
                     with self._state_lock:
                         self._uploads.pop(key, None)
                 raise mapped from None
-        if not self._holds(key, size, expected, whole):
-            raise FileError(f"{self._what(operation, key)}: after it, the key does not hold the bytes sent "
-                            f"(size or checksum differ)")
         with self._state_lock:
             self._uploads.pop(key, None)
             self._pending.pop(key, None)
@@ -913,16 +1042,10 @@ class S3Target(Target):
             self._abort(key, upload.upload_id)
         return self.location(path)
 
-    def _holds(self, key, size, checksum, sha256_hex):
-        """Whether the object under `key` has `size` bytes and the store's `checksum` (or, from a store that keeps no
-        checksums, our x-amz-meta-sha256)."""
+    def _holds(self, key, size, sha256_hex):
+        """Whether the object under `key` has `size` bytes with SHA-256 `sha256_hex` (as digest() finds it)."""
         head = self._head(key, "HEAD after upload of")
-        if head is None or head["ContentLength"] != size:
-            return False
-        stored = head.get("ChecksumSHA256")
-        if stored:
-            return stored == checksum
-        return head.get("Metadata", {}).get("sha256") == sha256_hex
+        return head is not None and head["ContentLength"] == size and self._stored_sha256(key, head) == sha256_hex
 
     def close(self):
         """Close the client's connections; the next call opens new ones. Uploads held for resume stay held."""

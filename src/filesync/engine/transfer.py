@@ -350,19 +350,19 @@ def upload(target, job) -> Done:
         location = target.publish(name, record.size, replace)
     except FinalNameTaken:
         raise TransientError(f"{target.location(name)} was taken by another file meanwhile; choosing again") from None
-    except PermanentError:
-        _abandon(target, name)
-        raise
     _verify_published(target, name, record.size, staged, sha256)
     return Done(location)
 
 
-def _abandon(target, name):
-    """Drop what the target holds of an upload that is parked (an S3 multipart upload would be kept, and billed)."""
+def abandon(target, source, path, version_id):
+    """Drop what `target` holds of an unfinished upload of a version that was parked, skipped or forgotten (an S3
+    multipart upload would be kept, and billed, until the bucket's lifecycle rule). A failure is logged, not raised:
+    the refusal that parked the file says more."""
+    target.set_context(source=source, version_id=version_id)
     try:
-        target.discard(name)
-    except Exception as error:  # the refusal that parked the file says more than this one
-        log.warning("%s: could not drop the unfinished upload of %s: %s", target.name, name, error)
+        target.discard(path)
+    except Exception as error:  # noqa: BLE001 - said, and the worker goes on
+        log.warning("%s: could not drop the unfinished upload of %s: %s", target.name, path, error)
 
 
 def _verify_published(target, name, size, staged, sha256):

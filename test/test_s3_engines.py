@@ -1,0 +1,175 @@
+"""The s3 target on three S3 engines: SeaweedFS, which checks the x-amz-checksum-sha256 it is sent, and moto's server
+and `rclone serve s3`, which do not (FACTS.md). Between filesync and the store, a proxy flips one byte of every
+request body (support/damaging_proxy.py): a damaged copy must never be recorded as uploaded, a copy that fails its
+check is deleted and sent again under the same name (no conflict copies), and a parked or forgotten file leaves no
+multipart upload open. Each engine is started once for the module; every test writes under a vehicle of its own.
+"""
+import time
+
+import pytest
+
+from conftest import write_file
+from filesync.devices import create_target
+from filesync.devices.s3 import ETAG_MD5, MIB, STORE_CHECKSUM
+from filesync.engine.runner import LocalRunner
+from support.damaging_proxy import DamagingProxy
+from support.moto_s3 import MotoS3
+from support.rclone_s3 import RcloneS3
+from support.s3_server import BUCKET
+from support.seaweedfs import SeaweedS3
+
+ENGINES = {"seaweedfs": SeaweedS3, "moto": MotoS3, "rclone": RcloneS3}
+VERIFIED_BY = {"seaweedfs": STORE_CHECKSUM, "moto": ETAG_MD5, "rclone": ETAG_MD5}
+PART = 5 * MIB
+FILES = {"small.bin": 100_000, "big.bin": PART + 1000}  # one PutObject, one multipart upload of two parts
+
+
+@pytest.fixture(scope="module", params=sorted(ENGINES))
+def engine(request, tmp_path_factory):
+    """One running engine (each of the three in turn), for the whole module."""
+    server = ENGINES[request.param](str(tmp_path_factory.mktemp(request.param)))
+    server.name = request.param
+    server.start()
+    try:
+        yield server
+    finally:
+        server.remove()
+
+
+@pytest.fixture
+def proxy(engine):
+    """A damaging proxy in front of the engine, passing bytes unchanged until told to damage them."""
+    proxy = DamagingProxy(engine.s3_port, damaging=False)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()
+
+
+def count_sends(target):
+    """A list that gets the operation name of every request the target's client sends."""
+    sent = []
+    events = target._client().meta.events
+    events.register("before-parameter-build.s3", lambda model, context, **_: context.update(operation=model.name))
+    events.register("before-send.s3", lambda request, **_: sent.append(request.context.get("operation")))
+    return sent
+
+
+def keys_and_uploads(engine, prefix):
+    """The object keys and the keys of open multipart uploads under `prefix`."""
+    client = engine.client()
+    keys = [entry["Key"] for entry in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])]
+    try:
+        uploads = [upload["Key"] for upload in client.list_multipart_uploads(Bucket=BUCKET, Prefix=prefix)
+                   .get("Uploads", [])]
+    except client.exceptions.NoSuchUpload:  # rclone serve s3's answer when none is open
+        uploads = []
+    return sorted(keys), sorted(uploads)
+
+
+def runner_config(tmp_path, target):
+    inbox = tmp_path / "inbox"
+    for name, size in FILES.items():
+        write_file(str(inbox / name), size)
+    return {"staging_dir": str(tmp_path / "staging"), "database": str(tmp_path / "db" / "ledger.db"),
+            "max_attempts": 2, "retry_base": 0.1, "retry_cap": 0.2, "poll_interval": 0.2, "scan_interval": 0.5,
+            "sources": {"inbox": {"kind": "folder", "path": str(inbox), "min_age": 0.0}},
+            "targets": {"store": target}, "pipelines": [{"source": "inbox", "targets": ["store"]}]}
+
+
+def test_each_store_is_verified_by_what_it_computes_found_once_per_endpoint(engine, tmp_path):
+    options = engine.target_options(vehicle=tmp_path.name)
+    first, second = create_target("store", options), create_target("again", options)
+    sent = count_sends(first)
+    assert first.verification() == VERIFIED_BY[engine.name] == first.verified_by
+    assert sent == ["PutObject"] + (["DeleteObject"] if engine.name != "seaweedfs" else [])
+    assert keys_and_uploads(engine, tmp_path.name) == ([], [])  # the probe leaves nothing behind
+    sent = count_sends(second)
+    assert second.verification() == VERIFIED_BY[engine.name] and sent == []  # once per endpoint and process
+
+
+def test_damaged_copies_are_never_recorded_uploaded_nor_kept(engine, proxy, tmp_path):
+    vehicle = tmp_path.name
+    target = engine.target_options(endpoint_url=proxy.endpoint, vehicle=vehicle, part_size=PART,
+                                   multipart_threshold=PART, max_attempts=1)
+    assert create_target("probe", target).verification() == VERIFIED_BY[engine.name]  # before the damage starts
+    proxy.damaging = True
+    runner = LocalRunner(runner_config(tmp_path, target))
+    try:
+        runner.run_until_settled(timeout=60)
+        records = runner.ledger.files()
+        assert sorted((r.path, r.state) for r in records) == [("big.bin", "failed"), ("small.bin", "failed")]
+        assert proxy.damaged > 0
+        # nothing damaged stays under the final name, no conflict copy, no multipart upload open (billed)
+        assert keys_and_uploads(engine, vehicle) == ([], [])
+        proxy.damaging = False
+        for record in records:
+            runner.ledger.retry(record.id)
+        for loop in runner.loops:
+            loop.wake.set()
+        runner.run_until_settled(timeout=60)
+        assert {r.state for r in runner.ledger.files()} == {"uploaded"}
+    finally:
+        runner.close()
+    expected = {f"{vehicle}/inbox/{name}": (tmp_path / "inbox" / name).read_bytes() for name in FILES}
+    assert keys_and_uploads(engine, vehicle) == (sorted(expected), [])  # each once, under its own name
+    for key, data in expected.items():
+        assert engine.client().get_object(Bucket=BUCKET, Key=key)["Body"].read() == data
+
+
+def test_a_copy_that_fails_its_check_is_deleted_and_sent_again(engine, proxy, tmp_path):
+    """One damaged attempt, then clean ones: the file ends uploaded once, under its own name."""
+    if VERIFIED_BY[engine.name] == STORE_CHECKSUM:
+        pytest.skip("SeaweedFS refuses the damaged bytes itself: nothing damaged is ever published")
+    vehicle = tmp_path.name
+    target = engine.target_options(endpoint_url=proxy.endpoint, vehicle=vehicle, part_size=PART,
+                                   multipart_threshold=PART, max_attempts=1)
+    config = runner_config(tmp_path, target)
+    config["max_attempts"] = 5
+    create_target("probe", target).verification()
+    proxy.damaging = True
+    runner = LocalRunner(config)
+    try:
+        runner.start()
+        deadline = time.monotonic() + 30
+        while not any(r.error for r in runner.ledger.files() if r.path == "small.bin"):
+            assert time.monotonic() < deadline, "the damaged copy was never found"
+            time.sleep(0.05)
+        proxy.damaging = False
+        runner.run_until_settled(timeout=60)
+        assert {r.state for r in runner.ledger.files()} == {"uploaded"}
+    finally:
+        runner.close()
+    expected = sorted(f"{vehicle}/inbox/{name}" for name in FILES)
+    assert keys_and_uploads(engine, vehicle) == (expected, [])
+    small = engine.client().get_object(Bucket=BUCKET, Key=f"{vehicle}/inbox/small.bin")["Body"].read()
+    assert small == (tmp_path / "inbox" / "small.bin").read_bytes()
+
+
+def test_forget_aborts_the_open_multipart_upload(engine, proxy, tmp_path):
+    if VERIFIED_BY[engine.name] != STORE_CHECKSUM:
+        pytest.skip("this store keeps damaged parts: the upload completes and is deleted instead of staying open")
+    vehicle = tmp_path.name
+    target = engine.target_options(endpoint_url=proxy.endpoint, vehicle=vehicle, part_size=PART,
+                                   multipart_threshold=PART, max_attempts=1)
+    config = runner_config(tmp_path, target)
+    config.update(retry_base=600.0, retry_cap=600.0)  # the refused upload waits, open, for its next attempt
+    proxy.damaging = True
+    runner = LocalRunner(config)
+    try:
+        runner.start()
+        deadline = time.monotonic() + 30
+        while True:
+            big = runner.ledger.find("inbox", "big.bin")
+            if big is not None and big.error and keys_and_uploads(engine, vehicle)[1]:
+                break
+            assert time.monotonic() < deadline, "the big file's upload never failed with its upload open"
+            time.sleep(0.05)
+        (tmp_path / "inbox" / "big.bin").unlink()  # not found again: no new upload opens after the forget
+        assert runner.forget(big.id)
+        deadline = time.monotonic() + 10
+        while keys_and_uploads(engine, vehicle)[1]:
+            assert time.monotonic() < deadline, "the forgotten file's multipart upload is still open"
+            time.sleep(0.05)
+    finally:
+        runner.close()
