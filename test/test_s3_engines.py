@@ -12,6 +12,7 @@ from conftest import write_file
 from filesync.devices import create_target
 from filesync.devices.s3 import ETAG_MD5, MIB, STORE_CHECKSUM
 from filesync.engine.runner import LocalRunner
+from filesync.status import StatusBuilder, diagnose, worker_report
 from support.damaging_proxy import DamagingProxy
 from support.moto_s3 import MotoS3
 from support.rclone_s3 import RcloneS3
@@ -173,3 +174,18 @@ def test_forget_aborts_the_open_multipart_upload(engine, proxy, tmp_path):
             time.sleep(0.05)
     finally:
         runner.close()
+
+
+def test_the_status_and_diagnostics_say_how_the_store_is_verified(engine, tmp_path):
+    target = engine.target_options(vehicle=tmp_path.name)
+    runner = LocalRunner(runner_config(tmp_path, target))
+    try:
+        runner.run_until_settled(timeout=60)
+        status = StatusBuilder(runner.config).build(runner.ledger.counts(), [worker_report("local", runner.loops)], 0)
+    finally:
+        runner.close()
+    link = next(link for link in status.links if link.name == "store")
+    assert link.verified_by == VERIFIED_BY[engine.name]
+    diagnosis = next(d for d in diagnose(status, {}, warn_after=30.0) if d.name == "target store")
+    assert diagnosis.values["verified by"] == VERIFIED_BY[engine.name]
+    assert "verified by" not in next(d for d in diagnose(status, {}, 30.0) if d.name == "source inbox").values
