@@ -18,13 +18,15 @@ How the engine's contract maps onto S3, which has no rename:
     between sends the file again (less than multipart_threshold bytes, like one part). The object then carries the
     store's own full SHA-256, and a small file costs one request instead of three.
   publish() is the CompleteMultipartUpload or the PutObject, with If-None-Match: * unless `replace`: a 412 raises
-    FinalNameTaken (unless the name already holds these very bytes: a retry after a lost answer). The engine then
+    FinalNameTaken (unless the name already holds these very bytes: a retry after a lost answer). On a store that
+    ignores If-None-Match (rclone serve s3) it looks at the key first (a HEAD; a narrow race remains). The engine then
     checks the published object through stat() and digest() (and deletes it and sends it again if it differs).
 
 Verification rests on what the store computed from the bytes it holds, never on what filesync claimed (the checksum
 it sent, its own x-amz-meta-sha256): many stores (rclone serve s3, moto, Ceph RGW 16) accept a wrong
-x-amz-checksum-sha256 and echo it back. So the first verification on an endpoint sends a tiny object with a wrong
-checksum (cached per endpoint for the process; `verified_by` says the answer):
+x-amz-checksum-sha256 and echo it back. So the first publish or verification on an endpoint sends a tiny object with a
+wrong checksum (and whether If-None-Match is honoured; cached per endpoint for the process, see store();
+`verified_by` says the answer):
   store checksum: the store refused it, so it checks what it is sent: every part and PutObject carries
     x-amz-checksum-sha256 (damaged bytes: BadDigest -> FileError, sent again), and digest() is the store's full-object
     SHA-256, or for a multipart object its composite checksum (of the parts' checksums, "<b64>-<parts>") compared with
@@ -107,12 +109,12 @@ NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 READ_BACK_RANGE = 64 * MIB  # one ranged GET of a read-back: a broken one costs at most this much again
 KNOWN_KEPT = 256  # objects this process published whose store fingerprints it remembers (digest() right after)
 
-# How a store's copies are verified (S3Target.verified_by), found once per endpoint per process (_VERIFICATION)
+# How a store's copies are verified (S3Target.verified_by), found once per endpoint per process (_STORES)
 STORE_CHECKSUM, ETAG_MD5, READ_BACK = "store checksum", "ETag MD5", "read back"
-PROBE_BODY = b"filesync: does this store check x-amz-checksum-sha256?\n"
-PROBE_NAME = ".filesync-checksum-probe"
-_VERIFICATION = {}
-_VERIFICATION_LOCK = threading.Lock()
+PROBE_BODY = b"filesync: does this store check x-amz-checksum-sha256, and honour If-None-Match?\n"
+PROBE_NAME = ".filesync-store-probe"
+_STORES = {}
+_STORES_LOCK = threading.Lock()
 
 
 def _key_template_check(value):
@@ -304,6 +306,14 @@ class _Pending:
     checksum: str  # SHA-256 base64
     md5: str  # hex: what a store whose ETag is the MD5 of the body must answer
     metadata: dict
+
+
+@dataclass(frozen=True)
+class _Store:
+    """What an endpoint was found to do (S3Target.store()): how its copies are verified, and whether it refuses a
+    PUT with If-None-Match: * onto a key that exists."""
+    verification: str
+    if_none_match: bool
 
 
 @dataclass
@@ -614,37 +624,62 @@ class S3Target(Target):
     @property
     def verified_by(self):
         """How published copies are verified on this endpoint: STORE_CHECKSUM, ETAG_MD5 or READ_BACK (see the module
-        doc); '' until the first verification found out. Never asks the store (the status reads it)."""
-        with _VERIFICATION_LOCK:
-            return _VERIFICATION.get(self._endpoint(), "")
+        doc); '' until the first publish or verification found out. Never asks the store (the status reads it)."""
+        with _STORES_LOCK:
+            found = _STORES.get(self._endpoint())
+        return found.verification if found else ""
 
     def verification(self):
-        """How this endpoint is verified: found at the first call in this process (a PUT of a tiny object with a
-        wrong checksum, then its DELETE), then kept for every target on the same endpoint."""
-        found = self.verified_by
-        if found:
-            return found
-        found = self._probe_verification()
-        with _VERIFICATION_LOCK:
-            found = _VERIFICATION.setdefault(self._endpoint(), found)
-        log.info("%s: %s is verified by %s", self.name, self._endpoint(), found)
+        """How this endpoint's copies are verified (see store())."""
+        return self.store().verification
+
+    def store(self):
+        """What this endpoint does, found at the first call in this process (three or four PUTs of a tiny object,
+        then its DELETE: once sent with a wrong checksum, then twice right, the second with If-None-Match: *), then
+        kept for every target on the same endpoint."""
+        with _STORES_LOCK:
+            found = _STORES.get(self._endpoint())
+        if found is None:
+            found = self._probe_store()
+            with _STORES_LOCK:
+                found = _STORES.setdefault(self._endpoint(), found)
+            log.info("%s: %s is verified by %s%s", self.name, self._endpoint(), found.verification,
+                     "" if found.if_none_match else "; it ignores If-None-Match, so a name is looked at before "
+                                                    "publishing")
         return found
 
-    def _probe_verification(self):
+    def _probe_store(self):
         key = self.key_for(f"{PROBE_NAME}-{uuid.uuid4().hex[:12]}")
+        right = _b64(hashlib.sha256(PROBE_BODY).digest())
         wrong = _b64(hashlib.sha256(PROBE_BODY + b"(other bytes)").digest())
+
+        def put(**extra):
+            return self._client().put_object(Bucket=self.bucket, Key=key, Body=PROBE_BODY, **extra)
         try:
-            answer = self._client().put_object(Bucket=self.bucket, Key=key, Body=PROBE_BODY, ChecksumSHA256=wrong)
+            try:
+                etag = put(ChecksumSHA256=wrong).get("ETag", "").strip('"')
+                verification = ETAG_MD5 if etag == hashlib.md5(PROBE_BODY, usedforsecurity=False).hexdigest() \
+                    else READ_BACK
+            except Exception as error:
+                if self._status(error)[0] not in DIGEST_CODES:
+                    raise
+                verification = STORE_CHECKSUM  # it refused bytes that do not match their checksum: it checks
+                put(ChecksumSHA256=right)
+            try:
+                put(ChecksumSHA256=right, IfNoneMatch="*")
+                if_none_match = False
+            except Exception as error:
+                code, status = self._status(error)
+                if status != 412 and code != "PreconditionFailed":
+                    raise
+                if_none_match = True
+            self._client().delete_object(Bucket=self.bucket, Key=key)
         except Exception as error:
-            if self._status(error)[0] in DIGEST_CODES:
-                return STORE_CHECKSUM  # it refused bytes that do not match their checksum: it checks
-            mapped = self._error(error, "checksum probe PUT", key)
+            mapped = self._error(error, "store probe PUT", key)
             if mapped is error:
                 raise
             raise mapped from None
-        self._call("checksum probe DELETE", key, "delete_object")
-        etag = answer.get("ETag", "").strip('"')
-        return ETAG_MD5 if etag == hashlib.md5(PROBE_BODY, usedforsecurity=False).hexdigest() else READ_BACK
+        return _Store(verification, if_none_match)
 
     def _remember(self, key, known):
         with self._state_lock:
@@ -1014,25 +1049,13 @@ class S3Target(Target):
             raise StartOver(f"{self._what('publish of', key)}: nothing of it is held here (filesync restarted since "
                             f"it was sent); it is sent again")
         self._remember(key, known)
-        completed = True
-        try:
-            send()
-        except Exception as error:
-            completed = False
-            code, status = self._status(error)
-            if status == 412 or code == "PreconditionFailed":
-                if not self._holds(key, size, known.sha256):
-                    raise FinalNameTaken(f"{self._what(operation, key)}: the key holds another object") from None
-            elif code == "NoSuchUpload" and self._holds(key, size, known.sha256):
-                pass  # completed before, and the answer was lost
-            else:
-                mapped = self._error(error, operation, key)
-                if mapped is error:
-                    raise
-                if isinstance(mapped, StartOver):
-                    with self._state_lock:
-                        self._uploads.pop(key, None)
-                raise mapped from None
+        completed = False
+        if condition and not self.store().if_none_match and self._head(key, f"HEAD before {operation}") is not None:
+            # the store would replace it (it ignores If-None-Match): looked at first, a narrow race remains
+            if not self._holds(key, size, known.sha256):
+                raise FinalNameTaken(f"{self._what(operation, key)}: the key holds another object")
+        else:
+            completed = self._finish(send, operation, key, size, known.sha256)
         with self._state_lock:
             self._uploads.pop(key, None)
             self._pending.pop(key, None)
@@ -1041,6 +1064,28 @@ class S3Target(Target):
         elif condition and not completed:  # the key held these bytes already: this upload is not needed
             self._abort(key, upload.upload_id)
         return self.location(path)
+
+    def _finish(self, send, operation, key, size, sha256_hex):
+        """Run the PUT or CompleteMultipartUpload `send`: True when it stored the object, False when the key already
+        held these bytes (a 412, or NoSuchUpload after a lost answer); FinalNameTaken when it holds others."""
+        try:
+            send()
+            return True
+        except Exception as error:
+            code, status = self._status(error)
+            if status == 412 or code == "PreconditionFailed":
+                if not self._holds(key, size, sha256_hex):
+                    raise FinalNameTaken(f"{self._what(operation, key)}: the key holds another object") from None
+                return False
+            if code == "NoSuchUpload" and self._holds(key, size, sha256_hex):
+                return False  # completed before, and the answer was lost
+            mapped = self._error(error, operation, key)
+            if mapped is error:
+                raise
+            if isinstance(mapped, StartOver):
+                with self._state_lock:
+                    self._uploads.pop(key, None)
+            raise mapped from None
 
     def _holds(self, key, size, sha256_hex):
         """Whether the object under `key` has `size` bytes with SHA-256 `sha256_hex` (as digest() finds it)."""
