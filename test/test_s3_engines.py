@@ -6,6 +6,8 @@ multipart upload open. Each engine is started once for the module; every test wr
 """
 import time
 
+import boto3
+import botocore.exceptions
 import pytest
 
 from conftest import write_file
@@ -191,3 +193,28 @@ def test_the_status_and_diagnostics_say_how_the_store_is_verified(engine, tmp_pa
     diagnosis = next(d for d in diagnose(status, {}, warn_after=30.0) if d.name == "target store")
     assert diagnosis.values["verified by"] == VERIFIED_BY[engine.name]
     assert "verified by" not in next(d for d in diagnose(status, {}, 30.0) if d.name == "source inbox").values
+
+
+def test_a_bucket_policy_without_delete_does_not_stop_uploads(tmp_path, caplog):
+    """Vehicles often get credentials that may write and read but not delete: the store probe's object then stays
+    (said in a warning), and files still go."""
+    server = MotoS3(str(tmp_path / "moto"), free_actions=6)  # start()'s 3 requests, then iam_user()'s 3
+    server.start()
+    try:
+        key_id, secret = server.iam_user("vehicle", ["s3:PutObject", "s3:GetObject", "s3:HeadObject",
+                                                     "s3:ListBucket", "s3:ListBucketMultipartUploads",
+                                                     "s3:AbortMultipartUpload", "s3:ListMultipartUploadParts"])
+        target = server.target_options(vehicle="rover7", access_key_id=key_id, secret_access_key=secret)
+        vehicle = boto3.client("s3", endpoint_url=server.endpoint, aws_access_key_id=key_id,
+                               aws_secret_access_key=secret, region_name="us-east-1")
+        with pytest.raises(botocore.exceptions.ClientError, match="AccessDenied"):  # the policy does bite
+            vehicle.delete_object(Bucket=BUCKET, Key="anything")
+        runner = LocalRunner(runner_config(tmp_path, target))
+        try:
+            runner.run_until_settled(timeout=60)
+            assert {r.state for r in runner.ledger.files()} == {"uploaded"}
+        finally:
+            runner.close()
+        assert "the probe object rover7/inbox/.filesync-store-probe-" in caplog.text
+    finally:
+        server.remove()

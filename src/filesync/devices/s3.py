@@ -673,12 +673,16 @@ class S3Target(Target):
                 if status != 412 and code != "PreconditionFailed":
                     raise
                 if_none_match = True
-            self._client().delete_object(Bucket=self.bucket, Key=key)
         except Exception as error:
             mapped = self._error(error, "store probe PUT", key)
             if mapped is error:
                 raise
             raise mapped from None
+        try:
+            self._call("store probe DELETE", key, "delete_object")
+        except (AuthRefused, PermanentError) as error:  # a policy may allow PUT and not DELETE: no reason to stop
+            log.warning("%s: the probe object %s stays on the bucket (%d bytes): %s", self.name, key,
+                        len(PROBE_BODY), error)
         return _Store(verification, if_none_match)
 
     def _remember(self, key, known):
