@@ -9,7 +9,9 @@ its source. The transfer contract lives here, once, for every device (devices on
 - Uploads: a final name that holds exactly this version's bytes counts as done (a crash between publishing and
   recording costs no second copy). A final name holding other bytes is never overwritten: the target's on_conflict
   says keep_both (publish under conflict_name), park, or overwrite. Every published copy is checked through the
-  target: its size, and the first digest the target offers.
+  target: its size, and the first digest the target offers; a copy that fails is deleted (where the target can) and
+  sent again under the same name. What a target holds of an upload that is parked, skipped or forgotten is dropped
+  (abandon(): an S3 multipart upload would stay, billed).
 - Removal: a source file is removed only while the source still holds this very version (size, time, and the
   device's checksum where it has one); a changed file is left alone (the finder registers its new version).
 """
