@@ -9,6 +9,7 @@ process (the first test that needs one starts it, the process's exit stops it) a
 a stop() and start() of one test kills and restarts the shared engine (moto then holds nothing of earlier tests).
 """
 import atexit
+import shutil
 import tempfile
 import uuid
 from contextlib import contextmanager
@@ -84,7 +85,11 @@ def _shared(engine_class):
     server = _SHARED.get(engine_class)
     if server is None:
         server = _SHARED[engine_class] = engine_class(tempfile.mkdtemp(prefix=f"{engine_class.__name__.lower()}-"))
-        atexit.register(server.remove)
+
+        def remove():
+            server.remove()
+            shutil.rmtree(server.directory, ignore_errors=True)
+        atexit.register(remove)
     if server.process is None or server.process.poll() is not None:
         server.start()
     return server
