@@ -4,7 +4,10 @@ request body (support/damaging_proxy.py): a damaged copy must never be recorded 
 check is deleted and sent again under the same name (no conflict copies), and a parked or forgotten file leaves no
 multipart upload open. Each engine is started once for the module; every test writes under a vehicle of its own.
 """
+import os
+import sqlite3
 import time
+from contextlib import closing
 
 import boto3
 import botocore.exceptions
@@ -20,6 +23,7 @@ from support.moto_s3 import MotoS3
 from support.rclone_s3 import RcloneS3
 from support.s3_server import BUCKET
 from support.seaweedfs import SeaweedS3
+from test_cli import ENVIRONMENT, Ros
 
 ENGINES = {"seaweedfs": SeaweedS3, "moto": MotoS3, "rclone": RcloneS3}
 VERIFIED_BY = {"seaweedfs": STORE_CHECKSUM, "moto": ETAG_MD5, "rclone": ETAG_MD5}
@@ -217,4 +221,41 @@ def test_a_bucket_policy_without_delete_does_not_stop_uploads(tmp_path, caplog):
             runner.close()
         assert "the probe object rover7/inbox/.filesync-store-probe-" in caplog.text
     finally:
+        server.remove()
+
+
+@pytest.mark.skipif(ENVIRONMENT is None, reason="the catkin workspace is not built: run `make setup`")
+def test_forget_over_ros_aborts_the_uploader_nodes_open_upload(tmp_path):
+    """As in use: finder, downloader and uploader nodes, `filesync forget ID` through the ledger node; the uploader
+    node drops the forgotten version's multipart upload when the ledger announces it."""
+    server = SeaweedS3(str(tmp_path / "seaweed"))
+    server.start()
+    proxy = DamagingProxy(server.s3_port)  # SeaweedFS refuses every part: the upload stays open, waiting to retry
+    ros = Ros(str(tmp_path / "ros"))
+    os.makedirs(ros.workdir)
+    try:
+        target = server.target_options(endpoint_url=proxy.endpoint, vehicle="rover7", part_size=PART,
+                                       multipart_threshold=PART, max_attempts=1)
+        config = runner_config(tmp_path, target)
+        config.update(retry_base=600.0, retry_cap=600.0)
+        ros.start_master()
+        ros.set_config(config)
+        for node in ("ledger", "finder", "downloader", "uploader"):
+            ros.start_node(node)
+        deadline = time.monotonic() + 60
+        while not keys_and_uploads(server, "rover7/")[1]:
+            assert time.monotonic() < deadline, "the upload never opened"
+            time.sleep(0.2)
+        with closing(sqlite3.connect(f"file:{config['database']}?mode=ro", uri=True)) as db:
+            file_id = db.execute("SELECT id FROM files WHERE path = 'big.bin'").fetchone()[0]
+        (tmp_path / "inbox" / "big.bin").unlink()  # not found again: no new upload opens after the forget
+        result = ros.tool("forget", str(file_id))
+        assert result.returncode == 0, result
+        deadline = time.monotonic() + 20
+        while keys_and_uploads(server, "rover7/")[1]:
+            assert time.monotonic() < deadline, "the forgotten file's multipart upload is still open"
+            time.sleep(0.2)
+    finally:
+        ros.stop_all()
+        proxy.stop()
         server.remove()
