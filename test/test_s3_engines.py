@@ -15,7 +15,7 @@ import pytest
 
 from conftest import write_file
 from filesync.devices import create_target
-from filesync.devices.s3 import ETAG_MD5, MIB, STORE_CHECKSUM
+from filesync.devices.s3 import ETAG_MD5, MIB, STORE_CHECKSUM, forget_stores
 from filesync.engine.runner import LocalRunner
 from filesync.status import StatusBuilder, diagnose, worker_report
 from support.damaging_proxy import DamagingProxy
@@ -259,3 +259,24 @@ def test_forget_over_ros_aborts_the_uploader_nodes_open_upload(tmp_path):
         ros.stop_all()
         proxy.stop()
         server.remove()
+
+
+def test_what_an_endpoint_does_is_found_again_after_forget_stores(tmp_path):
+    """Kept per endpoint for the process, so another engine later on the same port (tests reuse ports) is taken for
+    the first one until forget_stores(), which test/conftest.py calls before every test."""
+    seaweed = SeaweedS3(str(tmp_path / "seaweed"))
+    seaweed.start()
+    try:
+        assert create_target("store", seaweed.target_options()).verification() == STORE_CHECKSUM
+    finally:
+        seaweed.remove()
+    moto = MotoS3(str(tmp_path / "moto"))
+    moto.s3_port = seaweed.s3_port
+    moto.start()
+    try:
+        target = create_target("store", moto.target_options())
+        assert target.verification() == STORE_CHECKSUM  # what was found about the endpoint, not about moto
+        forget_stores()
+        assert target.verification() == ETAG_MD5
+    finally:
+        moto.remove()

@@ -308,6 +308,13 @@ class _Pending:
     metadata: dict
 
 
+def forget_stores():
+    """Forget what was found about every endpoint; the next use of each probes it again (for a process whose endpoints
+    may now be other stores: tests start servers on reused ports)."""
+    with _STORES_LOCK:
+        _STORES.clear()
+
+
 @dataclass(frozen=True)
 class _Store:
     """What an endpoint was found to do (S3Target.store()): how its copies are verified, and whether it refuses a
