@@ -4,6 +4,7 @@ request body (support/damaging_proxy.py): a damaged copy must never be recorded 
 check is deleted and sent again under the same name (no conflict copies), and a parked or forgotten file leaves no
 multipart upload open. Each engine is started once for the module; every test writes under a vehicle of its own.
 """
+import hashlib
 import os
 import sqlite3
 import time
@@ -17,6 +18,7 @@ from conftest import write_file
 from filesync.devices import create_target
 from filesync.devices.s3 import ETAG_MD5, MIB, STORE_CHECKSUM, forget_stores
 from filesync.engine.runner import LocalRunner
+from filesync.errors import FileError
 from filesync.status import StatusBuilder, diagnose, worker_report
 from support.damaging_proxy import DamagingProxy
 from support.moto_s3 import MotoS3
@@ -280,3 +282,27 @@ def test_what_an_endpoint_does_is_found_again_after_forget_stores(tmp_path):
         assert target.verification() == ETAG_MD5
     finally:
         moto.remove()
+
+
+def test_a_multipart_object_is_read_back_only_where_the_store_computed_nothing_to_check_it_by(engine, proxy,
+                                                                                               tmp_path):
+    """SeaweedFS: the composite checksum; moto: its ETag, the MD5 of the parts' MD5s (each part's ETag checked as it
+    came back, so a damaged part is sent again at once); rclone: its ETag is the whole object's MD5, which filesync
+    did not compute: read back."""
+    local = tmp_path / "big.bin"
+    write_file(str(local), PART + 1000)
+    data = local.read_bytes()
+    target = create_target("store", engine.target_options(endpoint_url=proxy.endpoint, vehicle=tmp_path.name,
+                                                          part_size=PART, multipart_threshold=PART, max_attempts=1))
+    target.verification()
+    with open(local, "rb") as stream:
+        target.write("big.bin", stream, 0, len(data), lambda done, note=None: None)
+    target.publish("big.bin", len(data))
+    sent = count_sends(target)
+    assert target.digest("big.bin", "sha256") == hashlib.sha256(data).hexdigest()
+    assert sent == ["HeadObject"] + (["GetObject"] if engine.name == "rclone" else [])
+    if VERIFIED_BY[engine.name] == ETAG_MD5:
+        proxy.damaging = True
+        with open(local, "rb") as stream, pytest.raises(FileError, match=r"UploadPart \d of .*damaged on the way"):
+            target.write("again.bin", stream, 0, len(data), lambda done, note=None: None)
+        target.discard("again.bin")

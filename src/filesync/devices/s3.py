@@ -32,8 +32,10 @@ wrong checksum (and whether If-None-Match is honoured; cached per endpoint for t
     SHA-256, or for a multipart object its composite checksum (of the parts' checksums, "<b64>-<parts>") compared with
     the composite of the parts this process sent.
   ETag MD5: the store took it, and its ETag was the MD5 of the bytes: a single-part object is checked by its ETag
-    against the MD5 of the bytes sent (computed with the SHA-256, in the same local pass); a multipart object is read
-    back.
+    against the MD5 of the bytes sent (computed with the SHA-256, in the same local pass); so is every part as its
+    UploadPart answers (a damaged part is sent again), and a multipart object by its ETag against the MD5 of the
+    parts' MD5s ("-<parts>", as AWS and moto make it); a store whose multipart ETag is made otherwise (rclone serve s3:
+    the whole object's MD5) has the object read back.
   read back: neither: the object is read back (ranged GETs, hashed as they arrive).
 Where nothing the store computed confirms the bytes (an object this process did not publish, as in `filesync audit`),
 digest() reads the object back. The whole file's SHA-256 still goes along as metadata (x-amz-meta-sha256, with the
@@ -326,10 +328,20 @@ class _Store:
 @dataclass
 class _Known:
     """What the store must compute for an object this process published, if it holds the bytes sent: its ETag (the
-    MD5, single part) or its composite checksum (multipart); and the SHA-256 those bytes have."""
+    body's MD5; multipart: the MD5 of the parts' MD5s, "-<parts>") or its composite checksum (multipart); and the
+    SHA-256 those bytes have."""
     sha256: str
-    md5: str = ""
+    etag: str = ""
     composite: str = ""
+
+
+def multipart_etag(part_etags):
+    """S3's ETag of a multipart object whose parts have these ETags (each its part's MD5): the MD5 of the parts' raw
+    MD5s, then "-<number of parts>"; '' where a part's ETag is not an MD5."""
+    if not all(re.fullmatch(r"[0-9a-f]{32}", etag) for etag in part_etags):
+        return ""
+    combined = hashlib.md5(b"".join(bytes.fromhex(etag) for etag in part_etags), usedforsecurity=False)
+    return f"{combined.hexdigest()}-{len(part_etags)}"
 
 
 def _metadata_of(head):
@@ -713,7 +725,7 @@ class S3Target(Target):
             if known is not None and known.composite and known.composite == checksum:
                 return known.sha256
         elif verification == ETAG_MD5:
-            if known is not None and known.md5 and known.md5 == head.get("ETag", "").strip('"'):
+            if known is not None and known.etag and known.etag == head.get("ETag", "").strip('"'):
                 return known.sha256
         digest = hashlib.sha256()
         for block in self._ranges(key, head):
@@ -979,6 +991,7 @@ class S3Target(Target):
         for number in [n for n, (_, _, length) in upload.ahead.items()
                        if length != min(upload.part_size, size - (n - 1) * upload.part_size)]:
             del upload.ahead[number]  # not this file's part of that number after all: sent again
+        self.verification()  # found once here, not by every thread at once (_send_part asks it)
         first = len(upload.parts) + 1
         todo = [(number, (number - 1) * upload.part_size) for number in range(first, math.ceil(size /
                 upload.part_size) + 1) if number not in upload.ahead]
@@ -1022,11 +1035,17 @@ class S3Target(Target):
             raise FileError(f"{self._what('upload of', key)}: the parts hold {upload.held} of {size} bytes")
 
     def _send_part(self, key, upload_id, staged, number, start, length):
-        """UploadPart of bytes [start, start + length) with their SHA-256; returns (etag, checksum, length)."""
-        checksum = _b64(staged.sha256(start, length).digest())
+        """UploadPart of bytes [start, start + length) with their SHA-256; returns (etag, checksum, length). On a store
+        whose ETag is the MD5 of what it got, FileError where the part's ETag is not its MD5 (damaged on the way)."""
+        md5 = hashlib.md5(usedforsecurity=False) if self.verification() == ETAG_MD5 else None
+        checksum = _b64(staged.sha256(start, length, also=md5).digest())
         answer = self._call(f"UploadPart {number}", key, "upload_part", UploadId=upload_id, PartNumber=number,
                             Body=_Window(staged, start, length), ContentLength=length, ChecksumSHA256=checksum)
-        return answer["ETag"].strip('"'), checksum, length
+        etag = answer["ETag"].strip('"')
+        if md5 is not None and etag != md5.hexdigest():
+            raise FileError(f"{self._what(f'UploadPart {number} of', key)}: the store's MD5 of the part (its ETag) is "
+                            f"{etag}, the part's is {md5.hexdigest()}: damaged on the way; it is sent again")
+        return etag, checksum, length
 
     def publish(self, path, size, replace=False):
         """Complete the multipart upload, or PUT the small file, with If-None-Match: * unless `replace`; a 412 raises
@@ -1040,7 +1059,7 @@ class S3Target(Target):
         if pending is not None:
             if pending.size != size:
                 raise StartOver(f"{self._what('PUT', key)}: {pending.size} bytes were staged for it, not {size}")
-            known = _Known(base64.b64decode(pending.checksum).hex(), md5=pending.md5)
+            known = _Known(base64.b64decode(pending.checksum).hex(), etag=pending.md5)
             operation = "PUT"
             send = lambda: self._client().put_object(  # noqa: E731
                 Bucket=self.bucket, Key=key, Body=_Window(pending.staged, 0, size), ContentLength=size,
@@ -1049,7 +1068,8 @@ class S3Target(Target):
             if upload.held != size:
                 raise StartOver(f"{self._what('CompleteMultipartUpload', key)}: the parts hold {upload.held} of "
                                 f"{size} bytes")
-            known = _Known(upload.sha256, composite=composite_checksum([checksum for _, _, checksum in upload.parts]))
+            known = _Known(upload.sha256, etag=multipart_etag([etag for _, etag, _ in upload.parts]),
+                           composite=composite_checksum([checksum for _, _, checksum in upload.parts]))
             operation = "CompleteMultipartUpload"
             parts = [{"PartNumber": number, "ETag": f'"{etag}"', "ChecksumSHA256": checksum}
                      for number, etag, checksum in upload.parts]
