@@ -54,7 +54,15 @@ $(STAMPS)/test-apt: $(STAMPS)/venv Makefile requirements-test.txt
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-test.txt
 	touch $@
 
-setup-test: setup $(STAMPS)/test-apt $(STAMPS)/ftp-servers
+setup-test: setup $(STAMPS)/test-apt $(STAMPS)/ftp-servers $(STAMPS)/moto-venv
+
+# moto's S3 server, the tests' second S3 engine, in a venv of its own: it pulls a cryptography that Debian's pyOpenSSL
+# (pyftpdlib's TLS) cannot import, and the tests run filesync with the libraries `make run` gives it.
+MOTO_VENV := $(ROOT)/.venv-moto
+$(STAMPS)/moto-venv: $(STAMPS)/apt requirements-moto.txt
+	[ -x $(MOTO_VENV)/bin/python ] || /usr/bin/python3 -m venv $(MOTO_VENV)
+	$(MOTO_VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements-moto.txt
+	touch $@
 
 $(STAMPS)/build: $(STAMPS)/venv Makefile package.xml CMakeLists.txt setup.py $(wildcard msg/*.msg srv/*.srv)
 	mkdir -p $(WS)/src

@@ -6,6 +6,14 @@ import pytest
 from support.ftp_server import FtpServerProcess
 
 
+@pytest.fixture(autouse=True)
+def s3_stores_found_anew():
+    """A test's S3 servers are its own, and another engine may get a port an earlier test's server had: what the s3
+    target found about an endpoint (kept per process) must not carry over to the next test."""
+    from filesync.devices.s3 import forget_stores
+    forget_stores()
+
+
 @pytest.fixture
 def ftp_server(tmp_path):
     """A real pyftpdlib server on 127.0.0.1, serving tmp_path/ftp_root, logging to tmp_path/ftp.log."""

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from filesync.engine.runner import LocalRunner
+from support.rclone_s3 import RcloneS3
 from support.seaweedfs import SeaweedS3
 from test_cli import ENVIRONMENT, Ros
 
@@ -158,3 +159,57 @@ def test_a_target_that_names_what_it_stores_cannot_be_audited():
     target = create_target("review", {"kind": "flight_review", "server": "http://127.0.0.1:9"})
     with pytest.raises(CannotAudit, match=r"^target review \(flight_review\) names what it stores itself"):
         audit(target, [])
+
+
+def test_s3_a_same_size_overwrite_that_keeps_the_metadata_is_found(tmp_path):
+    """Somebody else's bytes of the same size under the key, with filesync's x-amz-meta-sha256 copied: the metadata and
+    the size agree, only the bytes the store holds can tell."""
+    server = SeaweedS3(str(tmp_path / "seaweed"))
+    server.start()
+    try:
+        options = server.target_options(vehicle="rover7", part_size=5 * MiB, multipart_threshold=5 * MiB)
+        config_path, database, _ = deliver(tmp_path, options)
+        client, bucket = server.client(), options["bucket"]
+        for key, size in (("rover7/inbox/d.bin", 3000), ("rover7/inbox/big.bin", FILES["big.bin"])):
+            metadata = client.head_object(Bucket=bucket, Key=key)["Metadata"]
+            client.put_object(Bucket=bucket, Key=key, Body=os.urandom(size), Metadata=metadata)
+        status, text = run_audit("store", "--config", config_path, "--database", database)
+        assert status == 1, text
+        assert sorted(line.split(":")[0] + ":" + line.split(":")[1].split(" (")[0] for line in
+                      text.splitlines()[:-1]) == ["DIFFERENT CONTENT: inbox/big.bin", "DIFFERENT CONTENT: inbox/d.bin"]
+        assert text.splitlines()[-1] == "audit of store: 4 delivered version(s) checked, 2 good, 2 different content"
+    finally:
+        server.remove()
+
+
+def test_s3_read_back_reads_every_object(tmp_path):
+    """--read-back reads the bytes, also where the store's own SHA-256 would have answered."""
+    from filesync.audit import audit, read_ledger_file
+    from filesync.devices import create_target
+    server = SeaweedS3(str(tmp_path / "seaweed"))
+    server.start()
+    try:
+        options = server.target_options(vehicle="rover7", part_size=5 * MiB, multipart_threshold=5 * MiB)
+        _, database, _ = deliver(tmp_path, options)
+        target = create_target("store", options)
+        gets = []
+        target._client().meta.events.register("before-parameter-build.s3.GetObject",
+                                              lambda params, **_: gets.append(params["Key"]))
+        report = audit(target, read_ledger_file(database, "store"), read_back=True)
+        assert (report.checked, report.good, report.problems) == (4, 4, [])
+        assert sorted(set(gets)) == sorted(f"rover7/inbox/{name}" for name in FILES)
+    finally:
+        server.remove()
+
+
+def test_s3_on_rclone_whose_metadata_keys_are_capitalised(tmp_path):
+    """`rclone serve s3` answers x-amz-meta-sha256 as "Sha256": the metadata check must not flag every object."""
+    server = RcloneS3(str(tmp_path / "rclone"))
+    server.start()
+    try:
+        options = server.target_options(vehicle="rover7", part_size=5 * MiB, multipart_threshold=5 * MiB)
+        config_path, database, _ = deliver(tmp_path, options)
+        status, text = run_audit("store", "--config", config_path, "--database", database)
+        assert (status, text) == (0, "audit of store: 4 delivered version(s) checked, 4 good\n"), text
+    finally:
+        server.remove()

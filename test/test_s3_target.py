@@ -124,6 +124,7 @@ def test_small_file_is_one_put_with_the_store_checksum_and_metadata(seaweed, tmp
     write_file(local, 300_000)
     target = make_target(seaweed)
     target.set_context(source="px4", vehicle="rover7", version_time=1_764_000_000.5)
+    assert target.store() == s3_module._Store(s3_module.STORE_CHECKSUM, if_none_match=True)  # SeaweedFS checks
     sent = count_sends(target)
     assert target.stat("2026/small.ulg") is None
     location, notes = upload(target, "2026/small.ulg", local, 300_000)
@@ -135,8 +136,11 @@ def test_small_file_is_one_put_with_the_store_checksum_and_metadata(seaweed, tmp
     assert base64.b64decode(head["ChecksumSHA256"]).hex() == digest  # the store's own full-object SHA-256
     assert head["Metadata"] == {"sha256": digest, "source": "px4", "vehicle": "rover7",
                                 "version-time": "2025-11-24T16:00:00.500000Z"}
-    assert [operation for operation, _ in sent] == ["HeadObject", "PutObject", "HeadObject"]
+    assert [operation for operation, _ in sent] == ["HeadObject", "PutObject"]  # the check after it is the engine's
+    assert target.verified_by == s3_module.STORE_CHECKSUM
+    del sent[:]
     assert target.stat("2026/small.ulg") == 300_000 and target.digest("2026/small.ulg", "sha256") == digest
+    assert [operation for operation, _ in sent] == ["HeadObject", "HeadObject"]  # the store's SHA-256: nothing read
     assert notes.offsets == [300_000]
 
 
@@ -157,7 +161,10 @@ def test_multipart_upload_is_identical_with_composite_checksum(seaweed, tmp_path
     assert head["Metadata"]["sha256"] == sha256_of(local) == record["sha256"]
     assert notes.offsets == [0, PART, 2 * PART, size]  # the UploadId is recorded before any part goes
     assert [part for operation, part in sent if operation == "UploadPart"] == [1, 2, 3]
+    target.verification()
+    del sent[:]
     assert target.digest("flight1/big.bin", "sha256") == sha256_of(local)
+    assert [operation for operation, _ in sent] == ["HeadObject"]  # the composite of the parts sent: nothing read
     assert b"".join(target.read("flight1/big.bin")) == open(local, "rb").read()
     assert open_uploads(seaweed, key) == []
 

@@ -3,9 +3,11 @@
 For every version whose upload task to the target is done, the target is asked (never the staged copy, which may be
 gone): the size of the final name, then the first digest the target offers, compared with the version's SHA-256 (or,
 for another algorithm, with the staged copy's digest while the staged copy is there; else the check is size only).
-Targets with more to check offer `check_stored(path, sha256, note)` (S3: the store's checksum and the
-x-amz-meta-sha256 metadata). A version published under a conflict name (on_conflict: keep_both) is found by the
-location the ledger recorded.
+With read_back (`--read-back`), every readable target's bytes are read back and hashed instead, digests or not.
+The digest is what the target computed over the bytes it holds (S3: the store's SHA-256 where it checks what it is
+sent, else the object read back), never what filesync wrote beside them. Targets with more to check offer
+`check_stored(path, sha256, note)` (S3: the store's checksum and the x-amz-meta-sha256 metadata). A version published
+under a conflict name (on_conflict: keep_both) is found by the location the ledger recorded.
 
 No ROS here: the CLI (`filesync audit`) reads the ledger and builds the target, this module compares.
 """
@@ -123,7 +125,10 @@ def check_version(target, record, task, staging_dir="", read_back=False):
         if held != record.size:
             return [problem(SIZE, f"holds {held} bytes, the ledger says {record.size}")], False
         expected, actual, algorithm, size_only = "", "", "", False
-        if target.digests:
+        if read_back and target.readable and record.sha256:
+            algorithm, expected = "sha256 (read back)", record.sha256
+            actual = _read_back_sha256(target, name)
+        elif target.digests:
             algorithm = target.digests[0]
             staged = staged_path(staging_dir, record.source, record.id) if staging_dir else ""
             if algorithm == "sha256":
@@ -133,9 +138,6 @@ def check_version(target, record, task, staging_dir="", read_back=False):
             if expected:
                 actual = target.digest(name, algorithm)
             size_only = not expected
-        elif read_back and target.readable and record.sha256:
-            algorithm, expected = "sha256 (read back)", record.sha256
-            actual = _read_back_sha256(target, name)
         else:
             size_only = True
         if expected and actual != expected:
@@ -152,7 +154,7 @@ def check_version(target, record, task, staging_dir="", read_back=False):
 
 def audit(target, records: Iterable, staging_dir="", read_back=False) -> Report:
     """Check every version of `records` delivered to `target` (a Target device); CannotAudit when the target cannot
-    be reached. `read_back`: for a target without digests, read the bytes back and hash them (else size only)."""
+    be reached. `read_back`: read the bytes back and hash them (else the target's digest, or size only without one)."""
     report = Report(target.name)
     if not target.verifiable:
         raise CannotAudit(f"target {target.name} ({target.kind}) names what it stores itself: there is no name "

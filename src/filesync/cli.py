@@ -246,8 +246,8 @@ def parser():
                                help="read this ledger file directly, read-only, without ROS (default: the ledger "
                                     "node's query service)")
     audit_command.add_argument("--read-back", action="store_true",
-                               help="for a target without digests, read every file back and compare its SHA-256 "
-                                    "(default: size only)")
+                               help="read every file back and compare its SHA-256 (default: the target's digest, "
+                                    "or size only where it has none)")
     return main
 
 

@@ -54,6 +54,7 @@ class LinkStatus:
     last_location: str = ""  # where this target last published a file (a URL for web targets)
     last_location_time: float = 0.0
     fault: bool = False  # down because it answers wrongly (a failing listing, a bug of the link), not out of reach
+    verified_by: str = ""  # a target's Target.verified_by: how its published copies are checked
 
 
 @dataclass
@@ -200,7 +201,8 @@ def worker_report(node, loops, last_error=None) -> WorkerReport:
         if isinstance(loop, TaskWorker):
             role = TARGET if loop.kind == UPLOAD else SOURCE
             report.links.append(_loop_link(loop, loop.device.name, role, last_location=loop.last_location[0],
-                                           last_location_time=loop.last_location[1]))
+                                           last_location_time=loop.last_location[1],
+                                           verified_by=loop.device.verified_by if role == TARGET else ""))
             job = loop.current
             if job is not None:
                 report.transfers.append(TransferStatus(job.record.id, job.record.source, job.record.path, loop.kind,
@@ -341,6 +343,7 @@ class StatusBuilder:
             else:
                 link = LinkStatus(name, role, True, max(v.since for v in views))
             link.last_location, link.last_location_time = latest.last_location, latest.last_location_time
+            link.verified_by = next((v.verified_by for v in views if v.verified_by), "")
             merged.append(link)
         return merged
 
@@ -370,6 +373,8 @@ def diagnose(status, parked, warn_after, now=None) -> List[Diagnosis]:
         moving = [t for t in status.transfers if t.device == link.name and (t.kind == UPLOAD) == (link.role == TARGET)]
         values = {"reachable": str(link.up).lower(), "since": _clock_time(link.since), "parked files": str(files_parked),
                   "transfers": str(len(moving)), "rate (bytes/s)": f"{sum(t.rate for t in moving):.0f}"}
+        if link.verified_by:
+            values["verified by"] = link.verified_by
         if not link.reported:
             level, message = STALE, "no running node uses it"
         elif link.up:

@@ -23,6 +23,9 @@ class Peer:
     name that is not UTF-8 must be listed exactly), held_asks_device (held() asks the device, so it fails while the
     device is away; default True).
     `credentials`: the device logs in, so wrong credentials must give AuthRefused.
+    `damaging`: where a damaging link can be put in front of the peer (support/damaging_proxy.py), a context manager
+    yielding (target, damage): a target that talks through that link, and damage(True/False) to flip a byte of what it
+    sends from then on (or stop).
     """
     storage: str
     stop: Callable[[], None]
@@ -33,6 +36,7 @@ class Peer:
     credentials: bool = False
     make_sample: Optional[Callable[[str, int], bytes]] = None  # content the device accepts (Flight Review: a ULog)
     fetch_location: Optional[Callable[[str], bytes]] = None  # an upload API's stored bytes at a published location
+    damaging: Optional[Callable[[], object]] = None
 
     def sample(self, name: str, size: int) -> bytes:
         """Distinct bytes for `name` of about `size` that the device takes (random bytes unless the peer says)."""

@@ -1,7 +1,8 @@
 """What every Target must do (filesync.devices.base.Target), checked against each peer's real device: uploads land
 under the temporary name and publish without replacing another file; an interrupted upload resumes byte-exact (or,
 where the server refuses restarts, raises StartOver and works from byte 0); digest() is the digest of the bytes;
-same size with other bytes is told apart; an unreachable device is DeviceUnavailable; the device works after close().
+same size with other bytes is told apart; bytes damaged on the way are refused or told apart (where the peer offers a
+damaging link); an unreachable device is DeviceUnavailable; the device works after close().
 
 The engine's rules (never overwrite, keep_both) are tested with the engine; these are the device's own duties. A check
 of a capability the device declares it lacks is skipped with the declared reason. An upload API (verifiable False:
@@ -15,7 +16,7 @@ from contextlib import closing
 import pytest
 
 from filesync.devices.base import local_digest
-from filesync.errors import AuthRefused, DeviceUnavailable, FinalNameTaken, StartOver
+from filesync.errors import AuthRefused, DeviceUnavailable, FileError, FinalNameTaken, StartOver
 from filesync.paths import PART_SUFFIX, part_name, safe_name
 
 MiB = 1 << 20
@@ -190,6 +191,32 @@ def test_same_size_other_bytes_are_told_apart(target_peer, tmp_path):
         assert read_back(target, "mine.bin") == bytes(changed)
     else:
         pytest.skip(f"{target.kind} target declares no digests and readable False")
+
+
+def test_damaged_bytes_never_pass_for_the_file(target_peer, tmp_path):
+    """Through a link that flips a byte of what the device sends: the target refuses the bytes, or the copy it keeps
+    does not pass for the file (the digest the engine verifies with differs), whatever the device claimed beside it."""
+    if target_peer.damaging is None:
+        pytest.skip("no damaging link for this peer")
+    data = content("hurt", 70_000)
+    local = tmp_path / "hurt.bin"
+    local.write_bytes(data)
+    with target_peer.damaging() as (target, damage):
+        upload(target, "warm.bin", b"first")  # the device meets its peer over a sound link first
+        target.publish("warm.bin", 5)
+        damage(True)
+        try:
+            upload(target, "hurt.bin", data)
+            target.publish("hurt.bin", len(data))
+        except FileError:
+            assert target_peer.get("hurt.bin") is None, "refused: nothing published"
+            return
+        assert target_peer.get("hurt.bin") != data, "the link damaged the copy"
+        if target.digests:
+            algorithm = target.digests[0]
+            assert target.digest("hurt.bin", algorithm) != local_digest(str(local), algorithm)
+        else:
+            assert read_back(target, "hurt.bin") != data
 
 
 def test_an_unreachable_device_is_DeviceUnavailable_and_comes_back(target_peer):

@@ -275,6 +275,9 @@ class Target(Device):
                               "no final name that could conflict")
 
     version_id = 0  # the version being uploaded, for its temporary name (set_context)
+    # How published copies are checked, for the status and /diagnostics where it depends on the peer (S3: "store
+    # checksum", "ETag MD5" or "read back", once found); '' where the device's kind says it all. Never asks the peer.
+    verified_by = ""
 
     def set_context(self, source=None, vehicle=None, version_time=None, sha256="", version_id=0):
         """Whose version the following calls are about (the engine calls it before an upload, on the target's one

@@ -18,14 +18,29 @@ How the engine's contract maps onto S3, which has no rename:
     between sends the file again (less than multipart_threshold bytes, like one part). The object then carries the
     store's own full SHA-256, and a small file costs one request instead of three.
   publish() is the CompleteMultipartUpload or the PutObject, with If-None-Match: * unless `replace`: a 412 raises
-    FinalNameTaken (unless the name already holds these very bytes: a retry after a lost answer). A HEAD then checks
-    the size and the store's checksum.
+    FinalNameTaken (unless the name already holds these very bytes: a retry after a lost answer). On a store that
+    ignores If-None-Match (rclone serve s3) it looks at the key first (a HEAD; a narrow race remains). The engine then
+    checks the published object through stat() and digest() (and deletes it and sends it again if it differs).
 
-Integrity is the store's job: every part and every PutObject carries x-amz-checksum-sha256 of its bytes, so the
-store refuses damaged bytes (BadDigest -> FileError: sent again), and the object's checksum (a checksum of the parts'
-checksums, "<b64>-<parts>", for a multipart object) is checked after completion. The whole file's SHA-256 goes along
-as metadata (x-amz-meta-sha256, with the source, the vehicle and the version's time); digest() answers it where the
-store's checksum is a composite one.
+Verification rests on what the store computed from the bytes it holds, never on what filesync claimed (the checksum
+it sent, its own x-amz-meta-sha256): many stores (rclone serve s3, moto, Ceph RGW 16) accept a wrong
+x-amz-checksum-sha256 and echo it back. So the first publish or verification on an endpoint sends a tiny object with a
+wrong checksum (and whether If-None-Match is honoured; cached per endpoint for the process, see store();
+`verified_by` says the answer):
+  store checksum: the store refused it, so it checks what it is sent: every part and PutObject carries
+    x-amz-checksum-sha256 (damaged bytes: BadDigest -> FileError, sent again), and digest() is the store's full-object
+    SHA-256, or for a multipart object its composite checksum (of the parts' checksums, "<b64>-<parts>") compared with
+    the composite of the parts this process sent.
+  ETag MD5: the store took it, and its ETag was the MD5 of the bytes: a single-part object is checked by its ETag
+    against the MD5 of the bytes sent (computed with the SHA-256, in the same local pass); so is every part as its
+    UploadPart answers (a damaged part is sent again), and a multipart object by its ETag against the MD5 of the
+    parts' MD5s ("-<parts>", as AWS and moto make it); a store whose multipart ETag is made otherwise (rclone serve s3:
+    the whole object's MD5) has the object read back.
+  read back: neither: the object is read back (ranged GETs, hashed as they arrive).
+Where nothing the store computed confirms the bytes (an object this process did not publish, as in `filesync audit`),
+digest() reads the object back. The whole file's SHA-256 still goes along as metadata (x-amz-meta-sha256, with the
+source, the vehicle and the version's time) for people and the audit's metadata check; metadata keys are compared
+without case (rclone serve s3 answers "Sha256").
 
 Errors:
   connection refused, endpoint down, TLS certificate not accepted        -> DeviceUnavailable (wait, probe)
@@ -48,7 +63,9 @@ import re
 import socket
 import string
 import threading
+import uuid
 import warnings
+from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -91,6 +108,15 @@ DIGEST_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "Inva
 LATER_CODES = {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "ServiceUnavailable",
                "InternalError", "OperationAborted", "ConditionalRequestConflict", "RequestTimeoutException"}
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+READ_BACK_RANGE = 64 * MIB  # one ranged GET of a read-back: a broken one costs at most this much again
+KNOWN_KEPT = 256  # objects this process published whose store fingerprints it remembers (digest() right after)
+
+# How a store's copies are verified (S3Target.verified_by), found once per endpoint per process (_STORES)
+STORE_CHECKSUM, ETAG_MD5, READ_BACK = "store checksum", "ETag MD5", "read back"
+PROBE_BODY = b"filesync: does this store check x-amz-checksum-sha256, and honour If-None-Match?\n"
+PROBE_NAME = ".filesync-store-probe"
+_STORES = {}
+_STORES_LOCK = threading.Lock()
 
 
 def _key_template_check(value):
@@ -176,8 +202,9 @@ class _Staged:
             self.stream.seek(offset)
             return self.stream.read(length)
 
-    def sha256(self, start, length):
-        """SHA-256 of bytes [start, start + length); FileError if the file ends before."""
+    def sha256(self, start, length, also=None):
+        """SHA-256 of bytes [start, start + length), and `also` (another hash object) fed the same bytes in the same
+        pass; FileError if the file ends before."""
         digest = hashlib.sha256()
         position, end = start, start + length
         while position < end:
@@ -185,6 +212,8 @@ class _Staged:
             if not block:
                 raise FileError(f"the staged file ended at byte {position}, expected {end}")
             digest.update(block)
+            if also is not None:
+                also.update(block)
             position += len(block)
         return digest
 
@@ -277,7 +306,47 @@ class _Pending:
     staged: _Staged
     size: int
     checksum: str  # SHA-256 base64
+    md5: str  # hex: what a store whose ETag is the MD5 of the body must answer
     metadata: dict
+
+
+def forget_stores():
+    """Forget what was found about every endpoint; the next use of each probes it again (for a process whose endpoints
+    may now be other stores: tests start servers on reused ports)."""
+    with _STORES_LOCK:
+        _STORES.clear()
+
+
+@dataclass(frozen=True)
+class _Store:
+    """What an endpoint was found to do (S3Target.store()): how its copies are verified, and whether it refuses a
+    PUT with If-None-Match: * onto a key that exists."""
+    verification: str
+    if_none_match: bool
+
+
+@dataclass
+class _Known:
+    """What the store must compute for an object this process published, if it holds the bytes sent: its ETag (the
+    body's MD5; multipart: the MD5 of the parts' MD5s, "-<parts>") or its composite checksum (multipart); and the
+    SHA-256 those bytes have."""
+    sha256: str
+    etag: str = ""
+    composite: str = ""
+
+
+def multipart_etag(part_etags):
+    """S3's ETag of a multipart object whose parts have these ETags (each its part's MD5): the MD5 of the parts' raw
+    MD5s, then "-<number of parts>"; '' where a part's ETag is not an MD5."""
+    if not all(re.fullmatch(r"[0-9a-f]{32}", etag) for etag in part_etags):
+        return ""
+    combined = hashlib.md5(b"".join(bytes.fromhex(etag) for etag in part_etags), usedforsecurity=False)
+    return f"{combined.hexdigest()}-{len(part_etags)}"
+
+
+def _metadata_of(head):
+    """A HEAD's user metadata with lower-case keys (metadata names are case-insensitive HTTP headers)."""
+    return {name.lower(): value for name, value in head.get("Metadata", {}).items()}
 
 
 @dataclass
@@ -360,6 +429,7 @@ class S3Target(Target):
         self._state_lock = threading.Lock()
         self._uploads = {}  # key -> _Upload (multipart uploads held for the next write()/publish())
         self._pending = {}  # key -> _Pending (small files waiting for publish())
+        self._known = OrderedDict()  # key -> _Known: the last KNOWN_KEPT objects published
         self._local = threading.local()
 
     # --- configuration, client, keys -------------------------------------------------------------------------------
@@ -565,6 +635,140 @@ class S3Target(Target):
                 raise
             raise mapped from None
 
+    # --- verification ----------------------------------------------------------------------------------------------
+
+    def _endpoint(self):
+        return self.options["endpoint_url"] or f"AWS {self.options['region'] or 'default region'}"
+
+    @property
+    def verified_by(self):
+        """How published copies are verified on this endpoint: STORE_CHECKSUM, ETAG_MD5 or READ_BACK (see the module
+        doc); '' until the first publish or verification found out. Never asks the store (the status reads it)."""
+        with _STORES_LOCK:
+            found = _STORES.get(self._endpoint())
+        return found.verification if found else ""
+
+    def verification(self):
+        """How this endpoint's copies are verified (see store())."""
+        return self.store().verification
+
+    def store(self):
+        """What this endpoint does, found at the first call in this process (three or four PUTs of a tiny object,
+        then its DELETE: once sent with a wrong checksum, then twice right, the second with If-None-Match: *), then
+        kept for every target on the same endpoint."""
+        with _STORES_LOCK:
+            found = _STORES.get(self._endpoint())
+        if found is None:
+            found = self._probe_store()
+            with _STORES_LOCK:
+                found = _STORES.setdefault(self._endpoint(), found)
+            log.info("%s: %s is verified by %s%s", self.name, self._endpoint(), found.verification,
+                     "" if found.if_none_match else "; it ignores If-None-Match, so a name is looked at before "
+                                                    "publishing")
+        return found
+
+    def _probe_store(self):
+        key = self.key_for(f"{PROBE_NAME}-{uuid.uuid4().hex[:12]}")
+        right = _b64(hashlib.sha256(PROBE_BODY).digest())
+        wrong = _b64(hashlib.sha256(PROBE_BODY + b"(other bytes)").digest())
+
+        def put(**extra):
+            return self._client().put_object(Bucket=self.bucket, Key=key, Body=PROBE_BODY, **extra)
+        try:
+            try:
+                etag = put(ChecksumSHA256=wrong).get("ETag", "").strip('"')
+                verification = ETAG_MD5 if etag == hashlib.md5(PROBE_BODY, usedforsecurity=False).hexdigest() \
+                    else READ_BACK
+            except Exception as error:
+                if self._status(error)[0] not in DIGEST_CODES:
+                    raise
+                verification = STORE_CHECKSUM  # it refused bytes that do not match their checksum: it checks
+                put(ChecksumSHA256=right)
+            try:
+                put(ChecksumSHA256=right, IfNoneMatch="*")
+                if_none_match = False
+            except Exception as error:
+                code, status = self._status(error)
+                if status != 412 and code != "PreconditionFailed":
+                    raise
+                if_none_match = True
+        except Exception as error:
+            mapped = self._error(error, "store probe PUT", key)
+            if mapped is error:
+                raise
+            raise mapped from None
+        try:
+            self._call("store probe DELETE", key, "delete_object")
+        except (AuthRefused, PermanentError) as error:  # a policy may allow PUT and not DELETE: no reason to stop
+            log.warning("%s: the probe object %s stays on the bucket (%d bytes): %s", self.name, key,
+                        len(PROBE_BODY), error)
+        return _Store(verification, if_none_match)
+
+    def _remember(self, key, known):
+        with self._state_lock:
+            self._known[key] = known
+            self._known.move_to_end(key)
+            while len(self._known) > KNOWN_KEPT:
+                self._known.popitem(last=False)
+
+    def _stored_sha256(self, key, head):
+        """The SHA-256 (hex) of the bytes the store holds under `key` (`head` its HEAD), from what the store computed:
+        its full-object checksum where it checks checksums; its composite checksum or ETag where they are those of
+        the bytes this process published there; else read back."""
+        verification = self.verification()
+        checksum = head.get("ChecksumSHA256") or ""
+        with self._state_lock:
+            known = self._known.get(key)
+        if verification == STORE_CHECKSUM:
+            if checksum and "-" not in checksum:
+                return base64.b64decode(checksum).hex()
+            if known is not None and known.composite and known.composite == checksum:
+                return known.sha256
+        elif verification == ETAG_MD5:
+            if known is not None and known.etag and known.etag == head.get("ETag", "").strip('"'):
+                return known.sha256
+        digest = hashlib.sha256()
+        for block in self._ranges(key, head):
+            digest.update(block)
+        return digest.hexdigest()
+
+    def _ranges(self, key, head):
+        """The bytes of the object `head` describes, by ranged GETs of READ_BACK_RANGE (If-Match its ETag, so that an
+        object replaced meanwhile is not read as a mix), in blocks of READ_BLOCK."""
+        size, etag = head["ContentLength"], head.get("ETag")
+        condition = {"IfMatch": etag} if etag else {}
+        for start in range(0, size, READ_BACK_RANGE):
+            end = min(size, start + READ_BACK_RANGE)
+            try:
+                answer = self._client().get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}",
+                                                   **condition)
+            except Exception as error:
+                code, status = self._status(error)
+                if status == 412 or code == "PreconditionFailed":
+                    raise TransientError(f"{self._what('GET', key)}: the object changed while it was read") from None
+                mapped = self._error(error, "GET", key)
+                if mapped is error:
+                    raise
+                raise mapped from None
+            body, position = answer["Body"], start
+            try:
+                while position < end:
+                    try:
+                        block = body.read(min(READ_BLOCK, end - position))
+                    except Exception as error:
+                        mapped = self._error(error, "GET", key)
+                        if mapped is error:
+                            raise TransientError(f"{self._what('GET', key)}: the transfer broke off: {error}") \
+                                from None
+                        raise mapped from None
+                    if not block:
+                        raise TransientError(f"{self._what('GET', key)}: the answer ended at byte {position} of "
+                                             f"{size}")
+                    position += len(block)
+                    yield block
+            finally:
+                body.close()
+
     # --- the Target interface --------------------------------------------------------------------------------------
 
     def probe(self):
@@ -588,25 +792,15 @@ class S3Target(Target):
         return None if head is None else head["ContentLength"]
 
     def digest(self, path, algorithm):
-        """The object's SHA-256 in hex: the store's own checksum where it covers the whole object, else the
-        x-amz-meta-sha256 filesync sent (a multipart object's checksum is one of its parts' checksums, which publish()
-        checked), else computed by reading the object back (an object filesync did not write)."""
+        """The object's SHA-256 in hex, from what the store computed over the bytes it holds (never from the checksum
+        or the x-amz-meta-sha256 filesync sent, which a store may just echo): see the module doc."""
         if algorithm != "sha256":
             return super().digest(path, algorithm)
         key = self.key_for(path)
         head = self._head(key)
         if head is None:
             raise PermanentError(f"{self._what('digest of', key)}: there is no such object")
-        checksum = head.get("ChecksumSHA256") or ""
-        if checksum and "-" not in checksum:
-            return base64.b64decode(checksum).hex()
-        recorded = head.get("Metadata", {}).get("sha256", "")
-        if re.fullmatch(r"[0-9a-f]{64}", recorded):
-            return recorded
-        digest = hashlib.sha256()
-        for block in self.read(path):
-            digest.update(block)
-        return digest.hexdigest()
+        return self._stored_sha256(key, head)
 
     def check_stored(self, path, sha256, note=""):
         """For an audit: what the store says about the object beyond its size, against the version's `sha256` (hex)
@@ -618,7 +812,7 @@ class S3Target(Target):
         if head is None:
             return ["there is no such object"]
         problems = []
-        metadata = head.get("Metadata", {})
+        metadata = _metadata_of(head)
         if metadata.get("sha256") != sha256:
             problems.append(f"x-amz-meta-sha256 is {metadata.get('sha256') or 'missing'}, the ledger's is {sha256}")
         vehicle = _metadata_value(self._context().vehicle)
@@ -639,29 +833,19 @@ class S3Target(Target):
         return problems
 
     def read(self, path):
-        """Stream the object's bytes (GetObject) in 1 MiB blocks."""
+        """Stream the object's bytes (ranged GETs) in 1 MiB blocks."""
         key = self.key_for(path)
-        answer = self._call("GET", key, "get_object")
-        body = answer["Body"]
-        try:
-            while True:
-                try:
-                    block = body.read(READ_BLOCK)
-                except Exception as error:
-                    mapped = self._error(error, "GET", key)
-                    if mapped is error:
-                        raise TransientError(f"{self._what('GET', key)}: the transfer broke off: {error}") from None
-                    raise mapped from None
-                if not block:
-                    return
-                yield block
-        finally:
-            body.close()
+        head = self._head(key, "GET")
+        if head is None:
+            raise PermanentError(f"{self._what('GET', key)}: there is no such object")
+        yield from self._ranges(key, head)
 
     def delete(self, path):
         """DeleteObject (S3 answers alike whether or not the object existed)."""
         key = self.key_for(path)
         self._call("DELETE", key, "delete_object")
+        with self._state_lock:
+            self._known.pop(key, None)
 
     def held(self, path, note=""):
         """The bytes of the parts of the upload in `note` (or, without one, of the upload this object holds for
@@ -744,7 +928,10 @@ class S3Target(Target):
         """The UploadIds of the multipart uploads in progress for exactly `key` (ListMultipartUploads, every page)."""
         found, markers = set(), {}
         while True:
-            page = self._call("ListMultipartUploads", None, "list_multipart_uploads", Prefix=key, **markers)
+            try:
+                page = self._call("ListMultipartUploads", None, "list_multipart_uploads", Prefix=key, **markers)
+            except StartOver:  # NoSuchUpload: rclone serve s3's answer when none is open
+                return found
             found |= {upload["UploadId"] for upload in page.get("Uploads", []) if upload["Key"] == key}
             if not page.get("IsTruncated"):
                 return found
@@ -764,8 +951,9 @@ class S3Target(Target):
         if size < self.options["multipart_threshold"]:
             if offset:
                 raise StartOver(f"{self._what('upload of', key)}: a file under multipart_threshold goes whole")
-            checksum = staged.sha256(0, size)
-            pending = _Pending(staged.kept(size), size, _b64(checksum.digest()),
+            md5 = hashlib.md5(usedforsecurity=False)
+            checksum = staged.sha256(0, size, also=md5)
+            pending = _Pending(staged.kept(size), size, _b64(checksum.digest()), md5.hexdigest(),
                                self._metadata(checksum.hexdigest()))
             with self._state_lock:
                 previous = self._pending.pop(key, None)
@@ -803,6 +991,7 @@ class S3Target(Target):
         for number in [n for n, (_, _, length) in upload.ahead.items()
                        if length != min(upload.part_size, size - (n - 1) * upload.part_size)]:
             del upload.ahead[number]  # not this file's part of that number after all: sent again
+        self.verification()  # found once here, not by every thread at once (_send_part asks it)
         first = len(upload.parts) + 1
         todo = [(number, (number - 1) * upload.part_size) for number in range(first, math.ceil(size /
                 upload.part_size) + 1) if number not in upload.ahead]
@@ -846,15 +1035,22 @@ class S3Target(Target):
             raise FileError(f"{self._what('upload of', key)}: the parts hold {upload.held} of {size} bytes")
 
     def _send_part(self, key, upload_id, staged, number, start, length):
-        """UploadPart of bytes [start, start + length) with their SHA-256; returns (etag, checksum, length)."""
-        checksum = _b64(staged.sha256(start, length).digest())
+        """UploadPart of bytes [start, start + length) with their SHA-256; returns (etag, checksum, length). On a store
+        whose ETag is the MD5 of what it got, FileError where the part's ETag is not its MD5 (damaged on the way)."""
+        md5 = hashlib.md5(usedforsecurity=False) if self.verification() == ETAG_MD5 else None
+        checksum = _b64(staged.sha256(start, length, also=md5).digest())
         answer = self._call(f"UploadPart {number}", key, "upload_part", UploadId=upload_id, PartNumber=number,
                             Body=_Window(staged, start, length), ContentLength=length, ChecksumSHA256=checksum)
-        return answer["ETag"].strip('"'), checksum, length
+        etag = answer["ETag"].strip('"')
+        if md5 is not None and etag != md5.hexdigest():
+            raise FileError(f"{self._what(f'UploadPart {number} of', key)}: the store's MD5 of the part (its ETag) is "
+                            f"{etag}, the part's is {md5.hexdigest()}: damaged on the way; it is sent again")
+        return etag, checksum, length
 
     def publish(self, path, size, replace=False):
         """Complete the multipart upload, or PUT the small file, with If-None-Match: * unless `replace`; a 412 raises
-        FinalNameTaken unless the key already holds these bytes. Then a HEAD checks size and checksum."""
+        FinalNameTaken unless the key already holds these bytes. The engine checks the object afterwards (digest()),
+        from what this publish tells the store must compute for these bytes (its ETag, its composite checksum)."""
         key = self.key_for(path)
         condition = {} if replace else {"IfNoneMatch": "*"}
         with self._state_lock:
@@ -863,7 +1059,7 @@ class S3Target(Target):
         if pending is not None:
             if pending.size != size:
                 raise StartOver(f"{self._what('PUT', key)}: {pending.size} bytes were staged for it, not {size}")
-            expected, whole = pending.checksum, base64.b64decode(pending.checksum).hex()
+            known = _Known(base64.b64decode(pending.checksum).hex(), etag=pending.md5)
             operation = "PUT"
             send = lambda: self._client().put_object(  # noqa: E731
                 Bucket=self.bucket, Key=key, Body=_Window(pending.staged, 0, size), ContentLength=size,
@@ -872,7 +1068,8 @@ class S3Target(Target):
             if upload.held != size:
                 raise StartOver(f"{self._what('CompleteMultipartUpload', key)}: the parts hold {upload.held} of "
                                 f"{size} bytes")
-            expected, whole = composite_checksum([checksum for _, _, checksum in upload.parts]), upload.sha256
+            known = _Known(upload.sha256, etag=multipart_etag([etag for _, etag, _ in upload.parts]),
+                           composite=composite_checksum([checksum for _, _, checksum in upload.parts]))
             operation = "CompleteMultipartUpload"
             parts = [{"PartNumber": number, "ETag": f'"{etag}"', "ChecksumSHA256": checksum}
                      for number, etag, checksum in upload.parts]
@@ -882,28 +1079,14 @@ class S3Target(Target):
         else:
             raise StartOver(f"{self._what('publish of', key)}: nothing of it is held here (filesync restarted since "
                             f"it was sent); it is sent again")
-        completed = True
-        try:
-            send()
-        except Exception as error:
-            completed = False
-            code, status = self._status(error)
-            if status == 412 or code == "PreconditionFailed":
-                if not self._holds(key, size, expected, whole):
-                    raise FinalNameTaken(f"{self._what(operation, key)}: the key holds another object") from None
-            elif code == "NoSuchUpload" and self._holds(key, size, expected, whole):
-                pass  # completed before, and the answer was lost
-            else:
-                mapped = self._error(error, operation, key)
-                if mapped is error:
-                    raise
-                if isinstance(mapped, StartOver):
-                    with self._state_lock:
-                        self._uploads.pop(key, None)
-                raise mapped from None
-        if not self._holds(key, size, expected, whole):
-            raise FileError(f"{self._what(operation, key)}: after it, the key does not hold the bytes sent "
-                            f"(size or checksum differ)")
+        self._remember(key, known)
+        completed = False
+        if condition and not self.store().if_none_match and self._head(key, f"HEAD before {operation}") is not None:
+            # the store would replace it (it ignores If-None-Match): looked at first, a narrow race remains
+            if not self._holds(key, size, known.sha256):
+                raise FinalNameTaken(f"{self._what(operation, key)}: the key holds another object")
+        else:
+            completed = self._finish(send, operation, key, size, known.sha256)
         with self._state_lock:
             self._uploads.pop(key, None)
             self._pending.pop(key, None)
@@ -913,16 +1096,32 @@ class S3Target(Target):
             self._abort(key, upload.upload_id)
         return self.location(path)
 
-    def _holds(self, key, size, checksum, sha256_hex):
-        """Whether the object under `key` has `size` bytes and the store's `checksum` (or, from a store that keeps no
-        checksums, our x-amz-meta-sha256)."""
+    def _finish(self, send, operation, key, size, sha256_hex):
+        """Run the PUT or CompleteMultipartUpload `send`: True when it stored the object, False when the key already
+        held these bytes (a 412, or NoSuchUpload after a lost answer); FinalNameTaken when it holds others."""
+        try:
+            send()
+            return True
+        except Exception as error:
+            code, status = self._status(error)
+            if status == 412 or code == "PreconditionFailed":
+                if not self._holds(key, size, sha256_hex):
+                    raise FinalNameTaken(f"{self._what(operation, key)}: the key holds another object") from None
+                return False
+            if code == "NoSuchUpload" and self._holds(key, size, sha256_hex):
+                return False  # completed before, and the answer was lost
+            mapped = self._error(error, operation, key)
+            if mapped is error:
+                raise
+            if isinstance(mapped, StartOver):
+                with self._state_lock:
+                    self._uploads.pop(key, None)
+            raise mapped from None
+
+    def _holds(self, key, size, sha256_hex):
+        """Whether the object under `key` has `size` bytes with SHA-256 `sha256_hex` (as digest() finds it)."""
         head = self._head(key, "HEAD after upload of")
-        if head is None or head["ContentLength"] != size:
-            return False
-        stored = head.get("ChecksumSHA256")
-        if stored:
-            return stored == checksum
-        return head.get("Metadata", {}).get("sha256") == sha256_hex
+        return head is not None and head["ContentLength"] == size and self._stored_sha256(key, head) == sha256_hex
 
     def close(self):
         """Close the client's connections; the next call opens new ones. Uploads held for resume stay held."""

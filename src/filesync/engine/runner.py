@@ -108,6 +108,8 @@ class LocalRunner:
         for loop in self.loops:
             if isinstance(loop, Finder) and loop.source.name == record.source:
                 loop.forget(record.path)
+            elif isinstance(loop, TaskWorker):  # its unfinished uploads are dropped
+                loop.forget(record.source, record.path, record.id)
         return True
 
     def close(self):

@@ -9,7 +9,9 @@ its source. The transfer contract lives here, once, for every device (devices on
 - Uploads: a final name that holds exactly this version's bytes counts as done (a crash between publishing and
   recording costs no second copy). A final name holding other bytes is never overwritten: the target's on_conflict
   says keep_both (publish under conflict_name), park, or overwrite. Every published copy is checked through the
-  target: its size, and the first digest the target offers.
+  target: its size, and the first digest the target offers; a copy that fails is deleted (where the target can) and
+  sent again under the same name. What a target holds of an upload that is parked, skipped or forgotten is dropped
+  (abandon(): an S3 multipart upload would stay, billed).
 - Removal: a source file is removed only while the source still holds this very version (size, time, and the
   device's checksum where it has one); a changed file is left alone (the finder registers its new version; other
   bytes under the same size and time, seen only by the checksum, are registered here).
@@ -379,19 +381,19 @@ def upload(target, job) -> Done:
         location = target.publish(name, record.size, replace)
     except FinalNameTaken:
         raise TransientError(f"{target.location(name)} was taken by another file meanwhile; choosing again") from None
-    except PermanentError:
-        _abandon(target, name)
-        raise
     _verify_published(target, name, record.size, staged, sha256)
     return Done(location)
 
 
-def _abandon(target, name):
-    """Drop what the target holds of an upload that is parked (an S3 multipart upload would be kept, and billed)."""
+def abandon(target, source, path, version_id):
+    """Drop what `target` holds of an unfinished upload of a version that was parked, skipped or forgotten (an S3
+    multipart upload would be kept, and billed, until the bucket's lifecycle rule). A failure is logged, not raised:
+    the refusal that parked the file says more."""
+    target.set_context(source=source, version_id=version_id)
     try:
-        target.discard(name)
-    except Exception as error:  # the refusal that parked the file says more than this one
-        log.warning("%s: could not drop the unfinished upload of %s: %s", target.name, name, error)
+        target.discard(path)
+    except Exception as error:  # noqa: BLE001 - said, and the worker goes on
+        log.warning("%s: could not drop the unfinished upload of %s: %s", target.name, path, error)
 
 
 def _verify_published(target, name, size, staged, sha256):

@@ -4,6 +4,7 @@ Workers ask the ledger for work when they start, whenever they are woken (an eve
 every poll_interval, so a missed message loses nothing. Idle, they sleep on an Event: no busy polling.
 """
 import logging
+import queue
 import threading
 import time
 
@@ -144,10 +145,20 @@ class TaskWorker(Loop):
         self.last_location = ("", 0.0)  # where the last finished upload landed, and when (for the status)
         self.held_back = ""  # why this worker does not take work although the device answers (staging space)
         self._refusals, self._refused_until = 0, 0.0  # credentials refused in a row, and until when to wait
+        self._forgotten = queue.SimpleQueue()  # (source, path, file id) of forgotten versions, for uploads to drop
+
+    def forget(self, source, path, file_id):
+        """A version was forgotten (`filesync forget`): an upload worker drops what its target holds of its upload
+        at its next step (from its own thread, the one that uses the device). Any thread may call it."""
+        if self.kind == UPLOAD:
+            self._forgotten.put((source, path, file_id))
+            self.wake.set()
 
     def step(self):
         if not self.link.up and not self._probe():
             return False
+        while not self._forgotten.empty():
+            transfer.abandon(self.device, *self._forgotten.get())
         if self.kind == DOWNLOAD and not self._staging_has_room():
             return False
         claimed = self.ledger.claim(self.kind, self.device.name, self.worker, self.settings.lease_seconds)
@@ -187,6 +198,8 @@ class TaskWorker(Loop):
             log.warning("%s: %s %s: %s (%s)", self.name, self.kind, record.path, reason, outcome)
         finished = self.ledger.finish(record.id, self.kind, self.device.name, self.worker, outcome, reason,
                                       done.location, delay, done.sha256, done.checksum)
+        if self.kind == UPLOAD and outcome in ("park", "skip"):
+            transfer.abandon(self.device, record.source, record.path, record.id)
         if finished is not None:
             if self.kind == UPLOAD and outcome == "done":
                 self.last_location = (done.location, time.time())

@@ -7,7 +7,7 @@ from std_srvs.srv import Trigger, TriggerResponse
 
 from filesync.devices.base import DeviceContext
 from filesync.engine.runner import build_workers
-from filesync.engine.workers import Finder
+from filesync.engine.workers import Finder, TaskWorker
 from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
 from filesync.msg import FileEvent, WorkerReport
 from filesync.ros.convert import file_event
@@ -40,6 +40,7 @@ def run(role):
             loop.wake.set()
 
     finders = [loop for loop in loops if isinstance(loop, Finder)]
+    task_workers = [loop for loop in loops if isinstance(loop, TaskWorker)]
 
     def on_event(event):
         if event.state in WAKES[role]:
@@ -48,6 +49,8 @@ def run(role):
             for finder in finders:
                 if finder.source.name == event.source:
                     finder.forget(event.path)
+            for worker in task_workers:  # and drop its unfinished uploads
+                worker.forget(event.source, event.path, event.file_id)
 
     rospy.Subscriber(EVENTS_TOPIC, FileEvent, on_event, queue_size=200)
     if role == "finder":
