@@ -5,7 +5,7 @@ import os
 import shutil
 import time
 
-from conftest import write_file
+from conftest import write_file, write_file_whole
 from support.ftp_server import FtpServerProcess
 from support.launch import Launch, RosMaster, free_port
 
@@ -74,10 +74,10 @@ class Scene:
             os.environ["FILESYNC_TEST_WEB_TOKEN"] = self.token  # roslaunch's nodes inherit it
         self.launch = Launch(self.workdir, self.config()).start()
         self.launch.wait_nodes(timeout=60)
-        write_file(os.path.join(self.inbox, CLASH), 64 * KiB, seed=2)
+        write_file_whole(os.path.join(self.inbox, CLASH), 64 * KiB, seed=2)
         if self.big_file:
             time.sleep(1.0)  # the clash is found (and parked) first
-            write_file(os.path.join(self.inbox, BIG_NAME), BIG, seed=3)
+            write_file_whole(os.path.join(self.inbox, BIG_NAME), BIG, seed=3)
         return self
 
     def uploaded(self, name):

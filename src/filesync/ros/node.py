@@ -96,6 +96,17 @@ def wait_for_shutdown():
         rospy.signal_shutdown("keyboard interrupt")
 
 
+def survive(callback, what):
+    """`callback` for a rospy.Timer that logs an exception instead of raising it: rospy ends a timer whose callback
+    raised, and the node would go on running without doing `what` again, silently."""
+    def guarded(event=None):
+        try:
+            callback(event)
+        except Exception as error:  # noqa: BLE001 (any bug: keep the timer; the log says what failed)
+            rospy.logerr_throttle(60, f"{what} failed, trying again at the next tick: {type(error).__name__}: {error}")
+    return guarded
+
+
 def run_loops(loops):
     """Start the loops, wait until shutdown, then stop them and wait."""
     for loop in loops:

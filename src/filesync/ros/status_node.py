@@ -18,7 +18,7 @@ from filesync import status as status_lib
 from filesync.engine.transfer import staging_free_bytes
 from filesync.logs import prune_logs
 from filesync.msg import (FileEvent, LinkStatus, ParkedFile, PipelineStatus, Status, TransferStatus, WorkerReport)
-from filesync.ros.node import EVENTS_TOPIC, start_node, wait_for_shutdown
+from filesync.ros.node import EVENTS_TOPIC, start_node, survive, wait_for_shutdown
 from filesync.ros.services import PersistentService, ServiceFailed, ServiceUnreachable
 from filesync.srv import Counts, Query
 
@@ -176,7 +176,7 @@ def main():
     """Run the status node."""
     config = start_node("status")
     node = StatusNode(config)
-    rospy.Timer(rospy.Duration(PERIOD), node.tick)
+    rospy.Timer(rospy.Duration(PERIOD), survive(node.tick, "status"))
 
     def prune(_event=None):
         log_dir = rospkg.get_log_dir()
@@ -185,5 +185,5 @@ def main():
             rospy.loginfo(f"removed {freed} bytes of old logs from {log_dir}")
 
     prune()
-    rospy.Timer(rospy.Duration(PRUNE_PERIOD), prune)
+    rospy.Timer(rospy.Duration(PRUNE_PERIOD), survive(prune, "pruning the ROS logs"))
     wait_for_shutdown()
