@@ -140,7 +140,8 @@ def test_every_url_form_through_the_vehicle_node(tmp_path):
 
 def test_logs_leave_the_vehicle_once_every_target_holds_them(tmp_path):
     """Logs are downloaded, uploaded to a folder and to a second vehicle (the mavlink target), verified there, then
-    removed from the first vehicle; a log whose bytes changed after the copy (same size, another CRC32) stays."""
+    removed from the first vehicle; a log whose bytes changed after the copy (same size, another CRC32) is not removed as
+    that copy: its new bytes are version 2, delivered beside version 1 and then removed."""
     config = base_config(str(tmp_path))
     source_root, target_root = tmp_path / "vehicle-a", tmp_path / "vehicle-b"
     names = ["a.ulg", "b.ulg", "c.ulg"]
@@ -174,9 +175,15 @@ def test_logs_leave_the_vehicle_once_every_target_holds_them(tmp_path):
             assert digest(tmp_path / "out" / name) == digests[name]
             wait_for(lambda n=name: os.path.exists(target_root / "inbox" / n), 30, f"{name} on vehicle b", launch)
             assert digest(target_root / "inbox" / name) == digests[name]  # the staged version, verified by CRC32
-        time.sleep(3.0)
-        assert (source_root / "log" / "c.ulg").read_bytes() == bytes(changed)  # changed after the copy: stays
-        assert not any(path.name.endswith(".part") for path in (target_root / "inbox").iterdir())
+        # c.ulg changed after its copy: that copy's removal sees another CRC32 and registers the new bytes as
+        # version 2, which goes to both targets beside version 1 (under its conflict name) and is then removed
+        rewritten = hashlib.sha256(bytes(changed)).hexdigest()
+        wait_for(lambda: not os.path.exists(source_root / "log" / "c.ulg"), 90, "version 2 of c.ulg removed", launch)
+        for folder in (tmp_path / "out", target_root / "inbox"):
+            held = sorted(path.name for path in folder.iterdir())
+            assert len(held) == 4 and not any(name.endswith(".part") for name in held), held
+            second = [name for name in held if digest(folder / name) == rewritten]
+            assert len(second) == 1 and second[0] != "c.ulg", held  # beside version 1, never over it
     finally:
         launch.stop()
         vehicle_a.stop()
