@@ -1,0 +1,75 @@
+"""filesync's nodes on ROS 2 (rclpy over Fast DDS) under `filesync-ros2 run`, against a real pyftpdlib server: a whole
+pipeline folder -> FTP, kill -9 of the downloader and the uploader in the middle of a file (the supervisor starts them
+again and the transfer resumes from its checkpoint), the status topic's and the events' QoS, /diagnostics, and a
+restart of the ledger node."""
+import os
+
+from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+from filesync.ros2.messages import STATUS_QOS, msg
+from support.ros2_stack import CHECKPOINT, MiB, all_uploaded, assert_arrived, wait_for, write_inbox
+from support.ros2_stack import scene, test_node  # noqa: F401 - fixtures
+
+
+def task_offset(scene, path, kind):
+    """Bytes the ledger holds as checkpointed for `path`'s task of `kind` (0 before any)."""
+    for record in scene.ledger.files():
+        if record.path == path:
+            return max([task.offset for task in record.tasks if task.kind == kind and task.state == "active"],
+                       default=0)
+    return 0
+
+
+def test_a_folder_goes_to_ftp_and_killed_workers_resume_their_file(scene):
+    scene.stack.start()
+    sizes = [0, 1, 1000, 300 * 1024, 10 * MiB]  # the last takes about 5 s each way at bwlimit
+    paths = write_inbox(scene, sizes)
+    big = paths[-1]
+    killed = {}
+    for node, kind in (("downloader", "download"), ("uploader", "upload")):
+        wait_for(lambda: task_offset(scene, big, kind) >= 2 * CHECKPOINT, 120, f"no {kind} of {big} under way")
+        killed[node] = scene.stack.kill(node)
+        restarted = wait_for(lambda: scene.stack.node(node), 30, f"{node} not started again")
+        assert restarted.pid != killed[node]
+    wait_for(lambda: all_uploaded(scene, len(paths)), 180, "not every file uploaded")
+    assert_arrived(scene, paths)
+    # the upload resumed from its checkpoint: at most one checkpoint interval crossed the wire twice
+    resent = sum(event["received"] for event in scene.server.events("STOR")) - sum(sizes)
+    assert 0 <= resent <= CHECKPOINT, resent
+    assert "starting it again" in open(os.path.join(scene.workdir, "supervisor.log")).read()
+
+
+def test_status_is_latched_diagnostics_name_each_device_and_the_ledger_restarts(scene):
+    scene.stack.start()
+    paths = write_inbox(scene, [1000, 2000])
+    wait_for(lambda: all_uploaded(scene, len(paths)), 120, "not every file uploaded")
+    topics = {"/filesync/status": (DurabilityPolicy.TRANSIENT_LOCAL, ReliabilityPolicy.RELIABLE),
+              "/filesync/events": (DurabilityPolicy.VOLATILE, ReliabilityPolicy.RELIABLE)}
+    for topic, (durability, reliability) in topics.items():
+        publishers = wait_for(lambda: scene.node.get_publishers_info_by_topic(topic), 30, f"no publisher of {topic}")
+        assert {(p.qos_profile.durability, p.qos_profile.reliability) for p in publishers} == {(durability,
+                                                                                               reliability)}, topic
+    # a subscriber that comes late gets the last status at once, as from a latched ROS 1 topic
+    statuses, diagnostics = [], []
+    status_subscription = scene.node.create_subscription(msg.Status, "/filesync/status", statuses.append, STATUS_QOS)
+    from diagnostic_msgs.msg import DiagnosticArray
+    diagnostics_subscription = scene.node.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
+    try:
+        wait_for(lambda: statuses and statuses[-1].pipelines[0].uploaded == 2, 15, "no status with 2 uploaded")
+        names = {"/filesync/status: source inbox", "/filesync/status: target ftp", "/filesync/status: staging",
+                 "/filesync/status: ledger"}
+        array = wait_for(lambda: diagnostics and diagnostics[-1], 15, "nothing on /diagnostics")
+        assert {status.name for status in array.status} == names
+        assert all(status.level == b"\x00" and status.hardware_id == "filesync" for status in array.status), \
+            [(status.name, status.level, status.message) for status in array.status]
+        # the ledger node dies: the supervisor starts it again, the workers carry on with new files
+        old = scene.stack.kill("ledger")
+        assert scene.stack.node("ledger").pid != old
+        more = write_inbox(scene, [3000, 4000, 5000], prefix="g")
+        wait_for(lambda: all_uploaded(scene, len(paths) + len(more)), 120, "files after the ledger's restart")
+        assert_arrived(scene, paths + more)
+        wait_for(lambda: statuses[-1].ledger_ok and statuses[-1].pipelines[0].uploaded == 5, 15,
+                 "the status does not show the ledger back")
+    finally:
+        scene.node.destroy_subscription(status_subscription)
+        scene.node.destroy_subscription(diagnostics_subscription)
