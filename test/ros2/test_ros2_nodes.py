@@ -3,6 +3,7 @@ pipeline folder -> FTP, kill -9 of the downloader and the uploader in the middle
 again and the transfer resumes from its checkpoint), the status topic's and the events' QoS, /diagnostics, and a
 restart of the ledger node."""
 import os
+import time
 
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 
@@ -40,6 +41,10 @@ def test_a_folder_goes_to_ftp_and_killed_workers_resume_their_file(scene):
 
 
 def test_status_is_latched_diagnostics_name_each_device_and_the_ledger_restarts(scene):
+    old_log = scene.workdir / "ros_log" / "old_run" / "ledger_1_1.log"  # the stack's ROS_LOG_DIR
+    old_log.parent.mkdir(parents=True)
+    old_log.write_bytes(b"x" * (2 * MiB))
+    os.utime(old_log, (time.time() - 3600,) * 2)
     scene.stack.start()
     paths = write_inbox(scene, [1000, 2000])
     wait_for(lambda: all_uploaded(scene, len(paths)), 120, "not every file uploaded")
@@ -70,6 +75,8 @@ def test_status_is_latched_diagnostics_name_each_device_and_the_ledger_restarts(
         assert_arrived(scene, paths + more)
         wait_for(lambda: statuses[-1].ledger_ok and statuses[-1].pipelines[0].uploaded == 5, 15,
                  "the status does not show the ledger back")
+        # the status node keeps the ROS log folder under ros_log_max_total_bytes, the oldest files first
+        assert not old_log.exists()
     finally:
         scene.node.destroy_subscription(status_subscription)
         scene.node.destroy_subscription(diagnostics_subscription)

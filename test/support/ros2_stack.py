@@ -128,6 +128,7 @@ def scene(tmp_path, test_node):
         "staging_dir": str(tmp_path / "staging"), "database": str(tmp_path / "db" / "ledger.db"),
         "log_dir": str(tmp_path / "logs"), "checkpoint_bytes": CHECKPOINT, "scan_interval": 0.5,
         "poll_interval": 2.0, "lease_seconds": 5.0, "retry_base": 0.2, "retry_cap": 2.0, "bwlimit": 2 * MiB,
+        "ros_log_max_total_bytes": MiB,
         "sources": {"inbox": {"kind": "folder", "path": str(inbox), "min_age": 0.0}},
         "targets": {"ftp": server.target_options("/up")},
         "pipelines": [{"source": "inbox", "targets": ["ftp"]}],

@@ -2,11 +2,14 @@
 ROS 1 topic's does; about 1 Hz) and /diagnostics (diagnostic_msgs/DiagnosticArray, one status per source and target,
 staging and the ledger, named "<node>: <name>" as ROS 1's diagnostic_updater names them). The work is
 filesync.ros_common.status_collector's, shared with ROS 1."""
+import os
 import threading
+import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from filesync import status as status_lib
+from filesync.logs import prune_logs
 from filesync.ros_common.convert import status_to_msg
 from filesync.ros_common.status_collector import StatusCollector
 from filesync.ros2.messages import DIAGNOSTICS_QOS, EVENTS_QOS, REPORTS_QOS, ROS2, STATUS_QOS, msg, now, srv
@@ -21,6 +24,7 @@ PERIOD = 1.0
 REPORT_PERIOD = 1.0  # how often each worker node reports while it moves a file; the soonest after a change
 IDLE_REPORT_PERIOD = 4.0  # how often an idle worker node reports that it is still there
 CALL_TIMEOUT = 3.0  # a status a few seconds late says the ledger does not answer
+PRUNE_PERIOD = 600.0  # seconds between checks of the ROS log directory's total size
 
 
 class StatusNode(StatusCollector):
@@ -64,15 +68,28 @@ class StatusNode(StatusCollector):
         self.diagnostics.publish(self.diagnostic_array())
 
 
+def ros_log_dir():
+    """Where rcl writes each process's log file: ROS_LOG_DIR, else $ROS_HOME/log, else ~/.ros/log."""
+    return os.environ.get("ROS_LOG_DIR") or os.path.join(
+        os.environ.get("ROS_HOME") or os.path.join(os.path.expanduser("~"), ".ros"), "log")
+
+
 def main():
     """Run the status node: a tick a PERIOD on a thread of its own (its service calls wait on the executor's
-    thread, which a timer callback would block)."""
+    thread, which a timer callback would block); the ROS log folder kept under ros_log_max_total_bytes (rcl starts a
+    file per process, so every restart adds one)."""
     filesync = FilesyncNode("status")
     node = StatusNode(filesync)
 
     def ticks():
+        pruned = -PRUNE_PERIOD
         while not filesync.finished.wait(PERIOD):
             node.tick()
+            if time.monotonic() - pruned >= PRUNE_PERIOD:
+                pruned = time.monotonic()
+                freed = prune_logs(ros_log_dir(), filesync.config.ros_log_max_total_bytes)
+                if freed:
+                    filesync.node.get_logger().info(f"removed {freed} bytes of old logs from {ros_log_dir()}")
 
     threading.Thread(target=ticks, name="status", daemon=True).start()
     filesync.wait_for_shutdown()
