@@ -7,7 +7,8 @@ import threading
 
 import rospy
 
-from filesync.cli import LedgerClient, Unavailable
+from filesync.cli import Unavailable
+from filesync.ros.cli_backend import LedgerClient
 from filesync.msg import FileEvent, Status
 from filesync.ros.node import EVENTS_TOPIC
 from filesync.ros_common.ledger_actions import LedgerActions as SharedLedgerActions
