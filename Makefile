@@ -145,7 +145,13 @@ ROS2_ENV := export PATH=$(ROS2_WS)/install/filesync/bin:$(ROS2_VENV)/bin:$$PATH 
   PYTHONPATH=$(ROS2_INSTALL)/lib/python3.11/site-packages:$(ROOT)/src LD_LIBRARY_PATH=$(ROS2_INSTALL)/lib:$(ROS2_VENV)/lib \
   ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 
+# What colcon needs to build the interfaces' C and C++ type support and Python extension (named, not left to come with
+# ROS 1's packages).
+ROS2_APT_PACKAGES := cmake g++ python3-dev python3-venv
+
 $(ROS2_VENV)/.installed: requirements-ros2.txt requirements.txt $(STAMPS)/apt
+	missing=$$(for p in $(ROS2_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	[ -x $(ROS2_PY) ] || /usr/bin/python3 -m venv $(ROS2_VENV)
 	$(ROS2_PY) -m pip install -q --disable-pip-version-check -r requirements-ros2.txt
 	touch $@
