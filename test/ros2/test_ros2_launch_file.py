@@ -24,6 +24,10 @@ def test_the_launch_file_names_every_node_and_parameter_the_supervisor_starts():
     keywords = {keyword.arg: keyword.value for keyword in node.keywords}
     assert ast.literal_eval(keywords["namespace"]) == supervisor.NAMESPACE.strip("/")
     assert ast.literal_eval(keywords["respawn"]) is True
+    delay = next(node for node in ast.walk(tree) if isinstance(node, ast.Assign) and node.targets[0].id ==
+                 "RESPAWN_DELAY")
+    assert keywords["respawn_delay"].id == "RESPAWN_DELAY" and ast.literal_eval(delay.value) == \
+        supervisor.RESPAWN_DELAY
     parameters = keywords["parameters"].elts[0]
     assert tuple(ast.literal_eval(key) for key in parameters.keys) == supervisor.PARAMETERS
     arguments = [ast.literal_eval(call.args[0]) for call in ast.walk(tree) if isinstance(call, ast.Call)
