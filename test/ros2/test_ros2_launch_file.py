@@ -20,7 +20,8 @@ def test_the_launch_file_names_every_node_and_parameter_the_supervisor_starts():
     tree = launch_file()
     pairs = next(node for node in ast.walk(tree) if isinstance(node, ast.Assign) and node.targets[0].id == "nodes")
     assert dict(ast.literal_eval(pairs.value)) == supervisor.NODES
-    node = next(call for call in ast.walk(tree) if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "Node")
+    node = next(call for call in ast.walk(tree)
+                if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "Node")
     keywords = {keyword.arg: keyword.value for keyword in node.keywords}
     assert ast.literal_eval(keywords["namespace"]) == supervisor.NAMESPACE.strip("/")
     assert ast.literal_eval(keywords["respawn"]) is True

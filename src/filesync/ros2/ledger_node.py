@@ -26,7 +26,8 @@ def main():
         filesync.close()
         return
     if moved_aside:
-        node.get_logger().error(f"the ledger database was unreadable; kept it as {moved_aside}, rebuilding from staging")
+        node.get_logger().error(f"the ledger database was unreadable; kept it as {moved_aside}, rebuilding from "
+                                "staging")
         rebuild_from_staging(ledger, config)
     events = node.create_publisher(msg.FileEvent, EVENTS_TOPIC, EVENTS_QOS)
     handlers = LedgerServices(ROS2, ledger, config.staging_dir,

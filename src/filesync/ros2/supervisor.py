@@ -52,7 +52,6 @@ class Supervisor:
         self.config_path = os.path.abspath(config_path)
         self.names, self.respawn_delay, self.log_dir = list(names), respawn_delay, log_dir
         self.processes = {}
-        self.starts = {name: 0 for name in self.names}
         self._events = queue.Queue()  # ("ended", name, process, exit code), ("start", name), or None: stop
 
     def _start(self, name):
@@ -65,7 +64,6 @@ class Supervisor:
         if output:
             output.close()
         self.processes[name] = process
-        self.starts[name] += 1
         # one waiting thread per process: the supervisor sleeps until a node ends, it never polls
         threading.Thread(target=lambda: self._events.put(("ended", name, process, process.wait())),
                          daemon=True).start()
