@@ -1,10 +1,15 @@
 """launch/sync.launch.py (for `ros2 launch`, not installable here) starts what `filesync-ros2 run` starts: the same
 nodes with the same executables under /filesync, the same parameters, each respawned. Read from its source: the
-launch system is not on PyPI."""
+launch system is not on PyPI. And the supervisor and the installed package themselves: a bad file is one line, the
+installed executables are the nodes, no node outlives a killed supervisor."""
 import ast
 import os
 import re
+import signal
 import subprocess
+import time
+
+import psutil
 
 from filesync.ros2 import supervisor
 
@@ -68,3 +73,32 @@ def test_filesync_ros2_refuses_a_bad_configuration_in_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.startswith(f"filesync-ros2: bad configuration: {tmp_path}/bad.yaml: line") and \
         result.stderr.count("\n") == 1, result.stderr
+
+
+def test_no_node_outlives_a_killed_supervisor(tmp_path):
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "config.yaml").write_text(
+        f"staging_dir: {tmp_path}/staging\ndatabase: {tmp_path}/db/ledger.db\nlog_dir: {tmp_path}/logs\n"
+        f"sources: {{inbox: {{kind: folder, path: {tmp_path}/inbox}}}}\n"
+        f"targets: {{out: {{kind: folder, path: {tmp_path}/out}}}}\n"
+        "pipelines: [{source: inbox, targets: [out]}]\nftp_server: {enabled: false}\nweb: {enabled: false}\n")
+    supervisor_process = subprocess.Popen(["filesync-ros2", "run", str(tmp_path / "config.yaml"), "--log-dir",
+                                           str(tmp_path / "nodes")], env=dict(os.environ, ROS_LOG_DIR=str(tmp_path)))
+    nodes = []
+    try:
+        deadline = time.monotonic() + 30
+        while len(nodes) < len(supervisor.NODES):
+            assert time.monotonic() < deadline, "the nodes did not start"
+            time.sleep(0.1)
+            nodes = psutil.Process(supervisor_process.pid).children()
+        supervisor_process.send_signal(signal.SIGKILL)
+        supervisor_process.wait(10)
+        _, alive = psutil.wait_procs(nodes, timeout=20)
+        assert not alive, [node.cmdline() for node in alive]
+    finally:
+        supervisor_process.kill()
+        for node in nodes:  # orphans of a failed run: not this process's children any more
+            try:
+                node.kill()
+            except psutil.NoSuchProcess:
+                pass

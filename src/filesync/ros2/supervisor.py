@@ -2,9 +2,10 @@
 RESPAWN_DELAY when it dies, as roslaunch's respawn (and launch_ros's) does. It stands in for
 `ros2 launch filesync sync.launch.py`, which needs the launch system PyPI does not carry; the launch file names the
 same nodes and parameters (NODES, test/ros2 checks). Ctrl-C or SIGTERM stops every node (SIGINT, then SIGKILL after
-STOP_TIMEOUT) and then the supervisor.
+STOP_TIMEOUT) and then the supervisor; a supervisor killed outright takes its nodes with it (they get SIGINT).
 """
 import argparse
+import ctypes
 import os
 import queue
 import signal
@@ -32,6 +33,12 @@ COMMANDS = {"ledger_node": ["-m", "filesync.ros2.ledger_node"], "lock_node": ["-
 PARAMETERS = ("config",)  # every node's, the YAML file's path
 RESPAWN_DELAY = 2.0
 STOP_TIMEOUT = 15.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _end_with_parent():
+    """In the child before exec: SIGINT when the supervisor dies, even by kill -9 (no node outlives it)."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGINT)
 
 
 def node_command(name, config_path):
@@ -59,8 +66,10 @@ class Supervisor:
         if self.log_dir:
             os.makedirs(self.log_dir, exist_ok=True)
             output = open(os.path.join(self.log_dir, f"{name}.log"), "ab")
+        # its own session: a Ctrl-C reaches the supervisor only, which stops the nodes; the parent-death signal is
+        # bound to the thread that forks, so every start happens on run()'s thread
         process = subprocess.Popen(node_command(name, self.config_path), stdout=output, stderr=subprocess.STDOUT
-                                   if output else None, start_new_session=True)
+                                   if output else None, start_new_session=True, preexec_fn=_end_with_parent)
         if output:
             output.close()
         self.processes[name] = process
