@@ -34,11 +34,13 @@ PARAMETERS = ("config",)  # every node's, the YAML file's path
 RESPAWN_DELAY = 2.0
 STOP_TIMEOUT = 15.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# resolved here, in the parent: the child between fork and exec only calls it (no loading, no locks to take there)
+_prctl = ctypes.CDLL(None, use_errno=True).prctl
 
 
 def _end_with_parent():
     """In the child before exec: SIGINT when the supervisor dies, even by kill -9 (no node outlives it)."""
-    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGINT)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGINT)
 
 
 def node_command(name, config_path):
