@@ -6,6 +6,7 @@ STOP_TIMEOUT) and then the supervisor; a supervisor killed outright takes its no
 """
 import argparse
 import ctypes
+import functools
 import os
 import queue
 import signal
@@ -38,9 +39,12 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 _prctl = ctypes.CDLL(None, use_errno=True).prctl
 
 
-def _end_with_parent():
-    """In the child before exec: SIGINT when the supervisor dies, even by kill -9 (no node outlives it)."""
+def _end_with_parent(parent):
+    """In the child before exec: SIGINT when the supervisor (pid `parent`) dies, even by kill -9, so no node outlives
+    it; a supervisor that died between the fork and this call sends nothing, so the child ends itself then."""
     _prctl(PR_SET_PDEATHSIG, signal.SIGINT)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def node_command(name, config_path):
@@ -71,7 +75,8 @@ class Supervisor:
         # its own session: a Ctrl-C reaches the supervisor only, which stops the nodes; the parent-death signal is
         # bound to the thread that forks, so every start happens on run()'s thread
         process = subprocess.Popen(node_command(name, self.config_path), stdout=output, stderr=subprocess.STDOUT
-                                   if output else None, start_new_session=True, preexec_fn=_end_with_parent)
+                                   if output else None, start_new_session=True,
+                                   preexec_fn=functools.partial(_end_with_parent, os.getpid()))
         if output:
             output.close()
         self.processes[name] = process
