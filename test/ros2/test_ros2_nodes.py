@@ -2,8 +2,10 @@
 pipeline folder -> FTP, kill -9 of the downloader and the uploader in the middle of a file (the supervisor starts them
 again and the transfer resumes from its checkpoint), the status topic's and the events' QoS, /diagnostics, and a
 restart of the ledger node."""
+import json
 import os
 import time
+import urllib.request
 
 from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
 
@@ -75,6 +77,10 @@ def test_status_is_latched_diagnostics_name_each_device_and_the_ledger_restarts(
                                   (diagnostics[-1].status if diagnostics else [])]) from None
         assert {status.name for status in array.status} == names
         assert all(status.hardware_id == "filesync" for status in array.status)
+        # the web node's page shows the same status (the status topic through filesync.ui's view)
+        with urllib.request.urlopen(f"http://127.0.0.1:{scene.web_port}/api/status", timeout=10) as reply:
+            view = json.load(reply)
+        assert view["ledger_ok"] and view["pipelines"][0]["counts"] == "uploaded 2", view
         # the ledger node dies: the supervisor starts it again, the workers carry on with new files
         old = scene.stack.kill("ledger")
         assert scene.stack.node("ledger").pid != old

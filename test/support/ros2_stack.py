@@ -139,7 +139,7 @@ def scene(tmp_path, test_node):
     from filesync.ros2.ledger_client import RosLedger
     ledger = RosLedger(SimpleNamespace(client=test_node.create_client, finished=threading.Event()), wait=30)
     scene = SimpleNamespace(server=server, inbox=str(inbox), stack=stack, ledger=ledger, node=test_node,
-                            workdir=tmp_path)
+                            workdir=tmp_path, web_port=config["web"]["port"])
     try:
         yield scene
     finally:
