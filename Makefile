@@ -135,9 +135,11 @@ $(STAMPS)/mavros-msgs-ws: $(STAMPS)/build $(wildcard test/mavros_msgs/*.* test/m
 # makes a new one. filesync_interfaces (ros2/) is built into ROS2_WS with colcon, outside the repository like the catkin
 # workspace, with ros2/filesync (the nodes' executables, launch/sync.launch.py and config/ as an ament package).
 # ROS2_ENV puts them on the paths; each test run picks its own ROS_DOMAIN_ID (test/conftest.py).
-ROS2_VENV := $(HOME)/.cache/filesync/ros2-venv-$(shell cat $(ROOT)/requirements-ros2.txt $(ROOT)/requirements.txt | md5sum | cut -c1-8)
+ROS2_VENV_ID := $(shell cat $(ROOT)/requirements-ros2.txt $(ROOT)/requirements.txt | md5sum | cut -c1-8)
+ROS2_VENV := $(HOME)/.cache/filesync/ros2-venv-$(ROS2_VENV_ID)
 ROS2_PY := $(ROS2_VENV)/bin/python3
-ROS2_WS := $(HOME)/.cache/filesync/ros2-ws-$(shell echo $(ROOT) | md5sum | cut -c1-8)
+# one workspace per checkout and venv: CMake's cache holds the venv's paths
+ROS2_WS := $(HOME)/.cache/filesync/ros2-ws-$(shell echo $(ROOT) | md5sum | cut -c1-8)-$(ROS2_VENV_ID)
 ROS2_INSTALL := $(ROS2_WS)/install/filesync_interfaces
 # (install/filesync, the package `ros2 launch` finds, is on AMENT_PREFIX_PATH only: its copy of src/filesync is not
 # on PYTHONPATH, the repository's is)
@@ -156,7 +158,7 @@ $(ROS2_VENV)/.installed: requirements-ros2.txt requirements.txt $(STAMPS)/apt
 	$(ROS2_PY) -m pip install -q --disable-pip-version-check -r requirements-ros2.txt
 	touch $@
 
-$(STAMPS)/ros2-packages: $(ROS2_VENV)/.installed $(wildcard ros2/*/* msg/*.msg srv/*.srv launch/sync.launch.py)
+$(ROS2_WS)/.built: $(ROS2_VENV)/.installed $(wildcard ros2/*/* msg/*.msg srv/*.srv launch/sync.launch.py)
 	mkdir -p $(ROS2_WS) $(STAMPS)
 	export PATH=$(ROS2_VENV)/bin:$$PATH AMENT_PREFIX_PATH=$(ROS2_VENV) CMAKE_PREFIX_PATH=$(ROS2_VENV) && \
 	  cd $(ROS2_WS) && colcon --log-base log build --base-paths $(ROOT)/ros2 --build-base build --install-base install \
@@ -165,7 +167,7 @@ $(STAMPS)/ros2-packages: $(ROS2_VENV)/.installed $(wildcard ros2/*/* msg/*.msg s
 	touch $@
 
 .PHONY: setup-ros2
-setup-ros2: $(STAMPS)/ros2-packages
+setup-ros2: $(ROS2_WS)/.built
 
 test-ros2: setup-ros2
 	$(ROS2_ENV) && cd $(ROOT) && FILESYNC_ROS2=1 $(ROS2_PY) -m pytest -q test/ros2
