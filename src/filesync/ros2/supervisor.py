@@ -35,14 +35,19 @@ PARAMETERS = ("config",)  # every node's, the YAML file's path
 RESPAWN_DELAY = 2.0
 STOP_TIMEOUT = 15.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-# resolved here, in the parent: the child between fork and exec only calls it (no loading, no locks to take there)
-_prctl = ctypes.CDLL(None, use_errno=True).prctl
+# resolved here, in the parent: the child between fork and exec only calls them (no loading, no locks to take there)
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.signal.argtypes, _libc.signal.restype = (ctypes.c_int, ctypes.c_void_p), ctypes.c_void_p
+_libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong)
 
 
 def _end_with_parent(parent):
     """In the child before exec: SIGINT when the supervisor (pid `parent`) dies, even by kill -9, so no node outlives
-    it; a supervisor that died between the fork and this call sends nothing, so the child ends itself then."""
-    _prctl(PR_SET_PDEATHSIG, signal.SIGINT)
+    it. First SIGINT's default action back (the handler inherited from the supervisor would take a SIGINT that comes
+    before the exec, and the node would never see it); then the parent-death signal; a supervisor that died before
+    that sends nothing, so the child ends itself then."""
+    _libc.signal(signal.SIGINT, None)  # SIG_DFL
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGINT)
     if os.getppid() != parent:
         os._exit(1)
 
