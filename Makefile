@@ -27,7 +27,7 @@ APT_PACKAGES := ros-core-dev python3-rospy python3-rostest python3-roslaunch pyt
 TEST_APT_PACKAGES := python3-pytest python3-openssl curl lftp rsync strace nginx openssh-server openssh-client socat \
   chromium chromium-driver python3-selenium xvfb libwrap0 libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3
 
-.PHONY: setup setup-test run test test-lib test-ros test-long soak bench bench-many clean install-service
+.PHONY: setup setup-test run run-ros2 test test-lib test-ros test-ros2 test-long soak bench bench-many clean install-service
 
 setup: $(STAMPS)/build
 
@@ -77,7 +77,7 @@ run: setup
 	$(ROS_ENV) && exec roslaunch filesync sync.launch
 
 test: setup-test
-	$(MAKE) --no-print-directory test-lib test-ros
+	$(MAKE) --no-print-directory test-lib test-ros test-ros2
 
 # vsftpd and ProFTPD for the FTP tests: `apt-get download` + `dpkg-deb -x` (see test/support/ftp_servers.py).
 $(STAMPS)/ftp-servers: $(STAMPS)/test-apt test/support/ftp_servers.py
@@ -130,7 +130,7 @@ soak: setup-test
 	$(ROS_ENV) && cd $(ROOT) && timeout -k 30 1230 $(PY) test/support/soak.py --minutes 20 $(if $(SOAK_SEED),--seed $(SOAK_SEED))
 
 clean:
-	rm -rf build $(WS)
+	rm -rf build $(WS) $(ROS2_WS)
 
 # A test-only workspace with test/mavros_msgs (a copy of mavros_msgs' FTP types and State, md5sums of 1.21.0), chained
 # on the filesync workspace; never installed. mavros.test runs in it.
@@ -145,3 +145,50 @@ $(STAMPS)/mavros-msgs-ws: $(STAMPS)/build $(wildcard test/mavros_msgs/*.* test/m
 	$(ROS_ENV) && cd $(MAVROS_MSGS_WS) && catkin_make -DPYTHON_EXECUTABLE=$(PY) > $(ROOT)/build/mavros-msgs.log 2>&1 \
 	  || { tail -40 $(ROOT)/build/mavros-msgs.log; exit 1; }
 	touch $@
+
+# ROS 2 Jazzy (rclpy) from PyPI's wheels, in a venv of its own made without Debian's site packages (its rclpy and
+# messages must not shadow Debian's rospy, nor ROS 1's see them); named by the requirements' hash, so a changed list
+# makes a new one. filesync_interfaces (ros2/) is built into ROS2_WS with colcon, outside the repository like the catkin
+# workspace, with ros2/filesync (the nodes' executables, launch/sync.launch.py and config/ as an ament package).
+# ROS2_ENV puts them on the paths; each test run picks its own ROS_DOMAIN_ID (test/conftest.py).
+ROS2_VENV_ID := $(shell cat $(ROOT)/requirements-ros2.txt $(ROOT)/requirements.txt | md5sum | cut -c1-8)
+ROS2_VENV := $(HOME)/.cache/filesync/ros2-venv-$(ROS2_VENV_ID)
+ROS2_PY := $(ROS2_VENV)/bin/python3
+# one workspace per checkout and venv: CMake's cache holds the venv's paths
+ROS2_WS := $(HOME)/.cache/filesync/ros2-ws-$(shell echo $(ROOT) | md5sum | cut -c1-8)-$(ROS2_VENV_ID)
+ROS2_INSTALL := $(ROS2_WS)/install/filesync_interfaces
+# (install/filesync, the package `ros2 launch` finds, is on AMENT_PREFIX_PATH only: its copy of src/filesync is not
+# on PYTHONPATH, the repository's is)
+ROS2_ENV := export PATH=$(ROS2_WS)/install/filesync/bin:$(ROS2_VENV)/bin:$$PATH AMENT_PREFIX_PATH=$(ROS2_WS)/install/filesync:$(ROS2_INSTALL):$(ROS2_VENV) \
+  PYTHONPATH=$(ROS2_INSTALL)/lib/python3.11/site-packages:$(ROOT)/src LD_LIBRARY_PATH=$(ROS2_INSTALL)/lib:$(ROS2_VENV)/lib \
+  ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+
+# What colcon needs to build the interfaces' C and C++ type support and Python extension (named, not left to come with
+# ROS 1's packages).
+ROS2_APT_PACKAGES := cmake g++ python3-dev python3-venv
+
+$(ROS2_VENV)/.installed: requirements-ros2.txt requirements.txt $(STAMPS)/apt
+	missing=$$(for p in $(ROS2_APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	[ -x $(ROS2_PY) ] || /usr/bin/python3 -m venv $(ROS2_VENV)
+	$(ROS2_PY) -m pip install -q --disable-pip-version-check -r requirements-ros2.txt
+	touch $@
+
+$(ROS2_WS)/.built: $(ROS2_VENV)/.installed $(wildcard ros2/*/* msg/*.msg srv/*.srv launch/sync.launch.py)
+	mkdir -p $(ROS2_WS) $(STAMPS)
+	export PATH=$(ROS2_VENV)/bin:$$PATH AMENT_PREFIX_PATH=$(ROS2_VENV) CMAKE_PREFIX_PATH=$(ROS2_VENV) && \
+	  cd $(ROS2_WS) && colcon --log-base log build --base-paths $(ROOT)/ros2 --build-base build --install-base install \
+	  --cmake-args -DPython3_EXECUTABLE=$(ROS2_PY) -DBUILD_TESTING=OFF > $(ROOT)/build/ros2-packages.log 2>&1 \
+	  || { tail -40 $(ROOT)/build/ros2-packages.log; exit 1; }
+	touch $@
+
+.PHONY: setup-ros2
+setup-ros2: $(ROS2_WS)/.built
+
+test-ros2: setup-ros2
+	$(ROS2_ENV) && cd $(ROOT) && FILESYNC_ROS2=1 $(ROS2_PY) -m pytest -q test/ros2
+
+run-ros2: setup-ros2
+	mkdir -p $(HOME)/filesync/inbox
+	@echo "filesync on ROS 2: drop files into $(HOME)/filesync/inbox; they appear in $(HOME)/filesync/ftp_root. Ctrl-C stops."
+	$(ROS2_ENV) && exec filesync-ros2 run $(ROOT)/config/default.yaml

@@ -5,6 +5,18 @@ import pytest
 
 from support.ftp_server import FtpServerProcess
 
+# test/ros2: filesync on ROS 2, run by `make test-ros2` in the ROS 2 venv with filesync_interfaces built (it sets
+# FILESYNC_ROS2=1 and the paths); under ROS 1's venv they are not collected (rclpy is not there, and must not be).
+# Each run gets a DDS domain of its own (ROS_DOMAIN_ID from the pid) and keeps discovery on this machine, so two runs
+# never see each other's nodes and nothing leaves 127.0.0.1. ROS_PYTHON_CHECK_FIELDS=1 makes every message field
+# assignment check its type, so a wrong type fails in the tests.
+if os.environ.get("FILESYNC_ROS2") == "1":
+    os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)  # 1..100: valid domain ids, not the default 0
+    os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
+    os.environ["ROS_PYTHON_CHECK_FIELDS"] = "1"
+else:
+    collect_ignore = ["ros2"]
+
 
 @pytest.fixture(autouse=True)
 def s3_stores_found_anew():

@@ -1,30 +1,27 @@
-"""`rosrun filesync filesync status|ls|retry ID|forget ID|audit TARGET`: look at filesync and act on single files.
+"""`filesync status|ls|retry ID|forget ID|audit TARGET`: look at filesync and act on single files, on ROS 1
+(`rosrun filesync filesync ...`) or ROS 2 (the `filesync` the ROS 2 package installs).
 
-It talks to the ledger's services and listens to /filesync/status. Every wait has a short timeout: with no ROS master,
-no ledger or no status node it prints one line saying which, and exits 1 (audit: 2), instead of hanging.
+It talks to the ledger's services and listens to /filesync/status, through the generation's client side
+(filesync.ros.cli_backend or filesync.ros2.cli_backend: ROS_VERSION says which, else the one whose client library
+imports, ROS 1's first). Every wait has a short timeout: with no ROS master, no ledger or no status node it prints one
+line saying which, and exits 1 (audit: 2), instead of hanging.
 `audit` (filesync.audit) can also run without ROS: `--config FILE --database PATH` read both from files.
 """
 import argparse
+import importlib
+import importlib.util
 import os
-import socket
 import sys
 import threading
 import time
-import xmlrpc.client
-
-import rosgraph
-import rospy
 
 from filesync.audit import CannotAudit, audit, exit_status, read_ledger_file, target_options
-from filesync.config import load_config, load_config_file
+from filesync.config import load_config_file
 from filesync.devices import create_target
 from filesync.errors import ConfigError
-from filesync.msg import Status
-from filesync.srv import Manage, Query
 from filesync.status import FILE_STATES, format_status, human_bytes
 
 LEDGER = "/filesync/ledger"
-CONFIG_PARAM = "/filesync/config"
 STATUS_TOPIC = "/filesync/status"
 # states in the order a person wants to read them: what needs a person first, then what moves, then what is done
 LS_ORDER = ("failed", "downloading", "uploading", "found", "downloaded", "skipped", "uploaded", "removed")
@@ -35,21 +32,18 @@ class Unavailable(Exception):
     """The master, the ledger or the status node does not answer; the message says which."""
 
 
-def check_master(timeout):
-    """Raise Unavailable when no ROS master answers within `timeout` seconds."""
-    uri = rosgraph.get_master_uri()
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(timeout)  # the XML-RPC call to the master uses the default socket timeout
-    try:
-        rosgraph.Master("/filesync_cli").getPid()
-    except (OSError, xmlrpc.client.Error, rosgraph.MasterException) as error:
-        raise Unavailable(f"no ROS master at {uri} ({error}); start roscore or sync.launch") from None
-    finally:
-        socket.setdefaulttimeout(previous)
+def ros_backend():
+    """The client side of the ROS generation filesync runs on (see the module's docstring)."""
+    version = os.environ.get("ROS_VERSION", "")
+    if version in ("1", "2"):
+        return importlib.import_module("filesync.ros.cli_backend" if version == "1" else "filesync.ros2.cli_backend")
+    ros1 = importlib.util.find_spec("rospy") is not None
+    return importlib.import_module("filesync.ros.cli_backend" if ros1 else "filesync.ros2.cli_backend")
 
 
-def call_with_timeout(function, timeout, what):
-    """Run function() in a thread and return its result; raise Unavailable if it takes longer than `timeout`."""
+def call_with_timeout(function, timeout, what, errors=(OSError,)):
+    """Run function() in a thread and return its result; raise Unavailable if it takes longer than `timeout` or fails
+    with one of `errors` (the ROS client's "did not answer")."""
     result = {}
 
     def run():
@@ -65,50 +59,15 @@ def call_with_timeout(function, timeout, what):
         raise Unavailable(f"{what} did not answer within {timeout:g} s")
     if "error" in result:
         error = result["error"]
-        if isinstance(error, (rospy.ServiceException, rospy.ROSException, OSError)):
+        if isinstance(error, errors):
             raise Unavailable(f"{what} failed: {error}")
         raise error
     return result["value"]
 
 
-class LedgerClient:
-    """One-shot calls to the ledger's services, each with a timeout."""
-
-    def __init__(self, timeout):
-        self.timeout = timeout
-        service = f"{LEDGER}/query"
-        try:
-            rospy.wait_for_service(service, timeout=timeout)
-        except rospy.ROSException:
-            raise Unavailable(f"the ledger ({service}) does not answer: is sync.launch running?") from None
-
-    def _call(self, name, kind, **fields):
-        proxy = rospy.ServiceProxy(f"{LEDGER}/{name}", kind)
-        try:
-            return call_with_timeout(lambda: proxy(**fields), self.timeout, f"the ledger ({LEDGER}/{name})")
-        finally:
-            proxy.close()
-
-    def files(self, state="", source="", limit=0):
-        """Files in id order (paged through the query service), at most `limit` (0: all)."""
-        found, after = [], 0
-        while True:
-            page = min(PAGE, limit - len(found)) if limit else PAGE
-            reply = self._call("query", Query, state=state, source=source, after_id=after, limit=page)
-            found += reply.files
-            if len(reply.files) < page or (limit and len(found) >= limit):
-                return found
-            after = reply.files[-1].id
-
-    def manage(self, action, file_id):
-        """(ok, message, file message) of a retry or forget."""
-        reply = self._call("manage", Manage, action=action, file_id=file_id)
-        return reply.ok, reply.message, reply.file
-
-
-def command_ls(args, out):
+def command_ls(args, out, ros):
     """List files grouped by state (what needs a person first), with size, attempts and the last error."""
-    ledger = LedgerClient(args.timeout)
+    ledger = ros.LedgerClient(args.timeout)
     files = ledger.files(args.state, args.source, args.limit)
     order = {state: index for index, state in enumerate(LS_ORDER)}
     files.sort(key=lambda f: (order.get(f.state, len(order)), f.id))
@@ -134,9 +93,9 @@ def command_ls(args, out):
     return 0
 
 
-def command_manage(args, out):
+def command_manage(args, out, ros):
     """retry ID or forget ID."""
-    ledger = LedgerClient(args.timeout)
+    ledger = ros.LedgerClient(args.timeout)
     ok, message, record = ledger.manage(args.command, args.id)
     if ok and args.command == "retry":
         message += f" (now {record.state}: {record.path})"
@@ -144,10 +103,8 @@ def command_manage(args, out):
     return 0 if ok else 1
 
 
-def command_status(args, out):
+def command_status(args, out, ros):
     """Print the status once (--once) or redraw it on every message until Ctrl-C."""
-    rospy.init_node("filesync_cli", anonymous=True, disable_signals=True, disable_rosout=True,
-                    disable_rostime=True)
     latest = {}
     arrived = threading.Event()
 
@@ -155,7 +112,7 @@ def command_status(args, out):
         latest["status"], latest["received"] = message, time.monotonic()
         arrived.set()
 
-    subscriber = rospy.Subscriber(STATUS_TOPIC, Status, on_status, queue_size=1)
+    stop_watching = ros.watch_status(on_status)
     try:
         if not arrived.wait(args.timeout):
             raise Unavailable(f"no status on {STATUS_TOPIC} within {args.timeout:g} s: is the status node "
@@ -178,28 +135,24 @@ def command_status(args, out):
     except KeyboardInterrupt:
         return 0
     finally:
-        subscriber.unregister()
-        rospy.signal_shutdown("done")  # rospy's threads would keep the process alive
+        stop_watching()
 
 
-def command_audit(args, out):
+def command_audit(args, out, ros):
     """Check that TARGET still holds every version the ledger says it received; one line per problem, a summary,
-    and the exit status 0 (all there), 1 (problems) or 2 (cannot check)."""
+    and the exit status 0 (all there), 1 (problems) or 2 (cannot check). `ros`: None when both come from files."""
     if args.config:
         config = load_config_file(args.config)
     else:
-        check_master(args.timeout)
-        raw = call_with_timeout(lambda: rospy.get_param(CONFIG_PARAM, None), args.timeout, "the parameter server")
-        if raw is None:
-            raise Unavailable(f"no configuration in {CONFIG_PARAM}: is sync.launch running? (or give --config FILE)")
-        config = load_config(raw)
+        ros.check(args.timeout)
+        config = ros.config(args.timeout)
     target = create_target(args.target, target_options(config, args.target))
     try:
         if args.database:
             records = read_ledger_file(args.database, args.target)
         else:
-            check_master(args.timeout)
-            records = LedgerClient(args.timeout).files()
+            ros.check(args.timeout)
+            records = ros.LedgerClient(args.timeout).files()
         report = audit(target, records, config.staging_dir, read_back=args.read_back)
     finally:
         target.close()
@@ -241,7 +194,7 @@ def parser():
     audit_command.add_argument("target", help="the target's name in the configuration")
     audit_command.add_argument("--json", action="store_true", help="print the report as JSON")
     audit_command.add_argument("--config", default="", metavar="FILE",
-                               help=f"the YAML configuration (default: the {CONFIG_PARAM} parameter)")
+                               help="the YAML configuration (default: the one the nodes run with)")
     audit_command.add_argument("--database", default="", metavar="PATH",
                                help="read this ledger file directly, read-only, without ROS (default: the ledger "
                                     "node's query service)")
@@ -256,18 +209,25 @@ def main(argv=None, out=None):
     out = out or sys.stdout
     args = parser().parse_args(argv)
     if args.command == "audit":
+        ros = None if args.config and args.database else ros_backend()
         try:
-            return command_audit(args, out)
+            return command_audit(args, out, ros)
         except (Unavailable, CannotAudit, ConfigError) as error:
             sys.stderr.write(f"filesync audit: {error}\n")
             return exit_status(None)
+        finally:
+            if ros is not None:
+                ros.close()
+    ros = ros_backend()
     try:
-        check_master(args.timeout)
+        ros.check(args.timeout)
         if args.command == "status":
-            return command_status(args, out)
+            return command_status(args, out, ros)
         if args.command == "ls":
-            return command_ls(args, out)
-        return command_manage(args, out)
+            return command_ls(args, out, ros)
+        return command_manage(args, out, ros)
     except Unavailable as error:
         sys.stderr.write(f"filesync: {error}\n")
         return 1
+    finally:
+        ros.close()

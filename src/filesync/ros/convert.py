@@ -1,8 +1,11 @@
 """Conversions between the library's records and the package's messages."""
 import rospy
 
-from filesync.ledger.store import FileRecord, TaskRecord
-from filesync.msg import FileEvent, FileRecord as FileRecordMsg, Task as TaskMsg
+import filesync.msg
+import filesync.srv
+from filesync.msg import FileRecord as FileRecordMsg, Task as TaskMsg
+from filesync.ros_common.convert import event_message, record_from_msg  # noqa: F401 - the ROS 1 side's converters
+from filesync.ros_common.generation import Generation, build
 
 
 # Messages are built from positional values in the order of their .msg fields: half the cost of keywords, which genpy
@@ -20,26 +23,12 @@ def record_to_msg(record):
                          record.version, record.sha256, record.checksum, [task_to_msg(t) for t in record.tasks])
 
 
-def record_from_msg(message):
-    """filesync/FileRecord -> FileRecord."""
-    return FileRecord(id=message.id, source=message.source, path=message.path, size=message.size,
-                      mtime=message.mtime, state=message.state, error=message.error, version=message.version,
-                      sha256=message.sha256, checksum=message.checksum,
-                      tasks=[TaskRecord(file_id=message.id, kind=t.kind, device=t.device, state=t.state,
-                                        offset=t.offset, attempts=t.attempts, not_before=t.not_before, error=t.error,
-                                        owner=t.owner, location=t.location, note=t.note) for t in message.tasks])
-
-
 def file_event(record, task=None, bytes_done=None):
     """A FileEvent announcing `record` (and the task that changed, if any)."""
-    event = FileEvent(file_id=record.id, source=record.source, path=record.path, version=record.version,
-                      size=record.size, state=record.state, error=record.error)
-    event.header.stamp = rospy.Time.now()
-    if task is not None:
-        event.task, event.device, event.task_state = task.kind, task.device, task.state
-        event.attempts, event.location = task.attempts, task.location
-        event.error = task.error or record.error
-        event.bytes_done = task.offset if bytes_done is None else bytes_done
-        if task.state == "done" and task.kind != "remove":
-            event.bytes_done = record.size
-    return event
+    return event_message(ROS1, record, task, bytes_done)
+
+
+# filesync.ros_common's view of ROS 1
+ROS1 = Generation(msg=filesync.msg, srv=filesync.srv, response=lambda name: getattr(filesync.srv, f"{name}Response"),
+                  make=build, now=rospy.Time.now, from_sec=rospy.Time.from_sec, record_to_msg=record_to_msg,
+                  task_to_msg=task_to_msg)

@@ -7,9 +7,11 @@ import threading
 
 import rospy
 
-from filesync.cli import LedgerClient, Unavailable
+from filesync.cli import Unavailable
+from filesync.ros.cli_backend import LedgerClient
 from filesync.msg import FileEvent, Status
 from filesync.ros.node import EVENTS_TOPIC
+from filesync.ros_common.ledger_actions import LedgerActions as SharedLedgerActions
 from filesync.status import apply_event, status_view
 
 STATUS_TOPIC = "/filesync/status"
@@ -46,36 +48,8 @@ class StatusClient:
             subscriber.unregister()
 
 
-class LedgerActions:
-    """Retry and forget through the ledger's manage service (the ledger node announces the change on
-    /filesync/events, so workers take a retried file at once and the finder lists a forgotten one again)."""
+class LedgerActions(SharedLedgerActions):
+    """Retry and forget through the ledger's ROS 1 manage service (see filesync.ros_common.ledger_actions)."""
 
     def __init__(self, timeout=ACTION_TIMEOUT):
-        self.timeout = timeout
-
-    def _manage(self, action, file_id, ledger=None):
-        try:
-            ledger = ledger or LedgerClient(self.timeout)
-            ok, message, _ = ledger.manage(action, int(file_id))
-        except Unavailable as error:
-            return False, str(error)
-        return ok, message
-
-    def retry(self, file_id):
-        """Put a parked file back in line: (ok, message)."""
-        return self._manage("retry", file_id)
-
-    def forget(self, file_id):
-        """Drop a file from the ledger: (ok, message)."""
-        return self._manage("forget", file_id)
-
-    def retry_all(self):
-        """Retry every parked file (all of them, not only those the status lists): (ok, message)."""
-        try:
-            ledger = LedgerClient(self.timeout)
-            failed = ledger.files("failed")
-        except Unavailable as error:
-            return False, str(error)
-        done = [file_id for file_id in (record.id for record in failed)
-                if self._manage("retry", file_id, ledger)[0]]
-        return len(done) == len(failed), f"{len(done)} of {len(failed)} parked file(s) back in line"
+        super().__init__(LedgerClient, Unavailable, timeout)

@@ -1,0 +1,80 @@
+"""The finder, downloader and uploader nodes on ROS 2: library loops wired to the ledger's services and the events
+topic (python -m filesync.ros2.workers_node finder|downloader|uploader)."""
+import logging
+import sys
+import threading
+
+from std_srvs.srv import Trigger
+
+from filesync.devices.base import DeviceContext
+from filesync.engine.runner import build_workers
+from filesync.engine.workers import Finder, TaskWorker
+from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
+from filesync.ros_common.convert import event_message, report_to_msg
+from filesync.ros2.ledger_client import RosLedger
+from filesync.ros2.messages import EVENTS_QOS, REPORTS_QOS, ROS2, msg
+from filesync.ros2.node import EVENTS_TOPIC, FilesyncNode, RosLeaseClient
+from filesync.ros2.status_node import IDLE_REPORT_PERIOD, REPORT_PERIOD, WORKERS_TOPIC
+from filesync.ros2.vehicle_node import VehicleServiceLinks
+from filesync.status import LastError, ReportPacer, worker_report
+
+# Which file states announce work for which node.
+WAKES = {"finder": set(), "downloader": {"found", "uploaded"}, "uploader": {"downloaded"}}
+KINDS = {"finder": (), "downloader": (DOWNLOAD, REMOVE), "uploader": (UPLOAD,)}
+
+
+def run(role):
+    """Run the node for `role`: finder, downloader or uploader."""
+    filesync = FilesyncNode(role)
+    node, config, name = filesync.node, filesync.config, filesync.name
+    publisher = node.create_publisher(msg.FileEvent, EVENTS_TOPIC, EVENTS_QOS)
+
+    def announce(record, task=None, bytes_done=None):
+        publisher.publish(event_message(ROS2, record, task, bytes_done))
+
+    # `mavlink` devices reach their vehicle through the vehicle node, the link's one owner
+    context = DeviceContext(lock=RosLeaseClient(filesync), owner=name, vehicle_links=VehicleServiceLinks(filesync))
+    loops = build_workers(config, RosLedger(filesync), name, context, announce, kinds=KINDS[role],
+                          finders=role == "finder")
+
+    def wake_all(*_):
+        for loop in loops:
+            loop.wake.set()
+
+    finders = [loop for loop in loops if isinstance(loop, Finder)]
+    task_workers = [loop for loop in loops if isinstance(loop, TaskWorker)]
+
+    def on_event(event):
+        if event.state in WAKES[role]:
+            wake_all()
+        elif event.state == "forgotten":  # `filesync forget`: list it again even if it did not change
+            for finder in finders:
+                if finder.source.name == event.source:
+                    finder.forget(event.path)
+            for worker in task_workers:  # and drop its unfinished uploads
+                worker.forget(event.source, event.path, event.file_id)
+
+    node.create_subscription(msg.FileEvent, EVENTS_TOPIC, on_event, EVENTS_QOS)
+    if role == "finder":
+        def scan(_request, reply):
+            wake_all()
+            reply.success, reply.message = True, "scanning"
+            return reply
+        node.create_service(Trigger, "/filesync/scan", scan)
+    last_error = LastError()
+    logging.getLogger("filesync").addHandler(last_error)
+    reports = node.create_publisher(msg.WorkerReport, WORKERS_TOPIC, REPORTS_QOS)
+    pacer = ReportPacer(lambda: worker_report(name, loops, last_error),
+                        lambda report: reports.publish(report_to_msg(ROS2, report)), REPORT_PERIOD,
+                        IDLE_REPORT_PERIOD)
+    for source in loops + [last_error]:
+        source.notify = pacer.notify
+    threading.Thread(target=pacer.run, name="reports", daemon=True).start()
+    node.context.on_shutdown(pacer.stop)
+    filesync.run_loops(loops)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] not in KINDS:
+        sys.exit(f"usage: python -m filesync.ros2.workers_node {'|'.join(KINDS)} [--ros-args ...]")
+    run(sys.argv[1])
