@@ -593,6 +593,7 @@ class SftpTarget(Target):
     def close(self):
         self.connections.close()
         self._made_directories.clear()
+        self._synced.clear()  # bounded: a .part synced but never published is synced again if it ever is
 
 
 def _remove(sftp, path: bytes):
