@@ -1,5 +1,6 @@
 """The FTP target against real servers (pyftpdlib; ProFTPD with mod_digest where digests and restart refusals matter):
 temporary names, resume, publish without replacing, digests, errors. test/contract checks the Target contract."""
+import ftplib
 import io
 import os
 
@@ -8,6 +9,7 @@ import pytest
 from conftest import write_file
 from filesync.devices import create_target
 from filesync.devices.base import local_digest
+from filesync.engine.runner import LocalRunner
 from filesync.errors import AuthRefused, DeviceUnavailable, FinalNameTaken, PermanentError, StartOver
 from support.ftp_servers import Proftpd
 
@@ -188,3 +190,35 @@ def test_an_offset_beyond_what_the_server_holds_starts_over(ftp_server):
             target.write("a.bin", io.BytesIO(b"y" * 100), 200, 300, lambda done: None)
     finally:
         target.close()
+
+
+def test_one_small_file_costs_the_commands_the_contract_needs(ftp_server, tmp_path, monkeypatch):
+    """Issue 18, counted from the commands sent through the engine: TYPE I once per connection (not before every
+    SIZE and STOR), and no SIZE of the final name inside publish() after the rename, which the engine's check
+    repeats at once. Left per file: the free final name, the temporary name to resume, the STOR, its size before
+    the rename, the final name again just before it (RNTO replaces on most servers), the rename, the check."""
+    sent = []
+    original = ftplib.FTP.putcmd
+    monkeypatch.setattr(ftplib.FTP, "putcmd", lambda ftp, line: (sent.append(line), original(ftp, line))[1])
+    inbox = tmp_path / "inbox"
+    names = ["a.bin", "b.bin", "c.bin"]
+    for name in names:
+        write_file(str(inbox / name), 20_000)
+    config = {"staging_dir": str(tmp_path / "staging"), "database": str(tmp_path / "db" / "ledger.db"),
+              "poll_interval": 0.2, "scan_interval": 0.5,
+              "sources": {"inbox": {"kind": "folder", "path": str(inbox), "min_age": 0.0}},
+              "targets": {"ftp": ftp_server.target_options("/up")},
+              "pipelines": [{"source": "inbox", "targets": ["ftp"]}]}
+    runner = LocalRunner(config)
+    try:
+        runner.run_until_settled(timeout=60)
+        assert {r.state for r in runner.ledger.files()} == {"uploaded"}
+    finally:
+        runner.close()
+    assert sent.count("TYPE I") == 1  # at login
+    for name in names:
+        final = f"/up/{name}"
+        part = next(line.split(" ", 1)[1] for line in sent if line.startswith("STOR ") and name in line)
+        mine = [line for line in sent if line.endswith((final, part))]
+        assert mine == [f"SIZE {final}", f"SIZE {part}", f"STOR {part}", f"SIZE {part}", f"SIZE {final}",
+                        f"RNFR {part}", f"RNTO {final}", f"SIZE {final}"]

@@ -18,8 +18,13 @@ import per_file_costs  # noqa: E402
 BOUNDS = {
     "folder": {"fsyncs": 12, "fsync ledger wal": 6, "fsync staging": 4, "fsync target": 2, "ledger finish": 2,
                "ledger checkpoint": 2},
-    "ftp": {"net round_trips": 17, "net connections": 0, "net ftp data connections": 1, "fsyncs": 10,
+    # ftp: SIZE final, SIZE .part, PASV, STOR, SIZE .part, SIZE final, RNFR, RNTO, SIZE final (TYPE I once per
+    # connection); sftp: stat final and .part, open, writes, fsync, close, stat .part and final, rename, stat (plus
+    # an SSH window adjustment now and then); s3: PutObject with If-None-Match (no 100 Continue), one HeadObject
+    "ftp": {"net round_trips": 9, "net connections": 0, "net ftp data connections": 1, "fsyncs": 10,
             "fsync ledger wal": 6, "ledger finish": 2, "ledger checkpoint": 2},
+    "sftp": {"net round_trips": 11, "net connections": 0},
+    "s3": {"net round_trips": 2, "net connections": 0},
 }
 
 

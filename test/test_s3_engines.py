@@ -11,6 +11,7 @@ import time
 from contextlib import closing
 
 import boto3
+import botocore.client
 import botocore.exceptions
 import pytest
 
@@ -306,3 +307,63 @@ def test_a_multipart_object_is_read_back_only_where_the_store_computed_nothing_t
         with open(local, "rb") as stream, pytest.raises(FileError, match=r"UploadPart \d of .*damaged on the way"):
             target.write("again.bin", stream, 0, len(data), lambda done, note=None: None)
         target.discard("again.bin")
+
+
+def record_requests(monkeypatch):
+    """A list that gets (operation, key) for every request any S3 client of this process makes."""
+    made = []
+    original = botocore.client.BaseClient._make_api_call
+
+    def recording(client, operation, params):
+        made.append((operation, params.get("Key", "")))
+        return original(client, operation, params)
+    monkeypatch.setattr(botocore.client.BaseClient, "_make_api_call", recording)
+    return made
+
+
+def test_a_small_file_is_one_put_then_one_head(engine, tmp_path, monkeypatch):
+    """Issue 18: a PutObject with If-None-Match: * refuses a taken key itself, so the engine does not look at the key
+    first, and checks the copy by one HEAD (its size and the store's digest). On a store that ignores If-None-Match
+    (rclone) the key is looked at just before the PUT, once."""
+    target = engine.target_options(vehicle=tmp_path.name, part_size=PART, multipart_threshold=PART)
+    create_target("probe", target).verification()
+    made = record_requests(monkeypatch)
+    runner = LocalRunner(runner_config(tmp_path, target))
+    try:
+        runner.run_until_settled(timeout=60)
+        assert {r.state for r in runner.ledger.files()} == {"uploaded"}
+    finally:
+        runner.close()
+    key = f"{tmp_path.name}/inbox/small.bin"
+    before = ["HeadObject"] if engine.name == "rclone" else []
+    assert [operation for operation, made_key in made if made_key == key] == before + ["PutObject", "HeadObject"]
+
+
+@pytest.mark.parametrize("policy", ["keep_both", "park"])
+def test_a_taken_key_found_by_the_put_itself_is_never_replaced(engine, tmp_path, monkeypatch, policy):
+    """The key the engine did not look at first holds other bytes: the PUT is refused (If-None-Match, or the HEAD
+    just before on rclone) and on_conflict applies as if it had looked: a conflict name, or parked."""
+    target = engine.target_options(vehicle=tmp_path.name, part_size=PART, multipart_threshold=PART)
+    config = runner_config(tmp_path, target)
+    config["targets"]["store"]["on_conflict"] = policy
+    key = f"{tmp_path.name}/inbox/small.bin"
+    engine.client().put_object(Bucket=BUCKET, Key=key, Body=b"another file")
+    made = record_requests(monkeypatch)
+    runner = LocalRunner(config)
+    try:
+        runner.run_until_settled(timeout=60)
+        small = runner.ledger.find("inbox", "small.bin")
+    finally:
+        runner.close()
+    assert engine.client().get_object(Bucket=BUCKET, Key=key)["Body"].read() == b"another file"
+    keys = keys_and_uploads(engine, f"{tmp_path.name}/inbox/small")[0]
+    if policy == "park":
+        assert small.state == "failed" and "on_conflict: park" in small.error and keys == [key]
+    else:
+        assert small.state == "uploaded" and len(keys) == 2
+        conflict = next(name for name in keys if name != key)
+        assert engine.client().get_object(Bucket=BUCKET, Key=conflict)["Body"].read() == \
+            (tmp_path / "inbox" / "small.bin").read_bytes()
+    # the refused PUT came first; on rclone, which ignores If-None-Match, publish()'s own look just before it
+    assert [operation for operation, made_key in made if made_key == key][0] == \
+        ("HeadObject" if engine.name == "rclone" else "PutObject")

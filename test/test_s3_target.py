@@ -24,6 +24,7 @@ from filesync.devices import s3 as s3_module
 from filesync.devices.s3 import MIB, choose_part_size, composite_checksum
 from filesync.errors import (WAIT, AuthRefused, DeviceUnavailable, FileError, FinalNameTaken, StartOver,
                              TransientError, UnsafePath, action)
+from support.latency_proxy import LatencyProxy
 from support.seaweedfs import ACCESS_KEY, BUCKET, SECRET_KEY, SeaweedS3
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -600,3 +601,23 @@ def test_bad_options_name_the_key(seaweed, tmp_path):
     assert_config_error(lambda: build(addressing_style="sideways"), "targets.store.addressing_style")
     message = assert_config_error(lambda: build(bucket=None), "targets.store.bucket", "required")
     assert SECRET_KEY not in message
+
+
+@pytest.mark.parametrize("size, round_trips", [(300_000, 1), (2 * MIB, 2)])
+def test_a_small_put_goes_without_waiting_for_100_continue(seaweed, tmp_path, size, round_trips):
+    """botocore asks for `Expect: 100-continue` before every body, a round trip of its own; a body under 1 MiB goes
+    at once (counted as turns on the connection through the latency proxy), a larger one still waits for it."""
+    local = str(tmp_path / "file.bin")
+    write_file(local, size)
+    with LatencyProxy(seaweed.s3_port, delay=0) as proxy:
+        target = make_target(seaweed, endpoint_url=f"http://127.0.0.1:{proxy.port}", multipart_threshold=4 * MIB)
+        target.verification()
+        assert target.publishes_exclusively(size)  # no look at the key first: publish() refuses a taken one
+        with open(local, "rb") as stream:
+            target.write(f"far/{size}.bin", stream, 0, size, Notes())
+        proxy.reset_stats()
+        target.publish(f"far/{size}.bin", size)
+        assert proxy.stats()["round_trips"] == round_trips
+        proxy.reset_stats()
+        assert target.fingerprint(f"far/{size}.bin", "sha256") == (size, sha256_of(local))  # one HEAD for both
+        assert proxy.stats()["round_trips"] == 1

@@ -10,11 +10,14 @@ import random
 import time
 from contextlib import closing
 
+import paramiko
 import pytest
+from paramiko.sftp import CMD_EXTENDED, CMD_NAMES, CMD_OPEN, CMD_RENAME, CMD_STAT
 
 import filesync.devices.sftp as sftp_module
 from conftest import assert_config_error
 from filesync.devices import create_source, create_target
+from filesync.engine.runner import LocalRunner
 from filesync.errors import (AuthRefused, DeviceUnavailable, FinalNameTaken, PermanentError, TransientError,
                              Vanished)
 from filesync.paths import part_name
@@ -367,3 +370,40 @@ def test_through_the_engine_versions_keep_both_and_refused_credentials_park_noth
     assert stored(sshd, "log.ulg") == content("v1", 300_000)
     assert stored(sshd, "log.2025-11-20T10-00-00Z.ulg") == content("v2", 300_000)
     assert second.task("upload").location.endswith("log.2025-11-20T10-00-00Z.ulg")
+
+
+def test_one_small_file_costs_the_requests_the_contract_needs(sshd, tmp_path, monkeypatch):
+    """Issue 18, counted from the SFTP requests the engine's uploads send: the temporary name is synced on the
+    handle that wrote it (not opened again for fsync@openssh.com), and publish() does not stat the final name after
+    the rename, which the engine's check repeats at once. Per file: stat of the final name (free?), of the .part
+    (resume?), open, write, fsync, close, stat of the .part and of the final name before the rename, rename, then
+    the engine's check (stat: its size, as no remote_sha256 here). The root folder is asked once, not per file."""
+    made = []
+    original = paramiko.SFTPClient._async_request
+
+    def recording(client, fileobj, kind, *arguments):
+        named = kind in (CMD_STAT, CMD_OPEN, CMD_RENAME, CMD_EXTENDED)
+        made.append((CMD_NAMES[kind], os.fsencode(arguments[0]) if named else b""))
+        return original(client, fileobj, kind, *arguments)
+    monkeypatch.setattr(paramiko.SFTPClient, "_async_request", recording)
+    inbox = tmp_path / "inbox"
+    names = ["a.bin", "b.bin", "c.bin"]
+    for name in names:
+        (inbox / name).parent.mkdir(parents=True, exist_ok=True)
+        (inbox / name).write_bytes(content(name, 20_000))
+    config = {"staging_dir": str(tmp_path / "staging"), "database": str(tmp_path / "db" / "ledger.db"),
+              "poll_interval": 0.2, "scan_interval": 0.5,
+              "sources": {"inbox": {"kind": "folder", "path": str(inbox), "min_age": 0.0}},
+              "targets": {"far": sshd.options()}, "pipelines": [{"source": "inbox", "targets": ["far"]}]}
+    runner = LocalRunner(config)
+    try:
+        runner.run_until_settled(timeout=60)
+        assert {r.state for r in runner.ledger.files()} == {"uploaded"}
+    finally:
+        runner.close()
+    for name in names:
+        mine = [kind for kind, path in made if name.encode() in path]
+        assert mine == ["stat", "stat", "open", "stat", "stat", "rename", "stat"], (name, made)
+    assert [path for kind, path in made if kind == "stat"].count(sshd.storage.encode()) <= 1  # the folder: once
+    assert [kind for kind, _ in made].count("close") == len(names)
+    assert made.count(("extended", b"fsync@openssh.com")) == len(names)

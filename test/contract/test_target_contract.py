@@ -9,6 +9,7 @@ of a capability the device declares it lacks is skipped with the declared reason
 Flight Review, an HTTP endpoint) names what it stores itself: the checks of final names are skipped for it, and it
 must instead publish where its location says, be DeviceUnavailable while away and work again after close().
 """
+import hashlib
 import io
 import random
 from contextlib import closing
@@ -122,6 +123,21 @@ def test_publish_never_replaces_another_file_unless_told(target_peer):
     assert target.held("taken.bin") == len(ours)  # our upload waits, untouched
     target.publish("taken.bin", len(ours), replace=True)
     assert target_peer.get("taken.bin") == ours
+
+
+def test_a_target_that_publishes_exclusively_sends_nothing_before_publish(target_peer):
+    """publishes_exclusively(size) lets the engine skip its look at the final name: publish() must then be what
+    refuses a taken name (test_publish_never_replaces_another_file_unless_told), and nothing of the file may reach
+    the peer before it, or a refused file would have cost its transfer. fingerprint() tells size and digest at once."""
+    target, data = file_target(target_peer), content("exclusive", 5000)
+    if not target.publishes_exclusively(len(data)):
+        pytest.skip(f"{target.kind} target looks at the final name first (publishes_exclusively False)")
+    upload(target, "exclusive.bin", data)
+    assert target_peer.get("exclusive.bin") is None and target_peer.get(part_name("exclusive.bin")) is None
+    assert target.fingerprint("exclusive.bin", "sha256") == (None, "")
+    target.publish("exclusive.bin", len(data))
+    assert target_peer.get("exclusive.bin") == data
+    assert target.fingerprint("exclusive.bin", "sha256") == (len(data), hashlib.sha256(data).hexdigest())
 
 
 def test_an_interrupted_upload_resumes_byte_exact_or_starts_over(target_peer):

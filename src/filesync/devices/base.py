@@ -257,6 +257,9 @@ class Target(Device):
         best first; the engine verifies every published copy with the first of them.
     readable: read() streams a final name's bytes back (the engine compares contents with it where no digest exists).
     can_delete: delete() removes a final name.
+    publishes_exclusively(size): publish() itself refuses a taken final name (FinalNameTaken) and nothing of a file of
+        that size goes over the wire before publish(), so the engine looks at the final name only when publish()
+        finds it taken (S3's PutObject with If-None-Match: *).
 
     Paths are the engine's: relative, '/'-separated, already made safe for targets (filesync.paths.safe_name).
     """
@@ -297,6 +300,17 @@ class Target(Device):
     def digest(self, path: str, algorithm: str) -> str:
         """The target's own digest of the final name's bytes, in filesync's text form (see local_digest)."""
         raise PermanentError(f"target {self.name} ({self.kind}) computes no {algorithm}")
+
+    def fingerprint(self, path: str, algorithm: str) -> Tuple[Optional[int], str]:
+        """stat() and, where there is a file, digest(): (size, digest), (None, '') where there is none. A target that
+        learns both from one request (an S3 HEAD) overrides it."""
+        size = self.stat(path)
+        return (None, "") if size is None else (size, self.digest(path, algorithm))
+
+    def publishes_exclusively(self, size: int) -> bool:
+        """Whether publish() of a file of `size` bytes refuses a taken final name by itself with nothing sent before
+        it (see the class doc); False: the engine looks at the final name before sending."""
+        return False
 
     def read(self, path: str) -> Iterator[bytes]:
         """Yield the bytes of the final name `path` (only where readable)."""

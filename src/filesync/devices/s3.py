@@ -19,8 +19,10 @@ How the engine's contract maps onto S3, which has no rename:
     store's own full SHA-256, and a small file costs one request instead of three.
   publish() is the CompleteMultipartUpload or the PutObject, with If-None-Match: * unless `replace`: a 412 raises
     FinalNameTaken (unless the name already holds these very bytes: a retry after a lost answer). On a store that
-    ignores If-None-Match (rclone serve s3) it looks at the key first (a HEAD; a narrow race remains). The engine then
-    checks the published object through stat() and digest() (and deletes it and sends it again if it differs).
+    ignores If-None-Match (rclone serve s3) it looks at the key first (a HEAD; a narrow race remains). So for a small
+    file the engine does not look at the key before (publishes_exclusively): one PutObject, then the engine checks
+    the published object through fingerprint() (one HEAD: its size and the store's digest) and deletes it and sends
+    it again if it differs.
 
 Verification rests on what the store computed from the bytes it holds, never on what filesync claimed (the checksum
 it sent, its own x-amz-meta-sha256): many stores (rclone serve s3, moto, Ceph RGW 16) accept a wrong
@@ -109,6 +111,7 @@ LATER_CODES = {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException"
                "InternalError", "OperationAborted", "ConditionalRequestConflict", "RequestTimeoutException"}
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 READ_BACK_RANGE = 64 * MIB  # one ranged GET of a read-back: a broken one costs at most this much again
+CONTINUE_FROM = MIB  # bodies from this size wait for the store's 100 Continue (see _no_continue_for_small_bodies)
 KNOWN_KEPT = 256  # objects this process published whose store fingerprints it remembers (digest() right after)
 
 # How a store's copies are verified (S3Target.verified_by), found once per endpoint per process (_STORES)
@@ -150,6 +153,15 @@ def choose_part_size(size, configured=0):
     wanted = configured or max(DEFAULT_PART_SIZE, math.ceil(size / PREFERRED_MAX_PARTS))
     wanted = max(wanted, math.ceil(size / MAX_PARTS), MIN_PART_SIZE)
     return min(math.ceil(wanted / MIB) * MIB, MAX_PART_SIZE)
+
+
+def _no_continue_for_small_bodies(params, **_):
+    """botocore asks for `Expect: 100-continue` before every body it can read, which waits a round trip for the
+    store's go-ahead before sending; a body under CONTINUE_FROM goes at once (on a refusal, 412 or 403, the few
+    bytes sent in vain cost less than that wait on every PUT)."""
+    body = params.get("body")
+    if params.get("headers", {}).get("Expect") and isinstance(body, _Window) and body.length < CONTINUE_FROM:
+        del params["headers"]["Expect"]
 
 
 def _b64(digest: bytes) -> str:
@@ -479,6 +491,7 @@ class S3Target(Target):
                     tcp_keepalive=True)
                 self._s3 = session.client("s3", endpoint_url=options["endpoint_url"] or None, verify=self._verify,
                                           config=config, **self._credentials())
+                self._s3.meta.events.register_last("before-call.s3", _no_continue_for_small_bodies)
             return self._s3
 
     def set_context(self, source=None, vehicle=None, version_time=None, sha256="", version_id=0):
@@ -801,6 +814,22 @@ class S3Target(Target):
         if head is None:
             raise PermanentError(f"{self._what('digest of', key)}: there is no such object")
         return self._stored_sha256(key, head)
+
+    def fingerprint(self, path, algorithm):
+        """The object's size and SHA-256 (as digest() finds it) from one HEAD; (None, '') when there is none."""
+        if algorithm != "sha256":
+            return super().fingerprint(path, algorithm)
+        key = self.key_for(path)
+        head = self._head(key)
+        if head is None:
+            return None, ""
+        return head["ContentLength"], self._stored_sha256(key, head)
+
+    def publishes_exclusively(self, size):
+        """A file under multipart_threshold goes whole in publish()'s PutObject, which refuses a taken key (If-None-
+        Match: *, or a HEAD just before where the store ignores that): the engine need not look at the key first.
+        A multipart upload is looked at first: its parts would be sent before the refusal."""
+        return size < self.options["multipart_threshold"]
 
     def check_stored(self, path, sha256, note=""):
         """For an audit: what the store says about the object beyond its size, against the version's `sha256` (hex)

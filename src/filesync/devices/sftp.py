@@ -8,8 +8,9 @@ event loop thread to run); its dependencies (cryptography, bcrypt, PyNaCl, invok
 packages, so pip adds paramiko alone.
 
 Target: the upload lands under paths.part_name, resumed from the size the server holds (held() is the server's stat,
-never what was sent), written with pipelined requests (memory stays at the SSH window whatever the file size).
-publish() sends fsync@openssh.com on the .part, then renames: without `replace` by the plain SFTP rename
+never what was sent), written with pipelined requests (memory stays at the SSH window whatever the file size). The
+last write is followed by fsync@openssh.com on the same handle (publish() sends it on the .part where no write of
+this process did), then publish() renames: without `replace` by the plain SFTP rename
 (SSH_FXP_RENAME), which OpenSSH refuses when the new name exists (it links, then unlinks): that refusal is
 FinalNameTaken; with `replace` by posix-rename@openssh.com, which replaces. Verification: with `remote_sha256: true`
 the server's `sha256sum` run over an exec channel (digests ('sha256',)), else the size and read-back (readable).
@@ -431,6 +432,7 @@ class SftpTarget(Target):
         self.digests = ("sha256",) if self.options["remote_sha256"] else ()
         self.connections = PerThread(lambda: SftpConnection(self.options, key))
         self._made_directories = set()
+        self._synced = set()  # temporary names whose upload write() synced on the server
 
     def _remote(self, path) -> bytes:
         return wire(posixpath.join(self.options["root"], path))
@@ -475,12 +477,13 @@ class SftpTarget(Target):
             _remove(sftp, part)
 
     def _make_directories(self, sftp, directory: bytes):
-        """Make the missing folders of `directory`, from the nearest one that exists (remembered until close)."""
+        """Make the missing folders of `directory`, from the nearest one that exists (both remembered until close)."""
         missing = []
         while directory not in (b"", b"/", b".") and directory not in self._made_directories:
             try:
                 if not stat.S_ISDIR(sftp.stat(directory).st_mode or 0):
                     raise PermanentError(f"{device_text(directory)} is a file, not a folder")
+                self._made_directories.add(directory)  # there: not asked again for the next file
                 break
             except OSError as error:
                 if error.errno != errno.ENOENT:
@@ -515,7 +518,8 @@ class SftpTarget(Target):
                     handle.seek(offset)
                 else:
                     handle = connection.open(sftp, part, "wb")
-                sent = self._send(handle, stream, offset, progress, connection.write_size)
+                sent = self._send(handle, stream, offset, progress, connection.write_size,
+                                  lambda: self._fsync(connection, sftp, handle, part))
         except BaseException:
             self._made_directories.clear()  # a folder may have gone with the server's state
             raise
@@ -523,16 +527,26 @@ class SftpTarget(Target):
             raise TransientError(f"sent {sent} of {size} bytes of {path}: the staged copy changed")
 
     @staticmethod
-    def _send(handle, stream, offset, progress, block_size) -> int:
+    def _send(handle, stream, offset, progress, block_size, sync) -> int:
         """Pipelined writes of the stream, one request per block; paramiko collects the answers as they come and
         the rest at close (the SSH window bounds what is in flight, so memory stays flat), so an error on our side
-        (the staged file, or progress() stopping the upload) still lets the bytes already sent land first."""
+        (the staged file, or progress() stopping the upload) still lets the bytes already sent land first. A
+        stream sent to its end is synced (`sync`) on the same handle before it closes."""
         with handle:
             handle.set_pipelined(True)
             sent, stopped = send_blocks(stream, handle.write, offset, block_size, progress)
+            if stopped is None:
+                sync()
         if stopped is not None:
             raise stopped
         return sent
+
+    def _fsync(self, connection, sftp, handle, part: bytes):
+        """fsync@openssh.com on an open handle of the temporary name `part` (the server processes it after the
+        writes before it), remembered so that publish() need not open the file again to sync it."""
+        if not connection.extended(sftp, "fsync@openssh.com", handle.handle):
+            log.debug("%s: the server has no fsync@openssh.com", self.name)
+        self._synced.add(part)
 
     def publish(self, path, size, replace=False):
         """fsync@openssh.com on the finished upload, then rename it to its final name: the plain rename (which
@@ -543,9 +557,12 @@ class SftpTarget(Target):
             held = _size_or_none(sftp, part)
             if held != size:
                 raise TransientError(f"{device_text(part)} holds {held} bytes after the upload, expected {size}")
-            with sftp.open(part, "rb") as handle:
-                if not connection.extended(sftp, "fsync@openssh.com", handle.handle):
-                    log.debug("%s: the server has no fsync@openssh.com", self.name)
+            if part in self._synced:  # synced as write() ended, in this process
+                self._synced.discard(part)
+            else:  # sent before a restart, or by a write() that stopped
+                with sftp.open(part, "rb") as handle:
+                    self._fsync(connection, sftp, handle, part)
+                self._synced.discard(part)
             if replace:
                 if not connection.extended(sftp, "posix-rename@openssh.com", part, final):
                     _remove(sftp, final)  # no posix-rename: the plain rename cannot replace
@@ -559,10 +576,7 @@ class SftpTarget(Target):
                     if error.errno is None and _size_or_none(sftp, final) is not None:
                         raise FinalNameTaken(f"{self.location(path)} already holds a file") from None
                     raise
-            held = _size_or_none(sftp, final)
-            if held != size:
-                raise TransientError(f"{device_text(final)} holds {held} bytes after the rename, expected {size}")
-        return self.location(path)
+        return self.location(path)  # the engine checks the final name next (its size, and its bytes)
 
     def location(self, path):
         """sftp://user@host:port/<root>/<path> (a root under the home as /~/...), quoted as a URL."""
@@ -579,6 +593,7 @@ class SftpTarget(Target):
     def close(self):
         self.connections.close()
         self._made_directories.clear()
+        self._synced.clear()  # bounded: a .part synced but never published is synced again if it ever is
 
 
 def _remove(sftp, path: bytes):

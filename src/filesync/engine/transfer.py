@@ -8,10 +8,12 @@ its source. The transfer contract lives here, once, for every device (devices on
   against the device's checksum, after its description (<id>.json) is fsynced.
 - Uploads: a final name that holds exactly this version's bytes counts as done (a crash between publishing and
   recording costs no second copy). A final name holding other bytes is never overwritten: the target's on_conflict
-  says keep_both (publish under conflict_name), park, or overwrite. Every published copy is checked through the
-  target: its size, and the first digest the target offers; a copy that fails is deleted (where the target can) and
-  sent again under the same name. What a target holds of an upload that is parked, skipped or forgotten is dropped
-  (abandon(): an S3 multipart upload would stay, billed).
+  says keep_both (publish under conflict_name), park, or overwrite. The final name is looked at before sending,
+  except where the target's publish() refuses a taken name itself with nothing sent before it
+  (publishes_exclusively: S3's PutObject with If-None-Match): there only when it refuses. Every published copy is
+  checked through the target: its size, and the first digest the target offers; a copy that fails is deleted (where
+  the target can) and sent again under the same name. What a target holds of an upload that is parked, skipped or
+  forgotten is dropped (abandon(): an S3 multipart upload would stay, billed).
 - Removal: a source file is removed only while the source still holds this very version (size, time, and the
   device's checksum where it has one); a changed file is left alone (the finder registers its new version; other
   bytes under the same size and time, seen only by the checksum, are registered here).
@@ -306,11 +308,11 @@ def _staged_copy(job):
     return staged, sha256
 
 
-def _holds(target, name, size, staged, sha256) -> bool:
-    """True when the target's final `name` holds exactly the staged bytes: same size, then the target's digest, else
-    its bytes read back. A target that can do neither cannot show sameness: taken as different (never overwritten)."""
-    held = target.stat(name)
-    if held is None or held != size:
+def _holds(target, name, held, size, staged, sha256) -> bool:
+    """True when the target's final `name`, which holds `held` bytes, holds exactly the staged bytes: same size, then
+    the target's digest, else its bytes read back. A target that can do neither cannot show sameness: taken as
+    different (never overwritten)."""
+    if held != size:
         return False
     if target.digests:
         algorithm = target.digests[0]
@@ -332,9 +334,10 @@ def _destination(target, record, staged, sha256):
     if policy == "keep_both":
         names += [conflict_name(record.path, record.mtime, record.id, attempt) for attempt in range(10)]
     for name in names:
-        if target.stat(name) is None:
+        held = target.stat(name)
+        if held is None:
             return name, False, False
-        if _holds(target, name, record.size, staged, sha256):
+        if _holds(target, name, held, record.size, staged, sha256):
             return name, False, True
         if policy == "overwrite":
             return name, True, False
@@ -372,17 +375,37 @@ def upload(target, job) -> Done:
         _send(target, job, record.path, staged, record.size)
         job.checkpoint(record.size)
         return Done(target.publish(record.path, record.size))
-    name, replace, already_there = _destination(target, record, staged, sha256)
-    if already_there:
-        return Done(target.location(name))
+    looked = not target.publishes_exclusively(record.size)
+    if looked:
+        name, replace, already_there = _destination(target, record, staged, sha256)
+        if already_there:
+            return Done(target.location(name))
+    else:  # publish() refuses the name if it is taken: looked at only then
+        name, replace = record.path, False
     try:
-        _send(target, job, name, staged, record.size)
-        job.checkpoint(record.size)
-        location = target.publish(name, record.size, replace)
+        location = _send_and_publish(target, job, name, staged, record.size, replace)
     except FinalNameTaken:
-        raise TransientError(f"{target.location(name)} was taken by another file meanwhile; choosing again") from None
+        if looked:
+            raise TransientError(f"{target.location(name)} was taken by another file meanwhile; choosing again") \
+                from None
+        target.discard(name)
+        name, replace, already_there = _destination(target, record, staged, sha256)
+        if already_there:
+            return Done(target.location(name))
+        try:
+            location = _send_and_publish(target, job, name, staged, record.size, replace)
+        except FinalNameTaken:
+            raise TransientError(f"{target.location(name)} was taken by another file meanwhile; choosing again") \
+                from None
     _verify_published(target, name, record.size, staged, sha256)
     return Done(location)
+
+
+def _send_and_publish(target, job, name, staged, size, replace):
+    """Send the staged bytes under `name`'s temporary name and publish them under `name`; the location."""
+    _send(target, job, name, staged, size)
+    job.checkpoint(size)
+    return target.publish(name, size, replace)
 
 
 def abandon(target, source, path, version_id):
@@ -397,15 +420,15 @@ def abandon(target, source, path, version_id):
 
 
 def _verify_published(target, name, size, staged, sha256):
-    """Check the published copy through the target: its size, and the first digest the target offers."""
-    held = target.stat(name)
+    """Check the published copy through the target: its size, and the first digest the target offers (both from one
+    fingerprint() where the target offers a digest)."""
+    algorithm = target.digests[0] if target.digests else None
+    held, remote = target.fingerprint(name, algorithm) if algorithm else (target.stat(name), "")
     problem = None
     if held != size:
         problem = f"holds {held} bytes, expected {size}"
-    elif target.digests:
-        algorithm = target.digests[0]
+    elif algorithm:
         local = sha256 if algorithm == "sha256" else local_digest(staged, algorithm)
-        remote = target.digest(name, algorithm)
         if remote != local:
             problem = f"{algorithm} is {remote}, the staged copy's is {local}"
     if problem:

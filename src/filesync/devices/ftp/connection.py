@@ -142,7 +142,26 @@ def certificate_problem(error: ssl.SSLCertVerificationError) -> str:
     return (error.verify_message or error.reason or str(error)).rstrip(".")
 
 
-class SessionReusingFtpTls(ftplib.FTP_TLS):
+class TypeKeepingFtp(ftplib.FTP):
+    """ftplib's FTP that sends TYPE I only when the connection is not already binary: ftplib's retrbinary and
+    storbinary send it before every transfer, and a SIZE needs it too (pyftpdlib refuses SIZE in ASCII), which
+    cost a round trip before every command. The type is the one last asked for (retrlines asks for A); a TYPE the
+    server refuses raises, and the session drops the connection."""
+
+    transfer_type = ""
+
+    def putcmd(self, line):
+        if line[:5].upper() == "TYPE ":
+            self.transfer_type = line[5:].strip().upper()
+        super().putcmd(line)
+
+    def voidcmd(self, cmd):
+        if cmd.upper() == "TYPE I" and self.transfer_type == "I":
+            return "200 Type is already I"
+        return super().voidcmd(cmd)
+
+
+class SessionReusingFtpTls(TypeKeepingFtp, ftplib.FTP_TLS):
     """ftplib's FTP_TLS whose data connections resume the control connection's TLS session.
 
     Servers that tie each data connection to the session of its control connection (vsftpd's require_ssl_reuse, on by
@@ -195,7 +214,7 @@ class FtpConnection:
 
     def _connect(self):
         if self.tls is None:
-            ftp = ftplib.FTP(timeout=self.options["timeout"], encoding=WIRE_ENCODING)
+            ftp = TypeKeepingFtp(timeout=self.options["timeout"], encoding=WIRE_ENCODING)
         else:
             ftp = SessionReusingFtpTls(timeout=self.options["timeout"], encoding=WIRE_ENCODING, context=self.tls)
         try:

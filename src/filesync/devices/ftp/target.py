@@ -181,10 +181,7 @@ class FtpTarget(Target):
                     raise
                 ftp.delete(wire(final))  # a server whose rename does not replace (ProFTPD with AllowOverwrite off)
                 ftp.rename(wire(part), wire(final))
-            held = size_or_none(ftp, final)
-            if held != size:
-                raise TransientError(f"{final} holds {held} bytes after the rename, expected {size}")
-        return self.location(path)
+        return self.location(path)  # the engine checks the final name next (its size, the server's digest)
 
     def location(self, path):
         """ftp://host:port/<root>/<path>, quoted as a URL ('#', '%' and spaces escaped)."""
