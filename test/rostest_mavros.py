@@ -215,10 +215,12 @@ ENGINE_PATIENCE = 90.0  # seconds a device may stay unavailable here: past the s
 
 
 def engine_retried(call, retries=5, patience=ENGINE_PATIENCE):
-    """`call()` carried on as the engine carries on a step: a TransientError is tried again up to `retries` times;
-    a DeviceUnavailable (the vehicle refusing a session, say) is waited out as the engine does, asking again every
-    ENGINE_WAIT seconds for up to `patience` seconds, without counting as a retry."""
+    """`call()` carried on as the engine carries on a step: a TransientError is tried again up to `retries` times,
+    each after the engine's backoff (retry_base 2.0: about 1, 2, 4, 8, 16 s; the engine itself never gives up on
+    one); a DeviceUnavailable (the vehicle refusing a session, say) is waited out as the engine does, asking again
+    every ENGINE_WAIT seconds for up to `patience` seconds, without counting as a retry."""
     deadline = time.monotonic() + patience
+    backoff = ENGINE_WAIT
     while True:
         try:
             return call()
@@ -231,7 +233,9 @@ def engine_retried(call, retries=5, patience=ENGINE_PATIENCE):
             if retries <= 0:
                 raise
             retries -= 1
-            rospy.logwarn("%s; trying again as the engine would", error)
+            rospy.logwarn("%s; trying again in %.0f s as the engine would", error, backoff)
+            time.sleep(backoff)  # a session a lost close left on the vehicle ends after its idle timeout (10 s)
+            backoff *= 2
 
 
 def read_all(source, path, offset=0, transient_retries=0, patience=0.0):
