@@ -345,6 +345,12 @@ def _holds(target, name, size, staged, sha256) -> bool:
     return False
 
 
+def can_be_asked(target) -> bool:
+    """True when `target` can show whether it holds a version (what _holds checks): a ledger rebuilt from staging then
+    asks it, through the upload, instead of reading a delivery note beside the staged copy."""
+    return target.verifiable and bool(target.digests or target.readable)
+
+
 def _destination(target, record, staged, sha256):
     """Where this version goes on `target`: (name, replace, already_there). Applies the target's on_conflict."""
     policy = target.options.get("on_conflict", "keep_both")
