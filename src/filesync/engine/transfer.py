@@ -244,7 +244,10 @@ def download(source, job) -> Done:
                              f"holds other bytes under the same size and time now (SHA-256 {sha256}, the version's "
                              f"was {record.sha256}): that version cannot be copied again")
     try:
-        write_staged_meta(final, record, sha256, checksum)
+        # the description's bytes are fsynced before the copy gets its name; one fsync of the folder then makes both
+        # names durable before the finish records the copy (a copy named without its description after a power cut
+        # is described again from the ledger; a rebuilt ledger leaves it alone)
+        write_staged_meta(final, record, sha256, checksum, sync_folder=False)
         os.replace(part, final)
         fsync_directory(os.path.dirname(final))
     except OSError as error:
