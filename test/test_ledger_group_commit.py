@@ -157,3 +157,16 @@ def test_a_kill_during_a_burst_loses_no_answered_step(tmp_path):
     finally:
         ledger.close()
     assert not lost, f"{len(lost)} finishes were answered but are not in the ledger: {lost[:5]}"
+
+
+def test_a_grouped_ledger_answers_like_the_ledger_from_its_own_thread(tmp_path):
+    from filesync.ledger.database_thread import GroupedLedger
+    ledger = Ledger(str(tmp_path / "ledger.db"))
+    grouped = GroupedLedger(ledger)
+    try:
+        [record] = grouped.register("inbox", ["ftp"], False, [("a.bin", 10, 1.0)])
+        assert grouped.files(state="found") == [ledger.get(record.id)]
+        assert grouped.path == ledger.path
+    finally:
+        grouped.stop()
+        ledger.close()

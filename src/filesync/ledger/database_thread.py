@@ -9,6 +9,7 @@ Calls that queued up while one ran go together (group commit): given a `together
 in one transaction, each in its own savepoint, and one commit (one fsync of SQLite's WAL) serves them all; every caller
 is answered after that commit. A call that raises is undone alone; a group whose commit fails runs again call by call.
 """
+import functools
 import queue
 import threading
 
@@ -98,7 +99,8 @@ class GroupedLedger:
         attribute = getattr(self.ledger, name)  # looked up per call: what the ledger holds now
         if not callable(attribute):
             return attribute
-        return lambda *args: self._database.call(getattr(self.ledger, name), *args)
+        return lambda *args, **options: self._database.call(functools.partial(getattr(self.ledger, name), **options),
+                                                            *args)
 
     def stop(self):
         """Finish the calls given so far and end the thread (the ledger stays open)."""

@@ -7,8 +7,8 @@ time, the SHA-256 filesync computed while staging it and the device's own checks
 Tasks: one `download` (source -> staging), one `upload` per target, and a `remove` (delete from the source) when the
 pipeline asks for it. A worker claims a task under a lease, records checkpoints while it works and finishes it with an
 outcome; every call commits before it returns (inside together(), the group commits before any of its callers is
-answered), so a crash after a return loses nothing. Every call is also idempotent,
-because a caller whose reply was lost (a killed ledger node) calls again.
+answered), so a crash after a return loses nothing. Every call is also idempotent, because a caller whose reply was
+lost (a killed ledger node) calls again.
 """
 import os
 import random
