@@ -8,7 +8,7 @@
   idle    CPU over a minute with nothing to do: `roslaunch filesync sync.launch` as users start it (roslaunch brings up
           its own master and rosout), and the same launch beside a separate roscore (the launch above).
   ledger  100,000 files registered and taken through their states: library Ledger alone, and through the ledger
-          node's ROS services with 1 and 2 client processes; then the time from starting the launch with those rows
+          node's ROS services with 1, 2 and 4 client processes; then the time from starting the launch with those rows
           in the database to the first byte of a new file in staging.
   mavlink a PX4 log from MAVSDK acting as the autopilot over an emulated 921600-baud serial link, clean and with 5%
           loss each way: our `mavlink` source against pymavlink's mavftp (bench/mavftp_bench.py, whose full run with
@@ -488,7 +488,7 @@ def bench_ledger(args, workdir, master):
         seconds = register_rows(client, rows)
         row("ledger", f"services: register {rows:,} files (batches of 500)", rows / seconds, "files/s",
             f"{seconds:.1f} s")
-        for clients in (1, 2):
+        for clients in (1, 2, 4):
             start_at = time.time() + 8  # every client connected before any starts
             workers = [subprocess.Popen([sys.executable, os.path.abspath(__file__), "--service-client",
                                          f"c{clients}{n},{args.ledger_seconds},{start_at}"], stdout=subprocess.PIPE,
@@ -520,7 +520,7 @@ def first_byte(args, workdir, database):
         write_random(os.path.join(inbox, "new.bin"), 4 * MiB, 3)
         config = pipeline_config(base, server, inbox)
         config["database"] = database
-        staged = os.path.join(base, "staging", "inbox", "new.bin")
+        staged = os.path.join(base, "staging", "inbox", str(count + 1))  # staging is keyed by the version's id
         launch = Launch(base, config, name="first_byte").start()
         try:
             started = launch.started_at

@@ -77,3 +77,34 @@ def test_a_recorded_delivery_is_renamed_into_place_and_fsynced(tmp_path, events)
     assert record_delivery(final, "out", "/out/a.bin")
     assert read_staged_meta(final)["delivered"] == {"out": "/out/a.bin"}
     assert events == [("fsync", str(tmp_path))]
+
+
+def test_a_small_downloads_folder_is_fsynced_once_after_both_names_and_before_its_finish(tmp_path, events,
+                                                                                        monkeypatch):
+    """Under checkpoint_bytes nothing is recorded before the finish, so the new .part's entry needs no fsync of its
+    own: the staged copy and its <id>.json are renamed into place, then one fsync of the folder makes both durable,
+    and only then does download() return (the finish records it)."""
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.bin").write_bytes(b"x" * 20_000)
+    ledger = Ledger(str(tmp_path / "ledger.db"))
+    [record] = ledger.register("inbox", ["out"], False, [("a.bin", 20_000, (inbox / "a.bin").stat().st_mtime)])
+    record, task = ledger.claim("download", "inbox", "w", 30)
+    settings = Settings(staging_dir=str(tmp_path / "staging"), checkpoint_bytes=64 * 1024)
+    staged = tmp_path / "staging" / "inbox"
+    staged.mkdir(parents=True)
+    real_fsync = os.fsync
+
+    def fsync(descriptor):  # what the folder held when it was fsynced
+        if os.readlink(f"/proc/self/fd/{descriptor}") == str(staged):
+            events.append(("names", sorted(os.listdir(staged))))
+        return real_fsync(descriptor)
+    monkeypatch.setattr(os, "fsync", fsync)
+    del events[:]
+    transfer.download(FolderSource("inbox", {"path": str(inbox)}, "sources.inbox"),
+                      Job(ledger, "w", settings, record, task))
+    of_staging = [event for event in events if event[0] == "names"]
+    assert of_staging == [("names", [str(record.id), f"{record.id}.json"])], of_staging
+    assert events[-1] == ("fsync", str(staged))
+    assert ledger.get(record.id).task("download").offset == 0  # no checkpoint: the finish records it
+    ledger.close()

@@ -15,14 +15,17 @@ sys.path.insert(0, os.path.join(os.path.dirname(HERE), "bench"))
 import per_file_costs  # noqa: E402
 
 # case: {metric: at most per file}
+# The ledger's 4 transactions a file (claim and finish, twice) plus half a transaction: timing gives one of the two
+# runs a commit more now and then (0.25 a file here; e.g. the finder registering over one more scan), and LocalRunner's
+# group commit takes some away.
 BOUNDS = {
-    "folder": {"fsyncs": 12, "fsync ledger wal": 6, "fsync staging": 4, "fsync target": 2, "ledger finish": 2,
-               "ledger checkpoint": 2},
+    "folder": {"fsyncs": 9.5, "fsync ledger wal": 4.5, "fsync staging": 3, "fsync target": 2, "ledger finish": 2,
+               "ledger checkpoint": 0},
     # ftp: SIZE final, SIZE .part, PASV, STOR, SIZE .part, SIZE final, RNFR, RNTO, SIZE final (TYPE I once per
     # connection); sftp: stat final and .part, open, writes, fsync, close, stat .part and final, rename, stat (plus
     # an SSH window adjustment now and then); s3: PutObject with If-None-Match (no 100 Continue), one HeadObject
-    "ftp": {"net round_trips": 9, "net connections": 0, "net ftp data connections": 1, "fsyncs": 10,
-            "fsync ledger wal": 6, "ledger finish": 2, "ledger checkpoint": 2},
+    "ftp": {"net round_trips": 9, "net connections": 0, "net ftp data connections": 1, "fsyncs": 7.5,
+            "fsync ledger wal": 4.5, "fsync staging": 3, "ledger finish": 2, "ledger checkpoint": 0},
     "sftp": {"net round_trips": 11, "net connections": 0},
     "s3": {"net round_trips": 2, "net connections": 0},
 }

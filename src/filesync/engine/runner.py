@@ -13,6 +13,7 @@ from filesync.devices import create_source, create_target
 from filesync.devices.base import DeviceContext
 from filesync.engine.transfer import Settings
 from filesync.engine.workers import Finder, TaskWorker
+from filesync.ledger.database_thread import GroupedLedger
 from filesync.ledger.recovery import discard_staged, open_ledger, rebuild_from_staging
 from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
 from filesync.lock import LeaseTable
@@ -59,7 +60,9 @@ class LocalRunner:
         self._events_lock = threading.Lock()
         lock_path = os.path.join(os.path.dirname(self.config.database), "leases.json")
         self.context = DeviceContext(lock=LeaseTable(lock_path), owner=worker_prefix)
-        self.loops = build_workers(self.config, self.ledger, worker_prefix, self.context, self._announce)
+        # the loops' calls share commits when they coincide (a download's finish beside an upload's claim)
+        self._grouped = GroupedLedger(self.ledger)
+        self.loops = build_workers(self.config, self._grouped, worker_prefix, self.context, self._announce)
         self._task_workers = [loop for loop in self.loops if isinstance(loop, TaskWorker)]
         self._started = False
 
@@ -120,4 +123,5 @@ class LocalRunner:
             loop.join(30)
         for loop in self.loops:
             (loop.device if isinstance(loop, TaskWorker) else loop.source).close()
+        self._grouped.stop()
         self.ledger.close()

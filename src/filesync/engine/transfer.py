@@ -140,8 +140,23 @@ class Job:
         self.on_progress(self, offset)
 
     def due(self, offset):
-        """True when a checkpoint interval has passed since the last recorded offset."""
-        return offset - self._recorded >= self.settings.checkpoint_bytes
+        """True when a checkpoint interval has passed since the last recorded offset, or when half the lease has passed
+        since the last checkpoint with new bytes moved (a slow copy keeps its lease without waiting for
+        checkpoint_bytes)."""
+        return offset - self._recorded >= self.settings.checkpoint_bytes or (
+            offset > self._recorded and self._lease_half_gone())
+
+    def _lease_half_gone(self):
+        return time.monotonic() - self._checkpointed_at >= self.settings.lease_seconds / 2
+
+    def checkpoint_before_finish(self, offset, before=lambda: None):
+        """Checkpoint a whole copy before its finish (calling `before` first), unless it moved less than
+        checkpoint_bytes since the last checkpoint and its lease is far from running out: then the finish records it
+        (one ledger transaction less per small file); a crash before the finish copies those few bytes again, as the
+        README allows."""
+        if offset - self._recorded >= self.settings.checkpoint_bytes or self._lease_half_gone():
+            before()
+            self.checkpoint(offset)
 
     def progress(self, offset, note=None):
         """A target's progress: checkpoint `offset` if one is due, at most once a second (the resume point is what the
@@ -176,12 +191,17 @@ def download(source, job) -> Done:
     except OSError as error:
         raise _staging_error(error, part) from None
     digest = hashlib.sha256()
-    with os.fdopen(descriptor, "r+b") as staged:
-        if new:  # its name must be as durable as the offsets checkpointed for it
+    unnamed = [new]  # a new .part's name must be durable before an offset is recorded for it; a small file's never is
+
+    def name_part():
+        if unnamed[0]:
             try:
                 fsync_directory(os.path.dirname(part))
             except OSError as error:
                 raise _staging_error(error, part) from None
+            unnamed[0] = False
+
+    with os.fdopen(descriptor, "r+b") as staged:
         offset = min(job.task.offset, os.fstat(descriptor).st_size)
         staged.truncate(offset)
         for block in iter(lambda: staged.read(min(1 << 20, offset - staged.tell())), b""):
@@ -201,6 +221,7 @@ def download(source, job) -> Done:
                 except OSError as error:
                     raise _staging_error(error, part) from None
                 if due:
+                    name_part()
                     job.checkpoint(offset)
                     check_staging_space(job.settings)  # stop at a durable offset; resumed once there is room
                 job.throttle(offset)
@@ -210,9 +231,10 @@ def download(source, job) -> Done:
         except OSError as error:
             raise _staging_error(error, part) from None
     if offset != record.size:
+        name_part()
         job.checkpoint(offset)
         raise FileError(f"{record.path}: source gave {offset} of {record.size} bytes")
-    job.checkpoint(offset)
+    job.checkpoint_before_finish(offset, name_part)
     _check_unchanged(source, record, job)
     try:
         checksum = _verify_source_checksum(source, record, part)
@@ -226,7 +248,10 @@ def download(source, job) -> Done:
                              f"holds other bytes under the same size and time now (SHA-256 {sha256}, the version's "
                              f"was {record.sha256}): that version cannot be copied again")
     try:
-        write_staged_meta(final, record, sha256, checksum)
+        # the description's bytes are fsynced before the copy gets its name; one fsync of the folder then makes both
+        # names durable before the finish records the copy (a copy named without its description after a power cut
+        # is described again from the ledger; a rebuilt ledger leaves it alone)
+        write_staged_meta(final, record, sha256, checksum, sync_folder=False)
         os.replace(part, final)
         fsync_directory(os.path.dirname(final))
     except OSError as error:
@@ -327,6 +352,12 @@ def _holds(target, name, held, size, staged, sha256) -> bool:
     return False
 
 
+def can_be_asked(target) -> bool:
+    """True when `target` can show whether it holds a version (what _holds checks): a ledger rebuilt from staging then
+    asks it, through the upload, instead of reading a delivery note beside the staged copy."""
+    return target.verifiable and bool(target.digests or target.readable)
+
+
 def _destination(target, record, staged, sha256):
     """Where this version goes on `target`: (name, replace, already_there). Applies the target's on_conflict."""
     policy = target.options.get("on_conflict", "keep_both")
@@ -373,7 +404,7 @@ def upload(target, job) -> Done:
     target.set_context(source=record.source, version_time=record.mtime, sha256=sha256, version_id=record.id)
     if not target.verifiable:  # an upload API: the server names and keeps what it receives; nothing to compare
         _send(target, job, record.path, staged, record.size)
-        job.checkpoint(record.size)
+        job.checkpoint_before_finish(record.size)
         return Done(target.publish(record.path, record.size))
     looked = not target.publishes_exclusively(record.size)
     if looked:
@@ -404,7 +435,7 @@ def upload(target, job) -> Done:
 def _send_and_publish(target, job, name, staged, size, replace):
     """Send the staged bytes under `name`'s temporary name and publish them under `name`; the location."""
     _send(target, job, name, staged, size)
-    job.checkpoint(size)
+    job.checkpoint_before_finish(size)
     return target.publish(name, size, replace)
 
 

@@ -9,7 +9,7 @@ import threading
 import time
 
 from filesync.engine import transfer
-from filesync.engine.transfer import (Job, LeaseLost, StagedCopyLost, StagingFull, check_staging_space,
+from filesync.engine.transfer import (Job, LeaseLost, can_be_asked, StagedCopyLost, StagingFull, check_staging_space,
                                       release_staged)
 from filesync import errors
 from filesync.errors import DeviceUnavailable, PermanentError, Stopping, TransientError, UnsafePath
@@ -204,8 +204,9 @@ class TaskWorker(Loop):
             if self.kind == UPLOAD and outcome == "done":
                 self.last_location = (done.location, time.time())
                 self.notify()
-                record_delivery(staged_path(self.settings.staging_dir, record.source, record.id), self.device.name,
-                                done.location)
+                if not can_be_asked(self.device):  # Flight Review, HTTP: a rebuilt ledger must not post it again
+                    record_delivery(staged_path(self.settings.staging_dir, record.source, record.id),
+                                    self.device.name, done.location)
             if self.kind == UPLOAD and finished.state in ("uploaded", "removed", "skipped"):
                 release_staged(self.settings, finished)  # every target holds it (or takes none): retention decides
             self.announce(finished, finished.task(self.kind, self.device.name), None)

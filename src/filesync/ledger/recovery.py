@@ -57,8 +57,9 @@ def wait_for_ledger(path, stopped=lambda: False, report=lambda reason: None, int
     return None, None
 
 
-def _write_meta(final_path, meta):
-    """Write <id>.json whole: a temporary file, fsync, rename, fsync of the folder; a crash or a power cut leaves the
+def _write_meta(final_path, meta, sync_folder=True):
+    """Write <id>.json whole: a temporary file, fsync, rename, fsync of the folder (`sync_folder` False: the caller
+    fsyncs it, after renaming more into it, before anything relies on the name); a crash or a power cut leaves the
     old description or the new."""
     temporary = final_path + META_TEMPORARY
     with open(temporary, "w", encoding="utf-8") as handle:
@@ -66,13 +67,16 @@ def _write_meta(final_path, meta):
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, final_path + META_SUFFIX)
-    fsync_directory(os.path.dirname(final_path))
+    if sync_folder:
+        fsync_directory(os.path.dirname(final_path))
 
 
-def write_staged_meta(final_path, record, sha256, checksum):
-    """Describe a staged version beside it (<id>.json, fsynced) so a rebuilt ledger knows it again."""
-    _write_meta(final_path, {"id": record.id, "source": record.source, "path": record.path, "version": record.version,
-                             "size": record.size, "mtime": record.mtime, "sha256": sha256, "checksum": checksum})
+def write_staged_meta(final_path, record, sha256, checksum, sync_folder=True):
+    """Describe a staged version beside it (<id>.json, fsynced) so a rebuilt ledger knows it again. `sync_folder`
+    False leaves the folder's fsync, which makes the name durable, to the caller."""
+    meta = {"id": record.id, "source": record.source, "path": record.path, "version": record.version,
+            "size": record.size, "mtime": record.mtime, "sha256": sha256, "checksum": checksum}
+    _write_meta(final_path, meta, sync_folder)
 
 
 def record_delivery(final_path, target, location):

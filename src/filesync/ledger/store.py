@@ -6,14 +6,16 @@ time, the SHA-256 filesync computed while staging it and the device's own checks
 
 Tasks: one `download` (source -> staging), one `upload` per target, and a `remove` (delete from the source) when the
 pipeline asks for it. A worker claims a task under a lease, records checkpoints while it works and finishes it with an
-outcome; every call commits before it returns, so a crash after a return loses nothing. Every call is also idempotent,
-because a caller whose reply was lost (a killed ledger node) calls again.
+outcome; every call commits before it returns (inside together(), the group commits before any of its callers is
+answered), so a crash after a return loses nothing. Every call is also idempotent, because a caller whose reply was
+lost (a killed ledger node) calls again.
 """
 import os
 import random
 import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -204,6 +206,7 @@ class Ledger:
         self.retry_base, self.retry_cap = retry_base, retry_cap
         self._clock = clock
         self._lock = threading.RLock()
+        self._together = False  # inside together(): each call is a savepoint of its transaction
         directory = os.path.dirname(os.path.abspath(path))
         try:
             make_directories(directory)
@@ -242,7 +245,30 @@ class Ledger:
             self._db.close()
 
     def _transaction(self):
-        return _Transaction(self._db, self._lock)
+        return _Transaction(self)
+
+    @contextmanager
+    def together(self):
+        """One transaction, one commit (one WAL fsync) for the calls made inside it by this thread.
+
+        Each call runs in a savepoint: one that raises is undone alone and the others' work stays. Raises (and keeps
+        nothing) when the commit fails or SQLite rolled the whole transaction back (a full disk, an I/O error): its
+        callers then run their calls again one by one. Nobody may learn a call's result before this has returned.
+        """
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._together = True
+            try:
+                yield
+                if not self._db.in_transaction:
+                    raise sqlite3.OperationalError("the grouped transaction was rolled back by SQLite")
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            finally:
+                self._together = False
 
     # Registration -------------------------------------------------------------------------------------------------
 
@@ -354,8 +380,8 @@ class Ledger:
         `note` (None: keep the last one) is what the device needs to resume from there.
         """
         now = self._clock()
-        with self._lock:  # one statement: SQLite commits it on its own (durably) before execute() returns
-            cursor = self._db.execute(
+        with self._transaction() as db:
+            cursor = db.execute(
                 "UPDATE tasks SET offset = ?, note = COALESCE(?, note), lease_until = ?, updated = ? "
                 "WHERE file_id = ? AND kind = ? AND device = ? AND owner = ? AND state = 'active'",
                 (offset, note, now + lease_seconds, now, file_id, kind, device, worker))
@@ -525,19 +551,33 @@ class Ledger:
 
 
 class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT under the ledger's lock; rolls back on an exception."""
+    """BEGIN IMMEDIATE ... COMMIT under the ledger's lock; rolls back on an exception. Inside Ledger.together(), a
+    savepoint of its transaction instead (released, or rolled back alone on an exception)."""
 
-    def __init__(self, db, lock):
-        self._db, self._lock = db, lock
+    def __init__(self, ledger):
+        self._ledger, self._db, self._lock = ledger, ledger._db, ledger._lock
+        self._together = False
 
     def __enter__(self):
         self._lock.acquire()
-        self._db.execute("BEGIN IMMEDIATE")
+        self._together = self._ledger._together  # read under the lock: only its holder's calls are grouped
+        if not self._together:
+            self._db.execute("BEGIN IMMEDIATE")
+        elif self._db.in_transaction:
+            self._db.execute("SAVEPOINT call")
+        else:  # SQLite rolled the group back: running on would commit this call on its own
+            self._lock.release()
+            raise sqlite3.OperationalError("the grouped transaction was rolled back by SQLite")
         return self._db
 
     def __exit__(self, kind, value, traceback):
         try:
-            self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+            if not self._together:
+                self._db.execute("COMMIT" if kind is None else "ROLLBACK")
+            elif self._db.in_transaction:
+                if kind is not None:
+                    self._db.execute("ROLLBACK TO call")
+                self._db.execute("RELEASE call")
         finally:
             self._lock.release()
         return False

@@ -39,7 +39,7 @@ class LedgerServices:
         self.announce = announce  # a retried file wakes the workers; a forgotten one, the finder lists it again
         # every ledger call runs on this one thread; the ROS client's threads only read requests and
         # write replies
-        self._database = DatabaseThread()
+        self._database = DatabaseThread(together=ledger.together)
         # counts every call that may change a file's state (bumped after the ledger committed), so counts() queries
         # the ledger only after one: idle, the status costs no database reads
         self.changes = 0
