@@ -1,7 +1,8 @@
 """A real pyftpdlib FTP server for tests, run as a subprocess so a test can kill it and start it again.
 
-It appends one JSON line per event to --log: every STOR with its restart offset and the bytes it received, every
-rename, every RETR. Tests count re-sent bytes and publications from that log, on the server's side.
+It appends one JSON line per event to --log: every STOR when it opens (STOR_OPEN) and when it ends with its restart
+offset and the bytes it received, every rename, every RETR (in the order they happen: the server is one thread, so
+the uploads in progress at any moment can be counted from the log). Tests count re-sent bytes and publications from that log, on the server's side.
 """
 import argparse
 import json
@@ -36,6 +37,7 @@ def main():
     class RecordingHandler(FTPHandler):
         def ftp_STOR(self, file, mode="w"):
             self._stor_offset = self._restart_position
+            record(op="STOR_OPEN", path=os.path.relpath(file, args.root), offset=self._stor_offset)
             return super().ftp_STOR(file, mode)
 
         def _stored(self, file, complete):
@@ -119,6 +121,14 @@ class FtpServerProcess:
         with open(self.log_path, encoding="utf-8") as handle:
             events = [json.loads(line) for line in handle if line.strip()]
         return [e for e in events if op is None or e["op"] == op]
+
+    def most_stores_at_once(self):
+        """The most uploads (STORs opened and not yet ended) the server held at one moment."""
+        now = most = 0
+        for event in self.events():
+            now += {"STOR_OPEN": 1, "STOR": -1}.get(event["op"], 0)
+            most = max(most, now)
+        return most
 
     def target_options(self, root="/"):
         """Options for an `ftp` target or source using this server."""
