@@ -69,6 +69,7 @@ def main():
         ThrottledDTPHandler.read_limit = args.bandwidth
         handler.dtp_handler = ThrottledDTPHandler
     server = FTPServer(("127.0.0.1", args.port), handler)
+    record(op="START")  # a killed server logged nothing of the uploads it held: none is open any more
     print(server.address[1], flush=True)
     server.serve_forever(timeout=0.5)
 
@@ -122,11 +123,15 @@ class FtpServerProcess:
             events = [json.loads(line) for line in handle if line.strip()]
         return [e for e in events if op is None or e["op"] == op]
 
-    def most_stores_at_once(self):
-        """The most uploads (STORs opened and not yet ended) the server held at one moment."""
+    def most_stores_at_once(self, under=""):
+        """The most uploads (STORs opened and not yet ended) the server held at one moment, of paths under `under`
+        (relative to its root, e.g. "keep/") when given."""
         now = most = 0
         for event in self.events():
-            now += {"STOR_OPEN": 1, "STOR": -1}.get(event["op"], 0)
+            if event["op"] == "START":
+                now = 0
+            elif event["op"] in ("STOR_OPEN", "STOR") and event["path"].startswith(under):
+                now += 1 if event["op"] == "STOR_OPEN" else -1
             most = max(most, now)
         return most
 
