@@ -57,8 +57,9 @@ def test_the_target_receives_as_many_uploads_at_once_as_transfers_says(tmp_path,
 def test_the_default_is_four_transfers_and_one_for_a_vehicle(tmp_path, ftp_server):
     from filesync.devices.mavlink import MavlinkSource, MavlinkTarget
     from filesync.devices.mavros import MavrosSource, MavrosTarget
-    assert [cls.transfers_option().default for cls in (MavlinkSource, MavlinkTarget, MavrosSource, MavrosTarget)] \
-        == [1, 1, 1, 1]
+    from filesync.devices.drive import DriveTarget
+    assert [cls.transfers_option().default for cls in (MavlinkSource, MavlinkTarget, MavrosSource, MavrosTarget,
+                                                       DriveTarget)] == [1] * 5
     runner = LocalRunner(make_config(tmp_path, ftp_server))
     try:
         uploaders = [loop for loop in runner.loops if getattr(loop, "kind", "") == "upload"]
@@ -73,8 +74,8 @@ def test_the_default_is_four_transfers_and_one_for_a_vehicle(tmp_path, ftp_serve
 
 
 @pytest.mark.parametrize("section, kind", [("sources", "mavlink"), ("targets", "mavlink"), ("sources", "mavros"),
-                                           ("targets", "mavros")])
-def test_a_vehicle_refuses_two_transfers_when_the_config_is_loaded(tmp_path, section, kind):
+                                           ("targets", "mavros"), ("targets", "drive")])
+def test_a_vehicle_or_a_drive_target_refuses_two_transfers_when_the_config_is_loaded(tmp_path, section, kind):
     vehicle = {"kind": kind, "transfers": 2}
     config = {"sources": {"inbox": {"kind": "folder", "path": str(tmp_path)}},
               "targets": {"out": {"kind": "folder", "path": str(tmp_path / "out")}},
