@@ -20,6 +20,8 @@ Run in the catkin workspace's environment (`make bench-many` does that):
   .venv/bin/python bench/many_files.py [--only ftp,s3,sftp,folder] [--rounds 3] [--ftp-files 1000] [--far-files 200]
                                        [--folder-files 2000] [--rtt-ms 50] [--skip-launch]
 A quick run: --rounds 1 --ftp-files 100 --far-files 20 --folder-files 200.
+An A/B of two versions of filesync: --baseline-src DIR (a `src` folder, e.g. from `git archive`) adds its LocalRunner
+to every part, interleaved with this tree's.
 """
 import argparse
 import json
@@ -43,6 +45,7 @@ from run import EventClock, drop, median, scan  # noqa: E402
 
 RUN_LOCAL = os.path.join(ROOT, "test", "support", "run_local.py")
 RESULTS = []  # (part, peer, files, [seconds per round], [peak RSS bytes per round] or None)
+BASELINE = "filesync LocalRunner (baseline)"
 
 
 def load():
@@ -98,8 +101,9 @@ def high_water_mark(pid):
     return 0
 
 
-def run_ours(workdir, label, source, target, count):
-    """filesync's LocalRunner in a process of its own, on a fresh ledger and staging; (seconds, peak RSS)."""
+def run_ours(workdir, label, source, target, count, src=""):
+    """filesync's LocalRunner in a process of its own, on a fresh ledger and staging; (seconds, peak RSS). `src`: the
+    filesync sources to run instead of this tree's (an A/B)."""
     state = os.path.join(workdir, "state", label)
     config = {"staging_dir": os.path.join(state, "staging"), "database": os.path.join(state, "db", "ledger.db"),
               "sources": {"in": source}, "targets": {"out": target},
@@ -108,9 +112,19 @@ def run_ours(workdir, label, source, target, count):
     path = os.path.join(state, "config.json")
     with open(path, "w") as handle:
         json.dump(config, handle)
-    result = run_process([sys.executable, RUN_LOCAL, path, "--until-settled"])
+    environment = None
+    if src:
+        environment = dict(os.environ, PYTHONPATH=os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]))
+    result = run_process([sys.executable, RUN_LOCAL, path, "--until-settled"], environment)
     shutil.rmtree(os.path.join(state, "staging"), ignore_errors=True)  # retention keeps copies; the disk is shared
     return result
+
+
+def with_baseline(peers, ours, baseline_src):
+    """`peers` with, when `baseline_src` is given, `ours` run on those sources as one more peer."""
+    if baseline_src:
+        peers[BASELINE] = lambda round_index: ours(round_index, baseline_src)
+    return peers
 
 
 def interleave(rounds, peers):
@@ -163,13 +177,14 @@ def bench_ftp(args, workdir):
             if found != args.ftp_files:
                 raise RuntimeError(f"{folder}: {found} of {args.ftp_files} files arrived")
 
-        def ours_local(round_index):
-            inbox = os.path.join(workdir, "local_inbox", str(round_index))
+        def ours_local(round_index, src=""):
+            label = f"{round_index}{'b' if src else ''}"
+            inbox = os.path.join(workdir, "local_inbox", label)
             os.makedirs(os.path.dirname(inbox), exist_ok=True)
             drop_copy(source, inbox)
-            result = run_ours(workdir, f"ftp-local-{round_index}", {"kind": "folder", "path": inbox, "min_age": 0.0},
-                              server.target_options(f"/local{round_index}"), args.ftp_files)
-            arrived(f"local{round_index}")
+            result = run_ours(workdir, f"ftp-local-{label}", {"kind": "folder", "path": inbox, "min_age": 0.0},
+                              server.target_options(f"/local{label}"), args.ftp_files, src)
+            arrived(f"local{label}")
             return result
 
         def rclone_copy(round_index):
@@ -184,7 +199,8 @@ def bench_ftp(args, workdir):
             arrived(f"lftp{round_index}")
             return result
 
-        peers = {"rclone copy": rclone_copy, "lftp mirror -R": lftp_mirror, "filesync LocalRunner": ours_local}
+        peers = with_baseline({"rclone copy": rclone_copy, "lftp mirror -R": lftp_mirror,
+                               "filesync LocalRunner": ours_local}, ours_local, args.baseline_src)
         if not args.skip_launch:
             import rospy
             master = RosMaster(workdir).start()
@@ -266,11 +282,12 @@ def bench_s3(args, workdir):
                 if found != args.far_files:
                     raise RuntimeError(f"{prefix}: {found} of {args.far_files} objects arrived")
 
-            def ours(round_index):
-                result = run_ours(workdir, f"s3-{round_index}", {"kind": "folder", "path": source, "min_age": 0.0},
-                                  server.target_options(endpoint_url=endpoint, key_template=f"ours{round_index}/{{path}}"),
-                                  args.far_files)
-                arrived(f"ours{round_index}")
+            def ours(round_index, src=""):
+                label = f"{round_index}{'b' if src else ''}"
+                result = run_ours(workdir, f"s3-{label}", {"kind": "folder", "path": source, "min_age": 0.0},
+                                  server.target_options(endpoint_url=endpoint, key_template=f"ours{label}/{{path}}"),
+                                  args.far_files, src)
+                arrived(f"ours{label}")
                 return result
 
             settings = rclone_environment("s3", provider="Other", env_auth="false", access_key_id=server.access_key,
@@ -281,7 +298,8 @@ def bench_s3(args, workdir):
                 result = run_process([tool("rclone"), "copy", source, f":s3:{bucket}/rclone{round_index}"], settings)
                 arrived(f"rclone{round_index}")
                 return result
-            results = interleave(args.rounds, {"rclone copy (4 transfers)": rclone_copy, "filesync LocalRunner": ours})
+            results = interleave(args.rounds, with_baseline(
+                {"rclone copy (4 transfers)": rclone_copy, "filesync LocalRunner": ours}, ours, args.baseline_src))
             report(f"s3 {args.rtt_ms:g} ms", args.far_files, results, "rclone copy (4 transfers)")
             print(f"    proxy: {proxy.stats()}")
     finally:
@@ -305,12 +323,13 @@ def bench_sftp(args, workdir):
                 if found != args.far_files:
                     raise RuntimeError(f"{folder}: {found} of {args.far_files} files arrived")
 
-            def ours(round_index):
+            def ours(round_index, src=""):
+                label = f"{round_index}{'b' if src else ''}"
                 target = server.options(auth="key", port=proxy.port, known_hosts=known_hosts,
-                                        root=os.path.join(server.storage, f"ours{round_index}"))
-                result = run_ours(workdir, f"sftp-{round_index}", {"kind": "folder", "path": source, "min_age": 0.0},
-                                  target, args.far_files)
-                arrived(f"ours{round_index}")
+                                        root=os.path.join(server.storage, f"ours{label}"))
+                result = run_ours(workdir, f"sftp-{label}", {"kind": "folder", "path": source, "min_age": 0.0},
+                                  target, args.far_files, src)
+                arrived(f"ours{label}")
                 return result
 
             settings = rclone_environment("sftp", host="127.0.0.1", port=proxy.port,
@@ -322,7 +341,8 @@ def bench_sftp(args, workdir):
                                      settings)
                 arrived(f"rclone{round_index}")
                 return result
-            results = interleave(args.rounds, {"rclone copy (4 transfers)": rclone_copy, "filesync LocalRunner": ours})
+            results = interleave(args.rounds, with_baseline(
+                {"rclone copy (4 transfers)": rclone_copy, "filesync LocalRunner": ours}, ours, args.baseline_src))
             report(f"sftp {args.rtt_ms:g} ms", args.far_files, results, "rclone copy (4 transfers)")
             print(f"    proxy: {proxy.stats()}")
     finally:
@@ -344,12 +364,13 @@ def bench_folder(args, workdir):
         if found != args.folder_files:
             raise RuntimeError(f"{folder}: {found} of {args.folder_files} files arrived")
 
-    def ours(round_index):
-        out = os.path.join(destination, f"ours{round_index}")
+    def ours(round_index, src=""):
+        label = f"{round_index}{'b' if src else ''}"
+        out = os.path.join(destination, f"ours{label}")
         os.makedirs(out)
-        result = run_ours(workdir, f"folder-{round_index}", {"kind": "folder", "path": source, "min_age": 0.0},
-                          {"kind": "folder", "path": out}, args.folder_files)
-        arrived(f"ours{round_index}")
+        result = run_ours(workdir, f"folder-{label}", {"kind": "folder", "path": source, "min_age": 0.0},
+                          {"kind": "folder", "path": out}, args.folder_files, src)
+        arrived(f"ours{label}")
         return result
 
     def rsync(round_index):
@@ -357,7 +378,8 @@ def bench_folder(args, workdir):
                                                                                         f"rsync{round_index}/")])
         arrived(f"rsync{round_index}")
         return result
-    results = interleave(args.rounds, {"rsync -a --fsync": rsync, "filesync LocalRunner": ours})
+    results = interleave(args.rounds, with_baseline({"rsync -a --fsync": rsync, "filesync LocalRunner": ours}, ours,
+                                                    args.baseline_src))
     report("folder", args.folder_files, results, "rsync -a --fsync")
 
 
@@ -373,6 +395,7 @@ def main():
     parser.add_argument("--folder-files", type=int, default=2000)
     parser.add_argument("--folder-size", type=int, default=8192)
     parser.add_argument("--skip-launch", action="store_true", help="ftp: leave out the run through sync.launch")
+    parser.add_argument("--baseline-src", default="", help="an A/B: also run filesync from this src folder")
     parser.add_argument("--workdir", default="", help="default: a new folder under /var/tmp (removed at the end)")
     parser.add_argument("--json", default=os.path.join(ROOT, "build", "bench", "many_files.json"))
     args = parser.parse_args()

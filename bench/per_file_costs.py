@@ -216,6 +216,10 @@ def run_once(case, proxy, configure, extra, workdir, count, size, timeout):
     os.makedirs(run_dir)
     config = configure(run_dir, count, size)
     config["pipelines"] = [{"source": "in", "targets": ["out"]}]
+    # one transfer per device: with several, the fixed costs of each worker (its connection, its login) grow with
+    # the number of files up to `transfers` and no longer cancel out between the two runs
+    for device in (config["sources"]["in"], config["targets"]["out"]):
+        device["transfers"] = 1
     config_path, out_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "counts.json")
     trace_path = os.path.join(run_dir, "fsync.trace")
     with open(config_path, "w") as handle:

@@ -54,7 +54,7 @@ class NodesTest(unittest.TestCase):
             "staging_dir": os.path.join(self.workdir, "staging"),
             "database": os.path.join(self.workdir, "db", "ledger.db"),
             "checkpoint_bytes": CHECKPOINT, "scan_interval": 0.5, "poll_interval": 2.0, "lease_seconds": 5.0,
-            "retry_base": 0.2, "retry_cap": 2.0, "bwlimit": 4 * MiB,
+            "retry_base": 0.2, "retry_cap": 2.0, "bwlimit": 1 * MiB,  # per transfer, 4 at once (the default)
             "sources": {"inbox": {"kind": "folder", "path": self.inbox, "min_age": 0.0}},
             "targets": {"ftp": self.server.target_options("/up")},
             "pipelines": [{"source": "inbox", "targets": ["ftp"]}],

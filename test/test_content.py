@@ -316,6 +316,7 @@ def test_a_damaged_published_copy_is_caught_by_the_targets_digest_and_sent_again
             return location
 
     config = folder_config(tmp_path)
+    config["targets"]["out"]["transfers"] = 1  # one upload worker: its target is the one replaced below
     (tmp_path / "inbox" / "a.txt").write_bytes(b"ours" * 100)
     runner = LocalRunner(config)
     worker = next(loop for loop in runner.loops if loop.name == "upload:out")
@@ -593,6 +594,7 @@ def test_an_upload_that_is_parked_leaves_nothing_half_sent(tmp_path):
             raise PermanentError("the server refuses this file")
 
     config = folder_config(tmp_path)
+    config["targets"]["out"]["transfers"] = 1  # one upload worker: its target is the one replaced below
     (tmp_path / "inbox" / "a.txt").write_bytes(b"ours" * 1000)
     runner = LocalRunner(config)
     worker = next(loop for loop in runner.loops if loop.name == "upload:out")

@@ -4,7 +4,8 @@ nodes, FTP server restarts, drive unplugs, 20% MAVLink loss, HTTP 5xx bursts, a 
 staging disk. Content events (issue 11): same-size rewrites, appends during uploads (on delete_after_upload folders
 too), versions replaced within a scan interval, one name on two folders into one target, odd names. Every version
 that stayed must arrive identical on every target (under its own name or a conflict name the ledger records), no
-published file be overwritten, no source be removed before its bytes were on every target, and nothing stall.
+published file be overwritten, no source be removed before its bytes were on every target, and nothing stall, with
+several uploads at once on one FTP target (4 transfers per target).
 
 The full one is `make soak` (20 minutes). A failure names the seed; replay it with
 `.venv/bin/python test/support/soak.py --minutes 3 --seed N` in the workspace's environment.
@@ -36,5 +37,6 @@ def test_short_soak_every_version_arrives_identical_and_nothing_is_deleted_early
     assert figures["versions_written"] > figures["files"] and figures["conflict_copies"] > 0, figures
     assert figures["odd_names_carried"] == figures["odd_names"] == CONTENT["odd"], figures
     assert figures["rewrites"] + figures["appends"] > 0 and figures["overwritten"] == 0, figures
+    assert figures["most_uploads_at_once_per_target"] >= 2, figures  # several transfers per target (issue 18)
     if drive_unavailable() is None:  # CI runs as root with loop devices and FUSE
         assert figures["unplugs"] == 6 and figures["files drive"] > 0, figures

@@ -8,7 +8,7 @@ from typing import Dict, List
 
 import yaml
 
-from filesync.devices import source_class
+from filesync.devices import source_class, target_class
 from filesync.errors import ConfigError
 from filesync.options import (Option, expand_path, not_negative, parse_options, port_number, positive, resolve_secret,
                               secret_options)
@@ -120,12 +120,15 @@ def default_log_dir():
     return os.path.join(ros_home, "log", "filesync")
 
 
-def _check_devices(mapping, section):
+def _check_devices(mapping, section, device_class):
     for name, options in mapping.items():
         if not isinstance(options, dict):
             raise ConfigError(f"{section}.{name}: expected a mapping with a kind, got {options!r}")
         if not options.get("kind"):
             raise ConfigError(f"{section}.{name}.kind: required but missing")
+        if "transfers" in options:  # checked at load, not only when the device is built: a vehicle asked for 2
+            device_class(options["kind"], f"{section}.{name}").transfers_option().parse(
+                options["transfers"], f"{section}.{name}.transfers")
 
 
 def _check_web_token(web):
@@ -142,8 +145,8 @@ def _check_web_token(web):
 def load_config(raw) -> Config:
     """Check a configuration mapping and return a Config. Raises ConfigError naming the first bad key."""
     values = parse_options(TOP_LEVEL, raw, "")
-    _check_devices(values["sources"], "sources")
-    _check_devices(values["targets"], "targets")
+    _check_devices(values["sources"], "sources", source_class)
+    _check_devices(values["targets"], "targets", target_class)
     pipelines = []
     seen_sources = set()
     for index, entry in enumerate(values["pipelines"]):

@@ -1,7 +1,8 @@
 """A real pyftpdlib FTP server for tests, run as a subprocess so a test can kill it and start it again.
 
-It appends one JSON line per event to --log: every STOR with its restart offset and the bytes it received, every
-rename, every RETR. Tests count re-sent bytes and publications from that log, on the server's side.
+It appends one JSON line per event to --log: every STOR when it opens (STOR_OPEN) and when it ends with its restart
+offset and the bytes it received, every rename, every RETR (in the order they happen: the server is one thread, so
+the uploads in progress at any moment can be counted from the log). Tests count re-sent bytes and publications from that log, on the server's side.
 """
 import argparse
 import json
@@ -36,6 +37,7 @@ def main():
     class RecordingHandler(FTPHandler):
         def ftp_STOR(self, file, mode="w"):
             self._stor_offset = self._restart_position
+            record(op="STOR_OPEN", path=os.path.relpath(file, args.root), offset=self._stor_offset)
             return super().ftp_STOR(file, mode)
 
         def _stored(self, file, complete):
@@ -67,6 +69,7 @@ def main():
         ThrottledDTPHandler.read_limit = args.bandwidth
         handler.dtp_handler = ThrottledDTPHandler
     server = FTPServer(("127.0.0.1", args.port), handler)
+    record(op="START")  # a killed server logged nothing of the uploads it held: none is open any more
     print(server.address[1], flush=True)
     server.serve_forever(timeout=0.5)
 
@@ -119,6 +122,18 @@ class FtpServerProcess:
         with open(self.log_path, encoding="utf-8") as handle:
             events = [json.loads(line) for line in handle if line.strip()]
         return [e for e in events if op is None or e["op"] == op]
+
+    def most_stores_at_once(self, under=""):
+        """The most uploads (STORs opened and not yet ended) the server held at one moment, of paths under `under`
+        (relative to its root, e.g. "keep/") when given."""
+        now = most = 0
+        for event in self.events():
+            if event["op"] == "START":
+                now = 0
+            elif event["op"] in ("STOR_OPEN", "STOR") and event["path"].startswith(under):
+                now += 1 if event["op"] == "STOR_OPEN" else -1
+            most = max(most, now)
+        return most
 
     def target_options(self, root="/"):
         """Options for an `ftp` target or source using this server."""

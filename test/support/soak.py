@@ -103,6 +103,7 @@ EXPECTED_SKIPS = {"download": ("replaced on the source by version",),
                   "remove": ("not removed: the source holds version", "not removed: the source changed after the copy")}
 EXPECTED_PARKED = ()  # no person steps in during a soak: nothing may wait for one
 REFUSED_REMOVALS = ("changed after the copy", "the source holds version")
+TRANSFERS = 4  # uploads at once per FTP target and copies at once per folder source (issue 18)
 VEHICLE_ROOT = "/log"  # where the autopilot's logs are, as the mavlink source sees it
 DRIVE_FOLDER = "DCIM/100SOAK"
 DRIVE_SERIAL = 0x50A4D41E
@@ -394,9 +395,9 @@ class Soak:
     def config(self):
         """The launch's config: every pipeline of the plan."""
         used = {target for pipeline in self.pipelines for target in TARGETS[pipeline]}
-        targets = {name: dict(self.server.target_options(root), timeout=10.0)
+        targets = {name: dict(self.server.target_options(root), timeout=10.0, transfers=TRANSFERS)
                    for name, root in FTP_ROOTS.items() if name in used}
-        sources = {p: {"kind": "folder", "path": self.inboxes[p], "min_age": 0.0}
+        sources = {p: {"kind": "folder", "path": self.inboxes[p], "min_age": 0.0, "transfers": TRANSFERS}
                    for p in FOLDERS if p in self.pipelines}
         if self.drive:
             sources["drive"] = {"kind": "drive", "uuid": self.drive.uuid, "include": ["*.bin"]}
@@ -1072,7 +1073,9 @@ class Soak:
         """(4) A published file's bytes never changed, and no name was published (RNTO) twice on FTP."""
         publications = Counter(e["path"] for e in self.server.events() if e["op"] == "RNTO")
         twice = sorted((path, count) for path, count in publications.items() if count > 1)
-        self.counts.update(published=sum(publications.values()), overwritten=len(self.overwritten))
+        self.counts.update(published=sum(publications.values()), overwritten=len(self.overwritten),
+                           most_uploads_at_once_per_target=max(
+                               self.server.most_stores_at_once(root.strip("/") + "/") for root in FTP_ROOTS.values()))
         if twice:
             self.failures.append(f"{len(twice)} files published more than once on FTP: {twice[:5]}")
         if self.overwritten:

@@ -40,6 +40,11 @@ def source_class(kind, key):
     return _device_class(SOURCE_KINDS, kind, key)
 
 
+def target_class(kind, key):
+    """The class of a target kind; ConfigError naming `key` if unknown."""
+    return _device_class(TARGET_KINDS, kind, key)
+
+
 def create_source(name, options, context=None):
     """Build the source `name` from its config mapping (which holds `kind`)."""
     key = f"sources.{name}"

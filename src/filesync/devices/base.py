@@ -186,18 +186,43 @@ class DeviceContext:
     vehicle_links: object = None  # under ROS: the vehicle node's services; None: `mavlink` devices connect directly
 
 
+DEFAULT_TRANSFERS = 4  # as rclone's --transfers
+
+
 class Device:
-    """What sources and targets share: a name, validated options and a close()."""
+    """What sources and targets share: a name, validated options and a close().
+
+    max_transfers: how many transfers the device serves at once (None: no limit of its own); its `transfers` option
+    (default DEFAULT_TRANSFERS, or max_transfers when lower) may not ask for more.
+    """
 
     kind = ""
     OPTIONS: List = []
     ENGINE_OPTIONS: List = []  # options the engine reads, valid for every device of the role
+    max_transfers: Optional[int] = None
+    max_transfers_reason = ""  # why, for the message refusing more
 
     def __init__(self, name: str, raw_options: dict, key: str, context=None):
         self.name = name
         self.key = key
-        self.options = parse_options(self.OPTIONS + self.ENGINE_OPTIONS, raw_options, key, ignore=("kind",))
+        self.options = parse_options(self.OPTIONS + self.ENGINE_OPTIONS + [self.transfers_option()], raw_options, key,
+                                     ignore=("kind",))
         self.context = context
+
+    @classmethod
+    def transfers_option(cls) -> Option:
+        """The `transfers` option of this kind: how many files the engine moves at once on one device, each with its
+        own worker and connection; an integer from 1 to max_transfers."""
+        most = cls.max_transfers
+
+        def check(value):
+            if value < 1:
+                return f"must be 1 or more, got {value}"
+            if most is not None and value > most:
+                return f"a {cls.kind} device serves at most {most} at once ({cls.max_transfers_reason}), got {value}"
+            return None
+
+        return Option("transfers", int, min(DEFAULT_TRANSFERS, most or DEFAULT_TRANSFERS), check)
 
     def probe(self) -> None:
         """A cheap check that the device answers; raises DeviceUnavailable when it does not. Used while it is down."""

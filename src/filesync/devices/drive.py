@@ -513,6 +513,10 @@ class DriveTarget(Target):
     digests = ("sha256",)  # of its own bytes: a local read
     readable = True
     can_delete = True
+    # each upload worker has its own target object, and each object would mount the drive itself (mount: true):
+    # two at once could mount it twice, which damages an exFAT (FUSE) file system
+    max_transfers = 1
+    max_transfers_reason = "each worker's target would mount the drive itself"
     OPTIONS = DRIVE_OPTIONS + [Option("root", str, "", _root_check)]
 
     def __init__(self, name, raw_options, key, context=None):

@@ -314,6 +314,9 @@ def direct_link(options: dict) -> DirectLink:
 class _VehicleDevice:
     """What the mavlink source and target share: the link, the lease and the armed check."""
 
+    max_transfers = 1
+    max_transfers_reason = "the vehicle serves one MAVLink FTP session"
+
     def _setup(self, key):
         options = self.options
         if options["source_system"] in (MAVROS_SYSTEM_ID, options["target_system"]):

@@ -92,6 +92,9 @@ class _MavrosDevice:
     """What the mavros source and target share: the service proxies, calls that retry Busy and ETIMEDOUT, MAVROS's
     restarts, the vehicle's /state and lease, and opening files within the vehicle's one FTP session."""
 
+    max_transfers = 1
+    max_transfers_reason = "the vehicle serves one MAVLink FTP session"
+
     COMMON_OPTIONS = [
         Option("namespace", str, "/mavros", _namespace),
         Option("chunk_bytes", int, 64 * MAX_DATA, _chunk),  # most bytes per read/write call (MAVROS: 200 ms per 239)

@@ -12,7 +12,7 @@ from filesync.config import load_config
 from filesync.devices import create_source, create_target
 from filesync.devices.base import DeviceContext
 from filesync.engine.transfer import Settings
-from filesync.engine.workers import Finder, TaskWorker
+from filesync.engine.workers import DeviceShare, Finder, TaskWorker
 from filesync.ledger.database_thread import GroupedLedger
 from filesync.ledger.recovery import discard_staged, open_ledger, rebuild_from_staging
 from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
@@ -21,29 +21,46 @@ from filesync.lock import LeaseTable
 log = logging.getLogger(__name__)
 
 
+def worker_names(base, transfers):
+    """The lease owner names of a device's `transfers` workers: `base` for the first (as when there was one worker per
+    device, so a ledger's active tasks go back to it after an upgrade), then base#2, base#3..."""
+    return [base] + [f"{base}#{number}" for number in range(2, transfers + 1)]
+
+
 def build_workers(config, ledger, worker_prefix, context, announce=None, kinds=(DOWNLOAD, UPLOAD, REMOVE),
                   finders=True, on_progress=None):
-    """The loops for `config`: finders (if asked) and task workers of the given kinds, not yet started."""
+    """The loops for `config`: finders (if asked) and task workers of the given kinds, not yet started.
+
+    A source's or target's `transfers` option says how many workers it gets. A source's download workers share its one
+    device object with its finder (sources are thread-safe; ftp and sftp hold a connection per thread); each upload
+    worker gets its own target object (a target holds one connection and the version set_context() named)."""
     settings = Settings.from_config(config)
     loops = []
     used_sources = {p.source for p in config.pipelines}
-    # A source serves its finder and its download worker from two threads: devices must be thread-safe.
+    # A source serves its finder and its download workers from several threads: devices must be thread-safe.
     sources = {name: create_source(name, config.sources[name], context) for name in used_sources}
     if finders:
         loops += [Finder(sources[p.source], p, ledger, settings, announce) for p in config.pipelines]
     if DOWNLOAD in kinds:
-        loops += [TaskWorker(DOWNLOAD, sources[name], ledger, f"{worker_prefix}/download/{name}", settings, announce,
-                             on_progress) for name in sorted(sources)]
+        for name in sorted(sources):
+            share = DeviceShare()
+            loops += [TaskWorker(DOWNLOAD, sources[name], ledger, worker, settings, announce, on_progress, share)
+                      for worker in worker_names(f"{worker_prefix}/download/{name}",
+                                                 sources[name].options["transfers"])]
     if REMOVE in kinds:
         removers = sorted({p.source for p in config.pipelines if p.delete_after_upload})
-        # its own device object: a source connection is not shared between threads
+        # its own device object: a source connection is not shared between threads; one remover per source
         loops += [TaskWorker(REMOVE, create_source(name, config.sources[name], context), ledger,
                              f"{worker_prefix}/remove/{name}", settings, announce) for name in removers]
     if UPLOAD in kinds:
-        used_targets = sorted({t for p in config.pipelines for t in p.targets})
-        loops += [TaskWorker(UPLOAD, create_target(name, config.targets[name], context), ledger,
-                             f"{worker_prefix}/upload/{name}", settings, announce, on_progress)
-                  for name in used_targets]
+        for name in sorted({t for p in config.pipelines for t in p.targets}):
+            first = create_target(name, config.targets[name], context)
+            devices = [first] + [create_target(name, config.targets[name], context)
+                                 for _ in range(first.options["transfers"] - 1)]
+            share = DeviceShare()
+            loops += [TaskWorker(UPLOAD, device, ledger, worker, settings, announce, on_progress, share)
+                      for device, worker in zip(devices, worker_names(f"{worker_prefix}/upload/{name}",
+                                                                      len(devices)))]
     return loops
 
 

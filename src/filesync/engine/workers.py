@@ -1,16 +1,19 @@
-"""The loops that drive transfers: a Finder per source, and a TaskWorker per (task kind, device).
+"""The loops that drive transfers: a Finder per source, and TaskWorkers per (task kind, device): as many as the device's
+`transfers` option says, each with its own connection, sharing one DeviceShare (the link state, the probe, the
+credentials backoff, and one version of a name at a time).
 
 Workers ask the ledger for work when they start, whenever they are woken (an event said there is work) and at least
 every poll_interval, so a missed message loses nothing. Idle, they sleep on an Event: no busy polling.
 """
+import functools
 import logging
 import queue
 import threading
 import time
 
 from filesync.engine import transfer
-from filesync.engine.transfer import (Job, LeaseLost, can_be_asked, StagedCopyLost, StagingFull, check_staging_space,
-                                      release_staged)
+from filesync.engine.transfer import (Job, LeaseLost, StagedCopyLost, StagingFull, can_be_asked, check_staging_space,
+                                      release_staged, staging_free_bytes)
 from filesync import errors
 from filesync.errors import DeviceUnavailable, PermanentError, Stopping, TransientError, UnsafePath
 from filesync.ledger.recovery import record_delivery
@@ -130,21 +133,94 @@ class Loop:
         raise NotImplementedError
 
 
-class TaskWorker(Loop):
-    """Claims tasks of one kind on one device (a source or a target) and carries them out one at a time."""
+class DeviceShare:
+    """What the workers of one (task kind, device) share: whether the device answers (one LinkState, probed by one
+    worker at a time, so N workers never each hammer a dead server), the backoff after refused credentials, and the
+    turns on a name: two versions of one path are never moved on one device at once (the check that a final name is
+    free and the rename that takes it would race), nor is one version a sibling still holds after its lease ran out.
+    And room on staging: a download starts beside others only when staging holds what they all still have to write
+    above its floor (partial copies all waiting for room, none complete to upload and free it, would wait forever)."""
 
-    def __init__(self, kind, device, ledger, worker, settings, announce=None, on_progress=None):
-        super().__init__(f"{kind}:{device.name}", settings.poll_interval)
+    def __init__(self):
+        self.workers = []
+        self.link = LinkState(on_change=self._notify)
+        self.link_retry = 0  # failed probes in a row, for the probe's backoff
+        self.next_probe = 0.0  # monotonic time before which no worker probes again
+        self.probing = threading.Lock()
+        self.refusals, self.refused_until = 0, 0.0  # credentials refused in a row, and until when to wait
+        self._room = threading.Lock()
+        self._turns = threading.Condition()
+        self._queues = {}  # path -> [(file id, worker)] in the order they asked; the first one moves
+
+    def _notify(self):
+        for worker in self.workers:
+            worker.notify()
+
+    def wake_all(self):
+        """Wake every worker of the device (it answers again)."""
+        for worker in self.workers:
+            worker.wake.set()
+
+    def start(self, worker, job, settings) -> bool:
+        """Make `job` the worker's current one; False for a download that staging has no room for beside the
+        downloads under way (with none under way, it starts and waits at the floor as it copies)."""
+        with self._room:
+            others = [w.current for w in self.workers if w is not worker and w.current is not None]
+            if job.task.kind == DOWNLOAD and settings.staging_min_free_bytes and others:
+                needed = sum(max(0, j.record.size - j.done) for j in others + [job])
+                if staging_free_bytes(settings.staging_dir) - settings.staging_min_free_bytes < needed:
+                    return False
+            worker.current = job
+            return True
+
+    def take_turn(self, path, entry, stop_event, keep_lease, interval) -> bool:
+        """Wait until `entry` (file id, worker) is the first on `path`, calling keep_lease() every `interval` seconds
+        meanwhile; False (and out of the queue) when stopped or keep_lease() says the task was taken."""
+        with self._turns:
+            self._queues.setdefault(path, []).append(entry)
+        try:
+            while True:
+                with self._turns:
+                    if self._queues[path][0] == entry:
+                        return True
+                    self._turns.wait(interval)
+                    if self._queues[path][0] == entry:
+                        return True
+                if stop_event.is_set() or not keep_lease():
+                    break
+        except BaseException:  # the ledger did not answer the renewal: never leave the queue blocked
+            self.end_turn(path, entry)
+            raise
+        self.end_turn(path, entry)
+        return False
+
+    def end_turn(self, path, entry):
+        """Leave `path`'s queue; the next in it moves."""
+        with self._turns:
+            queue = self._queues[path]
+            queue.remove(entry)
+            if not queue:
+                del self._queues[path]
+            self._turns.notify_all()
+
+
+class TaskWorker(Loop):
+    """Claims tasks of one kind on one device (a source or a target) and carries them out one at a time; the workers
+    of one device share `share` (a DeviceShare), each uses its own `device` object (or its own connections of it)."""
+
+    def __init__(self, kind, device, ledger, worker, settings, announce=None, on_progress=None, share=None):
+        super().__init__(f"{kind}:{device.name}" + (worker[worker.rindex("#"):] if "#" in worker else ""),
+                         settings.poll_interval)
         self.kind, self.device, self.ledger = kind, device, ledger
-        self.worker, self.settings = worker, settings
+        self.worker, self.settings = worker, settings  # `worker` is the ledger's lease owner: unique per worker
         self.announce = announce or (lambda record, task=None, done=None: None)
         self.on_progress = on_progress
-        self.link = LinkState(on_change=lambda: self.notify())
-        self.link_retry = 0
+        self.share = share or DeviceShare()
+        self.share.workers.append(self)
+        self.link = self.share.link
         self.current = None  # the Job in progress, for the status display
         self.last_location = ("", 0.0)  # where the last finished upload landed, and when (for the status)
         self.held_back = ""  # why this worker does not take work although the device answers (staging space)
-        self._refusals, self._refused_until = 0, 0.0  # credentials refused in a row, and until when to wait
         self._forgotten = queue.SimpleQueue()  # (source, path, file id) of forgotten versions, for uploads to drop
 
     def forget(self, source, path, file_id):
@@ -169,8 +245,23 @@ class TaskWorker(Loop):
             # never act (above all, never delete) on a claim that is not ours: a crossed or stale reply
             log.error("%s: the ledger answered a claim with a task this worker does not hold: %s", self.name, task)
             return False
+        entry = (record.id, self.worker)
+        renew = functools.partial(self.ledger.checkpoint, record.id, self.kind, self.device.name, self.worker,
+                                  task.offset, self.settings.lease_seconds)
+        if not self.share.take_turn(record.path, entry, self.stop_event, renew, self.settings.lease_seconds / 3):
+            return False
+        try:
+            return self._carry_out(record, task)
+        finally:
+            self.share.end_turn(record.path, entry)
+
+    def _carry_out(self, record, task):
+        """Do the claimed task and record its outcome; True if there may be more work right away."""
         job = Job(self.ledger, self.worker, self.settings, record, task, self._progress)
-        self.current = job
+        if not self.share.start(self, job, self.settings):
+            # given back untouched until a sibling's download ends (it wakes this worker)
+            self.ledger.finish(record.id, self.kind, self.device.name, self.worker, "release")
+            return False
         self.notify()
         self.announce(record, task, task.offset)
         done, outcome, reason, delay = transfer.Done(), "done", "", None
@@ -191,9 +282,12 @@ class TaskWorker(Loop):
         finally:
             self.current = None
             self.notify()
-        if outcome != "wait":
-            self.link.set(True)
-            self._refusals = 0
+            if self.kind == DOWNLOAD:
+                self.share.wake_all()  # room on staging for a sibling that gave its download back
+        if outcome != "wait" and self.link.up:
+            # the link was up when this task was claimed; a sibling that saw the device go away meanwhile is not
+            # contradicted by a task that began before
+            self.share.refusals = 0
         if reason:
             log.warning("%s: %s %s: %s (%s)", self.name, self.kind, record.path, reason, outcome)
         finished = self.ledger.finish(record.id, self.kind, self.device.name, self.worker, outcome, reason,
@@ -256,34 +350,52 @@ class TaskWorker(Loop):
 
     def _link_down(self, error):
         """Stop claiming work for this device until probe() says it answers; the task goes back unharmed."""
-        if self.link.set(False, describe(error), fault=isinstance(error, errors.DeviceFault)):
+        went_down = self.link.set(False, describe(error), fault=isinstance(error, errors.DeviceFault))
+        if went_down:
             log.warning("%s: %s is unreachable: %s; waiting for it", self.name, self.device.name, describe(error))
-        if isinstance(error, errors.AuthRefused):
+            self.share.next_probe = 0.0
+        if isinstance(error, errors.AuthRefused) and went_down:
             # a probe that needs no credentials (an HTTP server's root) cannot tell when they are fixed: the work
-            # itself is the test, tried again after a backoff that grows with every refusal
-            self._refusals += 1
-            self._refused_until = time.monotonic() + min(
-                self.settings.retry_cap, self.settings.retry_base * 2 ** min(self._refusals - 1, 30))
+            # itself is the test, tried again after a backoff that grows with every refusal (counted once for the
+            # siblings refused together)
+            share = self.share
+            share.refusals += 1
+            share.refused_until = time.monotonic() + min(
+                self.settings.retry_cap, self.settings.retry_base * 2 ** min(share.refusals - 1, 30))
         self.device.close()
 
     def _probe(self):
+        """Whether the device answers again. One worker of the device probes at a time, with a backoff between probes;
+        the others wait for its answer."""
+        share = self.share
+        if not share.probing.acquire(blocking=False):
+            self.stop_event.wait(min(1.0, self.settings.poll_interval))  # a sibling is probing
+            return self.link.up
         try:
-            self.device.probe()
-            wait = self._refused_until - time.monotonic()
+            if self.link.up:  # a sibling found it up meanwhile
+                return True
+            wait = max(share.next_probe, share.refused_until) - time.monotonic()
             if wait > 0:
                 self.stop_event.wait(min(wait, self.settings.poll_interval))
                 return False
-        except DeviceUnavailable as error:
-            self.link.set(False, describe(error), fault=isinstance(error, errors.DeviceFault))  # still down
-            self.link_retry += 1
-            delay = min(self.settings.poll_interval, 0.5 * 2 ** min(self.link_retry, 6))
-            self.stop_event.wait(delay)
-            return False
-        except Exception as error:  # a probe that fails otherwise says nothing about reachability: try the work
-            log.debug("%s: probe: %s", self.name, error)
-        log.info("%s: %s is reachable again", self.name, self.device.name)
-        self.link.set(True)
-        self.link_retry = 0
+            try:
+                self.device.probe()
+            except DeviceUnavailable as error:
+                self.link.set(False, describe(error), fault=isinstance(error, errors.DeviceFault))  # still down
+                share.link_retry += 1
+                share.next_probe = time.monotonic() + min(self.settings.poll_interval,
+                                                          0.5 * 2 ** min(share.link_retry, 6))
+                return False
+            except Exception as error:  # a probe that fails otherwise says nothing about reachability: try the work
+                log.debug("%s: probe: %s", self.name, error)
+            if share.refused_until > time.monotonic():
+                return False
+            log.info("%s: %s is reachable again", self.name, self.device.name)
+            self.link.set(True)
+            share.link_retry = 0
+        finally:
+            share.probing.release()
+        share.wake_all()
         return True
 
 
