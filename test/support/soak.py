@@ -106,8 +106,7 @@ REFUSED_REMOVALS = ("changed after the copy", "the source holds version")
 TRANSFERS = 4  # uploads at once per FTP target and copies at once per folder source (issue 18)
 VEHICLE_ROOT = "/log"  # where the autopilot's logs are, as the mavlink source sees it
 DRIVE_FOLDER = "DCIM/100SOAK"
-DRIVE_SERIAL = 0x50A4D41E
-DRIVE_CUT = re.compile(r"download:drive: download \S+: drive \S+ went away while reading .*\(wait\)$")
+DRIVE_CUT = re.compile(r"download:drive(#\d+)?: download \S+: drive \S+ went away while reading .*\(wait\)$")
 
 
 def drive_unavailable():
@@ -383,9 +382,12 @@ class Soak:
         self.tmpfs = False
         self.drive = self.drive_mount = None
         if "drive" in self.pipelines:
-            self.drive = exfat_drive.ExfatDrive(os.path.join(workdir, "drive.img"), "SOAKCAM", DRIVE_SERIAL,
+            # a label and serial (its UUID) of its own: the drive source finds its drive among every loop device on
+            # the machine, and two soaks with one UUID at once (make soak beside make test) read each other's drive
+            label = exfat_drive.unique_label()
+            self.drive = exfat_drive.ExfatDrive(os.path.join(workdir, "drive.img"), label, exfat_drive.unique_serial(),
                                                 size_mb=int(plan.pipeline_bytes("drive") * 1.15 / MiB) + 64)
-            self.drive_mount = os.path.join(workdir, "media", "SOAKCAM")
+            self.drive_mount = os.path.join(workdir, "media", label)
         self.autopilot = self.link = self.session_rule = self.review = None
         self.vehicle_root = os.path.join(workdir, "vehicle")
         if "px4" in self.pipelines:
