@@ -10,27 +10,24 @@ import threading
 import rospy
 
 from filesync.errors import Stopping
-from filesync.msg import FoundFile
-from filesync.ros.convert import record_from_msg
+from filesync.ros.convert import ROS1
 from filesync.ros.services import PersistentService, ServiceFailed, ServiceUnreachable
+from filesync.ros_common.ledger_client import LedgerMethods, LedgerUnavailable
 from filesync.srv import Checkpoint, Claim, Finish, Manage, Query, Register
 
 SERVICES = {"register": Register, "claim": Claim, "checkpoint": Checkpoint, "finish": Finish, "query": Query,
             "manage": Manage}
 
 
-class LedgerUnavailable(Exception):
-    """The ledger did not answer within the time given."""
-
-
 class LedgerError(Exception):
     """The ledger answered a call with an error (its database cannot be written, or a bug in its handler)."""
 
 
-class RosLedger:
+class RosLedger(LedgerMethods):
     """Client of the ledger node's services under `namespace` (default /filesync/ledger)."""
 
     def __init__(self, namespace="/filesync/ledger", wait=None):
+        super().__init__(ROS1)
         self.namespace = namespace.rstrip("/")
         self.wait = wait  # seconds to keep trying; None: until shutdown
         # One set of connections per thread: a rospy ServiceProxy has no lock, so threads sharing a persistent one
@@ -63,46 +60,3 @@ class RosLedger:
             # persistent: one TCP connection per service (and thread) instead of one per call
             services[name] = PersistentService(f"{self.namespace}/{name}", SERVICES[name])
         return services[name]
-
-    def register(self, source, targets, delete_after_upload, entries, downloaded=False):
-        """See Ledger.register."""
-        reply = self._call("register", source=source, targets=list(targets), delete_after_upload=delete_after_upload,
-                           files=[FoundFile(*e[:3], e[3] if len(e) > 3 else "", e[4] if len(e) > 4 else "")
-                                  for e in entries])
-        return [record_from_msg(r) for r in reply.changed]
-
-    def claim(self, kind, device, worker, lease_seconds):
-        """See Ledger.claim."""
-        reply = self._call("claim", kind=kind, device=device, worker=worker, lease_seconds=lease_seconds)
-        if not reply.found:
-            return None
-        record = record_from_msg(reply.file)
-        return record, record.task(kind, device)
-
-    def checkpoint(self, file_id, kind, device, worker, offset, lease_seconds, note=None):
-        """See Ledger.checkpoint."""
-        return self._call("checkpoint", file_id=file_id, kind=kind, device=device, worker=worker, offset=offset,
-                          lease_seconds=lease_seconds, set_note=note is not None, note=note or "").held
-
-    def finish(self, file_id, kind, device, worker, outcome, error="", location="", delay=None, sha256="",
-               checksum=""):
-        """See Ledger.finish."""
-        reply = self._call("finish", file_id=file_id, kind=kind, device=device, worker=worker, outcome=outcome,
-                           error=error, location=location, delay=-1.0 if delay is None else delay, sha256=sha256,
-                           checksum=checksum)
-        return record_from_msg(reply.file) if reply.held else None
-
-    def files(self, state="", source="", after_id=0, limit=0):
-        """See Ledger.files."""
-        return [record_from_msg(r) for r in self._call("query", state=state, source=source, after_id=after_id,
-                                                        limit=limit).files]
-
-    def get(self, file_id):
-        """See Ledger.get."""
-        found = self._call("query", file_id=file_id).files
-        return record_from_msg(found[0]) if found else None
-
-    def manage(self, action, file_id):
-        """retry or forget a file; returns (ok, message, record or None)."""
-        reply = self._call("manage", action=action, file_id=file_id)
-        return reply.ok, reply.message, record_from_msg(reply.file) if reply.file.id else None

@@ -7,19 +7,15 @@ from std_srvs.srv import Trigger, TriggerResponse
 
 from filesync.devices.base import DeviceContext
 from filesync.engine.runner import build_workers
-from filesync.engine.workers import Finder, TaskWorker
-from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
 from filesync.msg import FileEvent, WorkerReport
 from filesync.ros.convert import file_event
 from filesync.ros.ledger_client import RosLedger
 from filesync.ros.node import EVENTS_TOPIC, RosLeaseClient, run_loops, start_node
 from filesync.ros.vehicle_node import VehicleServiceLinks
 from filesync.ros.status_node import IDLE_REPORT_PERIOD, REPORT_PERIOD, WORKERS_TOPIC, report_to_msg
+from filesync.ros_common.workers import KINDS, EventRouter
 from filesync.status import LastError, ReportPacer, worker_report
 
-# Which file states announce work for which node.
-WAKES = {"finder": set(), "downloader": {"found", "uploaded"}, "uploader": {"downloaded"}}
-KINDS = {"finder": (), "downloader": (DOWNLOAD, REMOVE), "uploader": (UPLOAD,)}
 
 
 def run(role):
@@ -35,26 +31,11 @@ def run(role):
     loops = build_workers(config, RosLedger(), rospy.get_name(), context, announce, kinds=KINDS[role],
                           finders=role == "finder")
 
-    def wake_all(*_):
-        for loop in loops:
-            loop.wake.set()
+    router = EventRouter(role, loops)
 
-    finders = [loop for loop in loops if isinstance(loop, Finder)]
-    task_workers = [loop for loop in loops if isinstance(loop, TaskWorker)]
-
-    def on_event(event):
-        if event.state in WAKES[role]:
-            wake_all()
-        elif event.state == "forgotten":  # `filesync forget`: list it again even if it did not change
-            for finder in finders:
-                if finder.source.name == event.source:
-                    finder.forget(event.path)
-            for worker in task_workers:  # and drop its unfinished uploads
-                worker.forget(event.source, event.path, event.file_id)
-
-    rospy.Subscriber(EVENTS_TOPIC, FileEvent, on_event, queue_size=200)
+    rospy.Subscriber(EVENTS_TOPIC, FileEvent, router.on_event, queue_size=200)
     if role == "finder":
-        rospy.Service("/filesync/scan", Trigger, lambda _: wake_all() or TriggerResponse(True, "scanning"))
+        rospy.Service("/filesync/scan", Trigger, lambda _: router.wake_all() or TriggerResponse(True, "scanning"))
     last_error = LastError()
     logging.getLogger("filesync").addHandler(last_error)
     reports = rospy.Publisher(WORKERS_TOPIC, WorkerReport, queue_size=2)

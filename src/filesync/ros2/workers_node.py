@@ -8,19 +8,15 @@ from std_srvs.srv import Trigger
 
 from filesync.devices.base import DeviceContext
 from filesync.engine.runner import build_workers
-from filesync.engine.workers import Finder, TaskWorker
-from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
 from filesync.ros_common.convert import event_message, report_to_msg
 from filesync.ros2.ledger_client import RosLedger
 from filesync.ros2.messages import EVENTS_QOS, REPORTS_QOS, ROS2, msg
 from filesync.ros2.node import EVENTS_TOPIC, FilesyncNode, RosLeaseClient
 from filesync.ros2.status_node import IDLE_REPORT_PERIOD, REPORT_PERIOD, WORKERS_TOPIC
 from filesync.ros2.vehicle_node import VehicleServiceLinks
+from filesync.ros_common.workers import KINDS, EventRouter
 from filesync.status import LastError, ReportPacer, worker_report
 
-# Which file states announce work for which node.
-WAKES = {"finder": set(), "downloader": {"found", "uploaded"}, "uploader": {"downloaded"}}
-KINDS = {"finder": (), "downloader": (DOWNLOAD, REMOVE), "uploader": (UPLOAD,)}
 
 
 def run(role):
@@ -37,27 +33,12 @@ def run(role):
     loops = build_workers(config, RosLedger(filesync), name, context, announce, kinds=KINDS[role],
                           finders=role == "finder")
 
-    def wake_all(*_):
-        for loop in loops:
-            loop.wake.set()
+    router = EventRouter(role, loops)
 
-    finders = [loop for loop in loops if isinstance(loop, Finder)]
-    task_workers = [loop for loop in loops if isinstance(loop, TaskWorker)]
-
-    def on_event(event):
-        if event.state in WAKES[role]:
-            wake_all()
-        elif event.state == "forgotten":  # `filesync forget`: list it again even if it did not change
-            for finder in finders:
-                if finder.source.name == event.source:
-                    finder.forget(event.path)
-            for worker in task_workers:  # and drop its unfinished uploads
-                worker.forget(event.source, event.path, event.file_id)
-
-    node.create_subscription(msg.FileEvent, EVENTS_TOPIC, on_event, EVENTS_QOS)
+    node.create_subscription(msg.FileEvent, EVENTS_TOPIC, router.on_event, EVENTS_QOS)
     if role == "finder":
         def scan(_request, reply):
-            wake_all()
+            router.wake_all()
             reply.success, reply.message = True, "scanning"
             return reply
         node.create_service(Trigger, "/filesync/scan", scan)

@@ -1,8 +1,6 @@
 """The ledger node's services behind the same methods as filesync.ledger.Ledger: the requests each method sends and
-how it reads the reply, for a generation's client that supplies _call(service, **fields) -> reply.
-
-(filesync.ros.ledger_client.RosLedger still has its own copy of these methods while it is being changed on another
-branch; it can become a subclass of this one.)"""
+how it reads the reply, for a generation's client that supplies _call(service, **fields) -> reply (RosLedger on ROS 1,
+the ROS 2 node's client on ROS 2)."""
 from filesync.ros_common.convert import record_from_msg
 
 
