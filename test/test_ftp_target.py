@@ -215,7 +215,7 @@ def test_one_small_file_costs_the_commands_the_contract_needs(ftp_server, tmp_pa
         assert {r.state for r in runner.ledger.files()} == {"uploaded"}
     finally:
         runner.close()
-    assert sent.count("TYPE I") == 1  # at login
+    assert sent.count("TYPE I") == sent.count("USER tester")  # once per connection (transfers: one each), at login
     for name in names:
         final = f"/up/{name}"
         part = next(line.split(" ", 1)[1] for line in sent if line.startswith("STOR ") and name in line)
