@@ -1,44 +1,29 @@
 """The operator views' link to ROS 2: the status and events topics in, the ledger's manage service out (the web node
 uses it; the views themselves, filesync.ui, know nothing of ROS)."""
-import threading
-
 from filesync.ros_common.convert import status_from_msg
 from filesync.ros_common.ledger_actions import LedgerActions as SharedLedgerActions
 from filesync.ros_common.ledger_client import LedgerUnavailable
+from filesync.ros_common.live_view import LiveView
 from filesync.ros2.ledger_client import RosLedger
 from filesync.ros2.messages import EVENTS_QOS, STATUS_QOS, msg, to_sec
 from filesync.ros2.node import EVENTS_TOPIC
-from filesync.status import apply_event, status_view
+from filesync.status import status_view
 
 STATUS_TOPIC = "/filesync/status"
 ACTION_TIMEOUT = 5.0  # seconds a retry or forget waits for the ledger
 
 
-class StatusClient:
-    """Calls on_view(view) with a fresh status_view() on each /filesync/status, and again when a /filesync/events
-    message changes what it shows (a file parked or put back in line between two statuses)."""
+class StatusClient(LiveView):
+    """A LiveView of /filesync/status and /filesync/events on ROS 2."""
 
     def __init__(self, filesync, on_view):
+        super().__init__(on_view)
         self.node = filesync.node
-        self.on_view = on_view
-        self.view = None
-        self._lock = threading.Lock()
         self._subscriptions = [
-            self.node.create_subscription(msg.Status, STATUS_TOPIC, self._on_status, STATUS_QOS),
+            self.node.create_subscription(msg.Status, STATUS_TOPIC,
+                                          lambda message: self.show(status_view(status_from_msg(message, to_sec))),
+                                          STATUS_QOS),
             self.node.create_subscription(msg.FileEvent, EVENTS_TOPIC, self._on_event, EVENTS_QOS)]
-
-    def _on_status(self, message):
-        view = status_view(status_from_msg(message, to_sec))
-        with self._lock:
-            self.view = view
-        self.on_view(view)
-
-    def _on_event(self, event):
-        with self._lock:
-            changed = self.view is not None and apply_event(self.view, event)
-            view = self.view
-        if changed:
-            self.on_view(view)
 
     def close(self):
         """Stop listening."""
