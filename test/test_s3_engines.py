@@ -19,7 +19,7 @@ from conftest import write_file
 from filesync.devices import create_target
 from filesync.devices.s3 import ETAG_MD5, MIB, STORE_CHECKSUM, forget_stores
 from filesync.engine.runner import LocalRunner
-from filesync.errors import FileError
+from filesync.errors import FileError, StartOver
 from filesync.status import StatusBuilder, diagnose, worker_report
 from support.damaging_proxy import DamagingProxy
 from support.moto_s3 import MotoS3
@@ -307,6 +307,37 @@ def test_a_multipart_object_is_read_back_only_where_the_store_computed_nothing_t
         with open(local, "rb") as stream, pytest.raises(FileError, match=r"UploadPart \d of .*damaged on the way"):
             target.write("again.bin", stream, 0, len(data), lambda done, note=None: None)
         target.discard("again.bin")
+
+
+def test_a_part_damaged_on_the_way_is_sent_again_or_the_upload_starts_over(engine, proxy, tmp_path):
+    """Part 1 arrives whole, part 2 damaged; the engine then resumes at part 2. moto and SeaweedFS take part 2 again;
+    rclone serve s3 has streamed it into place and answers 501 NotImplemented to any other bytes for it: that is a
+    StartOver (the upload aborted, nothing left open), not a TransientError retried for ever (seen in CI)."""
+    local = tmp_path / "big.bin"
+    write_file(str(local), 2 * PART + 1000)
+    data = local.read_bytes()
+    target = create_target("store", engine.target_options(endpoint_url=proxy.endpoint, vehicle=tmp_path.name,
+                                                          part_size=PART, multipart_threshold=PART, max_concurrency=1))
+    target.verification()
+
+    def damage_after_the_first_part(done, note=None):
+        proxy.damaging = done >= PART
+    with open(local, "rb") as stream, pytest.raises(FileError):
+        target.write("big.bin", stream, 0, len(data), damage_after_the_first_part)
+    proxy.damaging = False
+    held = []
+    with open(local, "rb") as stream:  # the target reads the staged file at absolute offsets
+        if engine.name == "rclone":
+            with pytest.raises(StartOver, match="will not replace a part it holds"):
+                target.write("big.bin", stream, PART, len(data), lambda done, note=None: held.append(done))
+            assert keys_and_uploads(engine, tmp_path.name) == ([], [])  # the refused upload is aborted
+            target.write("big.bin", stream, 0, len(data), lambda done, note=None: held.append(done))
+        else:
+            target.write("big.bin", stream, PART, len(data), lambda done, note=None: held.append(done))
+    assert held[-1] == len(data)
+    target.publish("big.bin", len(data))
+    assert target.digest("big.bin", "sha256") == hashlib.sha256(data).hexdigest()
+    assert engine.client().get_object(Bucket=BUCKET, Key=target.key_for("big.bin"))["Body"].read() == data
 
 
 def record_requests(monkeypatch):

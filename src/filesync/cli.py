@@ -175,7 +175,8 @@ def _terminal_width():
 def parser():
     """The argument parser."""
     main = argparse.ArgumentParser(prog="filesync", description="Look at filesync and act on single files.")
-    main.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer (default 3)")
+    main.add_argument("--timeout", type=float, help="seconds to wait for an answer (default 3 on ROS 1; 10 on ROS 2, "
+                      "whose discovery takes seconds on a busy computer)")
     commands = main.add_subparsers(dest="command", required=True)
     status = commands.add_parser("status", help="live view: counts, transfers with progress, links")
     status.add_argument("--once", action="store_true", help="print one status and exit")
@@ -210,6 +211,8 @@ def main(argv=None, out=None):
     args = parser().parse_args(argv)
     if args.command == "audit":
         ros = None if args.config and args.database else ros_backend()
+        if ros is not None and args.timeout is None:
+            args.timeout = ros.DEFAULT_TIMEOUT
         try:
             return command_audit(args, out, ros)
         except (Unavailable, CannotAudit, ConfigError) as error:
@@ -219,6 +222,8 @@ def main(argv=None, out=None):
             if ros is not None:
                 ros.close()
     ros = ros_backend()
+    if args.timeout is None:
+        args.timeout = ros.DEFAULT_TIMEOUT
     try:
         ros.check(args.timeout)
         if args.command == "status":

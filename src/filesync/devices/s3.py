@@ -50,7 +50,8 @@ Errors:
   InvalidAccessKeyId, SignatureDoesNotMatch, AccessDenied, any 403,
   RequestTimeTooSkewed ("the clock is off by ...")                        -> AuthRefused (wait; never names a secret)
   BadDigest, InvalidDigest, XAmzContentSHA256Mismatch                    -> FileError (sent again, then parked)
-  NoSuchUpload (the store dropped the upload)                            -> StartOver
+  NoSuchUpload (the store dropped the upload), NotImplemented to an
+  UploadPart (rclone serve s3 will not replace a part it holds)          -> StartOver (the upload is aborted)
   a key over 1,024 bytes                                                 -> UnsafePath, before anything is sent
   5xx, SlowDown, timeouts, dropped connections                           -> TransientError
   other refusals (4xx)                                                   -> PermanentError with the store's message
@@ -599,6 +600,9 @@ class S3Target(Target):
             return UnsafePath(text)
         if code == "NoSuchUpload":
             return StartOver(f"{what}: the store no longer holds the upload; it starts over")
+        if code == "NotImplemented" and " UploadPart " in f" {what} ":
+            # rclone serve s3 streams each part into place and will not take a part number again with other bytes
+            return StartOver(f"{what}: the store will not replace a part it holds; the upload starts over: {text}")
         if status >= 500 or status in (408, 409, 429) or code in LATER_CODES:
             return TransientError(text)
         return PermanentError(text)
@@ -1058,6 +1062,10 @@ class S3Target(Target):
         if isinstance(failure, StartOver):
             with self._state_lock:
                 self._uploads.pop(key, None)
+            try:  # no use to anyone now; the engine's start from byte 0 creates another
+                self._abort(key, upload.upload_id)
+            except FilesyncError as error:
+                log.warning("%s: the abandoned upload is left to discard(): %s", self.name, error)
         if failure is not None:
             raise failure
         if upload.held != size:

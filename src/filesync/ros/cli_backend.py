@@ -12,6 +12,7 @@ from filesync.msg import Status
 from filesync.srv import Manage, Query
 
 CONFIG_PARAM = "/filesync/config"
+DEFAULT_TIMEOUT = 3.0  # the master answers at once; a node it names answers or does not
 ERRORS = (rospy.ServiceException, rospy.ROSException, OSError)  # a call that did not answer
 
 

@@ -14,6 +14,7 @@ from filesync.ros2.messages import ROS2, STATUS_QOS, msg, srv, to_sec
 from filesync.ros2.node import CallFailed, call
 
 CONFIG_NODE = "/filesync/ledger"  # the node whose `config` parameter the tool reads
+DEFAULT_TIMEOUT = 10.0  # DDS discovery of the ledger and the status publisher took over 3 s on a loaded 2-core machine
 _session = {}
 
 
