@@ -382,11 +382,12 @@ def test_a_drive_pulled_mid_write_resumes_without_starting_over(tmp_path, web, m
           f"{sum(map(len, files.values()))}")
 
 
-def test_the_readme_use_cases_load_and_their_devices_build(monkeypatch):
-    """The YAML of the README's "Use cases" (with each commented '# or:' alternative) is a valid configuration, and its
-    http, ftp, folder and drive devices build (the vehicle targets are checked by their own tests)."""
-    readme = open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8").read()
-    section = readme.split("### Use cases", 1)[1].split("\n## ", 1)[0]
+def test_the_use_cases_load_and_their_devices_build(monkeypatch):
+    """The YAML of the "Use cases" (docs/configuration.md, from the README; with each commented '# or:' alternative)
+    is a valid configuration, and its http, ftp, folder and drive devices build (the vehicle targets are checked by
+    their own tests)."""
+    page = open(os.path.join(os.path.dirname(__file__), "..", "docs", "configuration.md"), encoding="utf-8").read()
+    section = page.split("\n## Use cases\n", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```yaml\n(.*?)```", section, re.S)
     assert len(blocks) == 2
     monkeypatch.setenv("GCS_TOKEN", "t")

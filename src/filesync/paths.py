@@ -2,7 +2,7 @@
 
 A device lists names as it gets them (a str where undecodable bytes are surrogate-escaped, as os.fsdecode makes
 them). The ledger, the targets, the topics and the status use the *safe name*: valid UTF-8 without control characters
-or backslashes, made by this reversible escape (documented in the README):
+or backslashes, made by this reversible escape (documented in docs/guarantees.md, "Names"):
 
     a byte that is not part of valid UTF-8, a control character (0x00-0x1F, 0x7F) and a backslash -> %XX (hex)
     a '%' followed by two hex digits (which would read as an escape)                                -> %25

@@ -153,7 +153,7 @@ class Job:
         """Checkpoint a whole copy before its finish (calling `before` first), unless it moved less than
         checkpoint_bytes since the last checkpoint and its lease is far from running out: then the finish records it
         (one ledger transaction less per small file); a crash before the finish copies those few bytes again, as the
-        README allows."""
+        bound in docs/guarantees.md allows."""
         if offset - self._recorded >= self.settings.checkpoint_bytes or self._lease_half_gone():
             before()
             self.checkpoint(offset)
