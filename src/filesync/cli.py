@@ -172,26 +172,60 @@ def _terminal_width():
         return 100
 
 
+DESCRIPTION = """\
+Look at filesync and act on single files. filesync moves files from sources (a PX4 over MAVLink
+FTP or MAVROS, FTP, SFTP, HTTP, drives, folders) through staging to targets, verifies each copy
+on its target, never overwrites, and removes a source file only once every target holds a
+verified copy. This tool talks to its nodes on ROS 1 (`rosrun filesync filesync`) or ROS 2
+(`ros2 run filesync filesync`; ROS_VERSION picks when both are installed)."""
+EPILOG = """\
+Exit status: 0 done, 1 something did not answer or refused, 2 bad usage (audit: see its help).
+The nodes, topics and services: docs/nodes.md; what each view shows: docs/operating.md."""
+STATUS = """\
+A live view of /filesync/status, redrawn as each status arrives (about once a second) until
+Ctrl-C: files and bytes waiting per pipeline, every transfer in progress with a progress bar,
+rate and ETA, each source's and target's link state, parked files and the last error. The same
+content as the rqt plugin and the web page (http://127.0.0.1:8088/ by default)."""
+LS = """\
+List the ledger's files grouped by state, what needs a person first (failed, then what moves,
+then what is done), one line each: id, state, source, size and path; a later version of a name
+says `[version N -> where it went]`, a parked or skipped file its reason. Then the counts."""
+RETRY = """\
+Put a parked (failed) file back in line: its parked tasks wait again, with their attempts
+counted from zero, and the workers are woken. Find the id with `filesync ls failed`."""
+FORGET = """\
+Drop a file from the ledger, with its staged copy and its unfinished uploads (an open S3
+multipart upload is aborted). If its source still holds it, the finder lists it again and it
+travels again as a new version."""
+AUDIT = """\
+Check that TARGET still holds every version the ledger says it delivered there: its size, and
+the target's own digest where it offers one (FTP HASH, S3's checksum or the object read back,
+SFTP's sha256sum with remote_sha256), compared with the version's SHA-256. Prints one line per file missing or
+different, then a summary. Without ROS: --config FILE --database PATH."""
+
+
 def parser():
-    """The argument parser."""
-    main = argparse.ArgumentParser(prog="filesync", description="Look at filesync and act on single files.")
+    """The argument parser (each command's help fits one screen of 100 columns; test/test_cli_help.py)."""
+    main = argparse.ArgumentParser(prog="filesync", description=DESCRIPTION, epilog=EPILOG)
     main.add_argument("--timeout", type=float, help="seconds to wait for an answer (default 3 on ROS 1; 10 on ROS 2, "
                       "whose discovery takes seconds on a busy computer)")
-    commands = main.add_subparsers(dest="command", required=True)
-    status = commands.add_parser("status", help="live view: counts, transfers with progress, links")
+    commands = main.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    status = commands.add_parser("status", help="live view: counts, transfers with progress, links",
+                                 description=STATUS)
     status.add_argument("--once", action="store_true", help="print one status and exit")
-    ls = commands.add_parser("ls", help="list files by state")
+    ls = commands.add_parser("ls", help="list files by state", description=LS)
     ls.add_argument("state", nargs="?", default="", choices=("",) + FILE_STATES, metavar="STATE",
                     help=f"only this state ({', '.join(FILE_STATES)})")
     ls.add_argument("--source", default="", help="only files of this source")
     ls.add_argument("--limit", type=int, default=0, help="at most this many files (0: all)")
-    for name, text in (("retry", "put a parked (failed) file back in line"),
-                       ("forget", "drop a file and its staged copy from the ledger (found again if its source still has it)")):
-        command = commands.add_parser(name, help=text)
+    for name, text, description in (
+            ("retry", "put a parked (failed) file back in line", RETRY),
+            ("forget", "drop a file and its staged copy (found again if its source still has it)", FORGET)):
+        command = commands.add_parser(name, help=text, description=description)
         command.add_argument("id", type=int, help="the file's id (see `filesync ls`)")
     audit_command = commands.add_parser(
-        "audit", help="check that a target still holds what the ledger says it received (exit 0 all there, "
-                      "1 problems, 2 cannot check)")
+        "audit", help="check that a target still holds what the ledger says it received", description=AUDIT,
+        epilog="Exit status: 0 all there, 1 problems found, 2 cannot check (target unreachable, bad configuration).")
     audit_command.add_argument("target", help="the target's name in the configuration")
     audit_command.add_argument("--json", action="store_true", help="print the report as JSON")
     audit_command.add_argument("--config", default="", metavar="FILE",

@@ -132,7 +132,11 @@ def main(argv=None):
     """`filesync-ros2 run CONFIG [--respawn-delay S] [--log-dir DIR]`; returns the exit code."""
     parser = argparse.ArgumentParser(prog="filesync-ros2", description="Run filesync's ROS 2 nodes.")
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="start every node; restart one that dies; Ctrl-C stops all")
+    run = commands.add_parser(
+        "run", help="start every node; restart one that dies; Ctrl-C stops all",
+        description="Start filesync's ROS 2 nodes under /filesync, each its own process with the configuration's "
+                    "path as its `config` parameter (what `ros2 launch filesync sync.launch.py config:=CONFIG` "
+                    "starts); start one that dies again after --respawn-delay; Ctrl-C or SIGTERM stops them all.")
     run.add_argument("config", help="the YAML configuration (the file ROS 1's sync.launch loads)")
     run.add_argument("--respawn-delay", type=float, default=RESPAWN_DELAY, help="seconds before a restart")
     run.add_argument("--log-dir", default="", help="write each node's output to DIR/<node>.log (default: here)")
