@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from filesync import cli
-from filesync.config import WEB, load_config, load_config_file
+from filesync.config import TOP_LEVEL, WEB, load_config, load_config_file
 from filesync.devices import SOURCE_KINDS, TARGET_KINDS, create_source, create_target
 from filesync.errors import ConfigError
 from support import ros_graph
@@ -32,6 +32,11 @@ CLAIMS = {
     "removed only once every target holds a verified copy":
         "test/test_pipeline.py::test_delete_after_upload_removes_the_source_only_when_verified",
     "restarted by roslaunch after a crash": "test/rostest_nodes.py::test_kill_9_of_each_node_mid_transfer",
+    "vehicle: owns each mavlink link": "test/test_mavlink_nodes.py::test_every_url_form_through_the_vehicle_node",
+    "lock: leases for one-session devices (a PX4)":
+        "test/test_mavlink_source.py::test_finder_and_downloader_never_hold_a_session_at_once",
+    "<source>/<id>":
+        "test/test_content.py::test_a_staged_copy_is_never_reused_for_another_version",
     "stops the node that reads it with one line naming it":
         "test/rostest_nodes.py::test_bad_config_exits_with_one_line_naming_the_key",
     "`rosrun filesync filesync status` (live)": "test/test_cli.py::test_ls_retry_forget_and_the_live_status",
@@ -50,6 +55,29 @@ CLAIMS = {
 
 def test_it_fits_a_page():
     assert len(README.splitlines()) < 120
+
+
+def test_what_it_is_names_every_kind_of_device_and_the_package():
+    """The first paragraph names what every registered source and target kind reaches, so a new kind needs a word."""
+    paragraph = " ".join(section(README, "## What it is").split("```")[0].split())
+    sources = {"mavlink": "(MAVLink FTP", "mavros": "through MAVROS", "drive": "a camera's USB drive",
+               "ftp": "an FTP or SFTP server", "sftp": "an FTP or SFTP server", "http": "a web server",
+               "folder": "or a folder, through local staging"}
+    targets = {"ftp": "onto one or more targets: an FTP or SFTP server", "sftp": "an FTP or SFTP server, S3",
+               "s3": "S3, a folder", "folder": "S3, a folder", "drive": "a drive,", "mavlink": "the vehicle itself",
+               "mavros": "the vehicle itself", "flight_review": "PX4 Flight Review", "http": "or an HTTP API"}
+    assert set(sources) == set(SOURCE_KINDS) and set(targets) == set(TARGET_KINDS)
+    for phrase in list(sources.values()) + list(targets.values()):
+        assert phrase in paragraph, phrase
+    assert "ROS 1 catkin package (`filesync`)" in paragraph and "<name>filesync</name>" in read("package.xml")
+    assert "ros-jazzy-rclpy" in read("requirements-ros2.txt") and "run on ROS 2 Jazzy" in README
+
+
+def test_the_picture_names_options_that_exist():
+    picture = fenced_blocks(section(README, "## What it is"), "")[0]
+    names = {option.name for option in TOP_LEVEL}
+    for option in ("scan_interval", "staging_dir"):
+        assert option in picture and option in names, option
 
 
 def test_the_two_commands_at_the_top_are_the_makefiles():
@@ -73,8 +101,9 @@ def test_the_embedded_default_is_what_the_readme_says():
 
 
 def test_every_claim_names_a_test_that_exists():
+    flat = " ".join(README.split())  # a phrase may wrap anywhere
     for phrase, test in CLAIMS.items():
-        assert phrase in README, phrase
+        assert " ".join(phrase.split()) in flat, phrase
     assert missing_tests(" ".join(f"`{test}`" for test in CLAIMS.values())) == []
 
 
