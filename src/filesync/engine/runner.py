@@ -5,7 +5,6 @@ pieces to topics and services instead.
 """
 import logging
 import os
-import threading
 import time
 
 from filesync.config import load_config
@@ -73,8 +72,6 @@ class LocalRunner:
                                                retry_cap=self.config.retry_cap)
         if moved_aside:
             rebuild_from_staging(self.ledger, self.config)
-        self.events = []
-        self._events_lock = threading.Lock()
         lock_path = os.path.join(os.path.dirname(self.config.database), "leases.json")
         self.context = DeviceContext(lock=LeaseTable(lock_path), owner=worker_prefix)
         # the loops' calls share commits when they coincide (a download's finish beside an upload's claim)
@@ -84,8 +81,6 @@ class LocalRunner:
         self._started = False
 
     def _announce(self, record, task=None, done=None):
-        with self._events_lock:
-            self.events.append((record.id, record.path, record.state, task.device if task else "", done))
         # A state change may be work for a task worker: wake those now. Not the finders: a state change tells them
         # nothing new about their source, and a finder woken per change lists the whole source again each time
         # (O(N^2) listing for N files); they list every scan_interval, or at once for forget().
