@@ -21,7 +21,7 @@ import time
 from typing import Callable, Dict, Iterator, List, Optional
 
 from filesync.devices.base import Checksum, RemoteFile, Source, Target, digest_text
-from filesync.devices.mavftp import (CommandUnsupported, Entry, MavFtpClient, SessionRefused, VehicleFileExists,
+from filesync.devices.vehicle.mavftp import (CommandUnsupported, Entry, MavFtpClient, SessionRefused, VehicleFileExists,
                                      VehicleFileNotFound, VehicleFull)
 from filesync.errors import (ConfigError, DeviceUnavailable, FileError, FinalNameTaken, PermanentError, StartOver,
                              TransientError, UnsafePath)

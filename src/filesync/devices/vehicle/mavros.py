@@ -25,7 +25,7 @@ import time
 from typing import Iterator, List, Optional
 
 from filesync.devices.base import Checksum, RemoteFile, Source, Target, digest_text
-from filesync.devices.mavlink import absolute_vehicle_path, file_patterns, log_time
+from filesync.devices.vehicle.mavlink import absolute_vehicle_path, file_patterns, log_time
 from filesync.errors import (ConfigError, DeviceFault, DeviceUnavailable, FileError, FinalNameTaken, PermanentError,
                              StartOver, TransientError, UnsafePath, Vanished)
 from filesync.lock import exclusive
