@@ -21,7 +21,7 @@ TARGET_KINDS = {
     "drive": "filesync.devices.drive:DriveTarget",
     "flight_review": "filesync.devices.http:FlightReviewTarget",
     "http": "filesync.devices.http:HttpTarget",
-    "s3": "filesync.devices.s3:S3Target",
+    "s3": "filesync.devices.s3.target:S3Target",
     "mavlink": "filesync.devices.vehicle.mavlink:MavlinkTarget",
     "sftp": "filesync.devices.sftp:SftpTarget",
     "mavros": "filesync.devices.vehicle.mavros:MavrosTarget",
