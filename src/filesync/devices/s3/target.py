@@ -184,29 +184,56 @@ class S3Target(Target):
     can_delete = True
 
     OPTIONS = [
-        Option("bucket", str, check=lambda value: None if value else "must not be empty"),
-        Option("endpoint_url", str, ""),
-        Option("region", str, ""),
-        Option("key_template", str, "{vehicle}/{source}/{path}", _key_template_check),
-        Option("vehicle", str, ""),
-        Option("source", str, ""),
-        Option("profile", str, ""),
-        Option("ca_bundle", str, ""),
-        Option("verify_tls", bool, True),
-        Option("addressing_style", str, "auto", choices=("auto", "path", "virtual")),
-        Option("request_checksum_calculation", str, "when_supported", choices=("when_supported", "when_required")),
-        Option("multipart_threshold", int, 8 * MIB, threshold_check),
-        Option("part_size", int, 0, part_size_check),
+        Option("bucket", str, check=lambda value: None if value else "must not be empty",
+               help="The bucket the objects go into; it must exist."),
+        Option("endpoint_url", str, "",
+               help="The store's URL (e.g. http://nas.local:8333); empty: AWS."),
+        Option("region", str, "",
+               help="The region requests are signed for; empty: boto3's own (the profile, AWS_DEFAULT_REGION), else "
+                    "us-east-1."),
+        Option("key_template", str, "{vehicle}/{source}/{path}", _key_template_check,
+               help="Object key of each file, with {vehicle}, {source} and {path} ({path} required); empty components"
+                    " are dropped."),
+        Option("vehicle", str, "",
+               help="{vehicle} in keys and the x-amz-meta-vehicle metadata where the engine gives none; empty: this "
+                    "computer's host name."),
+        Option("source", str, "",
+               help="{source} in keys where the engine gives none (the engine gives the source's name)."),
+        Option("profile", str, "",
+               help="An AWS profile (~/.aws/config) to take credentials and region from."),
+        Option("ca_bundle", str, "",
+               help="A PEM file of the certificate authorities to trust instead of the system's."),
+        Option("verify_tls", bool, True,
+               help="false turns off the check of the store's TLS certificate (a loud warning)."),
+        Option("addressing_style", str, "auto", choices=("auto", "path", "virtual"),
+               help="How the bucket is named in URLs: path (http://host/bucket/key, most self-hosted stores), virtual"
+                    " (http://bucket.host/key) or auto."),
+        Option("request_checksum_calculation", str, "when_supported", choices=("when_supported", "when_required"),
+               help="when_supported (boto3's default) or when_required, for stores that refuse boto3's CRC trailers."),
+        Option("multipart_threshold", int, 8 * MIB, threshold_check,
+               help="Size in bytes from which a file goes as a resumable multipart upload; smaller files go as one "
+                    "PutObject, sent again whole after an interruption."),
+        Option("part_size", int, 0, part_size_check,
+               help="Bytes per part of a multipart upload, 5 MiB to 5 GiB; 0: 8 MiB, more for files over about 8 GB "
+                    "(at most 1,000 parts)."),
         # Parts in flight at once. One at a time reached 0.65-0.79 of upload_file (10 threads) to SeaweedFS on
         # loopback; 4 at once 0.88-1.32 (median 1.08) in paired 1 GiB runs, 8 no better (0.84-1.27) and 12 MiB more
         # peak RSS (docs/benchmarks.md). Memory: about 1-3 MiB per part in flight, whatever the file size.
-        Option("max_concurrency", int, 4, lambda value: None if 1 <= value <= 32 else "must be from 1 to 32"),
-        Option("connect_timeout", float, 10.0, positive),
-        Option("timeout", float, 120.0, positive),
-        Option("max_attempts", int, 2, positive),  # boto3's own tries per request; the engine retries beyond them
+        Option("max_concurrency", int, 4, lambda value: None if 1 <= value <= 32 else "must be from 1 to 32",
+               help="Parts of one upload sent at once (1 to 32); each costs about 1 to 3 MiB of memory, and up to "
+                    "this many parts are sent again per interruption."),
+        Option("connect_timeout", float, 10.0, positive,
+               help="Seconds to wait for a connection to the store."),
+        Option("timeout", float, 120.0, positive,
+               help="Seconds to wait for an answer (boto3's read timeout)."),
+        Option("max_attempts", int, 2, positive,
+               help="boto3's tries per request; filesync's own retries come on top."),
         Option("metadata", dict, {}, lambda value: None if all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()) else "expected a mapping of strings"),
-    ] + secret_options("access_key_id") + secret_options("secret_access_key") + secret_options("session_token")
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()) else "expected a mapping of strings",
+               help="More x-amz-meta-* values put on every object, name to text."),
+    ] + secret_options("access_key_id", "the access key id (none: boto3's own credential chain)") + \
+        secret_options("secret_access_key", "the secret access key") + \
+        secret_options("session_token", "the session token of temporary credentials")
 
     LIST_PAGE = 1000  # ListParts page size: S3's largest (a test makes it small to walk the pages)
 
