@@ -1,7 +1,6 @@
 """Every option of every device kind and of the configuration's own mappings has its help (issue 20, part 2): one or
 two sentences saying what it means, its unit and what to set it to, from which docs/devices/<kind>.md is made."""
-from filesync import config
-from filesync.devices import SOURCE_KINDS, TARGET_KINDS, source_class, target_class
+from filesync import config, docs
 
 CONFIG_OPTIONS = {"top level": config.TOP_LEVEL, "pipelines[]": config.PIPELINE, "ftp_server": config.FTP_SERVER,
                   "ftp_server.users[]": config.FTP_USER, "web": config.WEB}
@@ -9,11 +8,10 @@ CONFIG_OPTIONS = {"top level": config.TOP_LEVEL, "pipelines[]": config.PIPELINE,
 
 def declared_options():
     """(where, Option) for every option of every device kind and of the configuration's own mappings."""
-    for kinds, device_class in ((SOURCE_KINDS, source_class), (TARGET_KINDS, target_class)):
-        for kind in kinds:
-            cls = device_class(kind, kind)
-            for option in cls.OPTIONS + cls.ENGINE_OPTIONS + [cls.transfers_option()]:
-                yield f"{kind} {cls.__name__}", option
+    for kind in docs.device_kinds():
+        for role, device_class in docs.device_roles(kind):
+            for option in docs.device_options(device_class):
+                yield f"{kind} {role}", option
     for where, options in CONFIG_OPTIONS.items():
         for option in options:
             yield where, option
