@@ -455,6 +455,33 @@ def test_a_taken_key_raises_final_name_taken_and_is_not_overwritten(seaweed, tmp
     assert open_uploads(seaweed, key) == []
 
 
+def test_a_start_over_whose_abort_fails_still_starts_over(seaweed, tmp_path, monkeypatch, caplog):
+    """A part the store will not take (StartOver) abandons the upload, which is aborted; where that abort fails too
+    (the store went away meanwhile), the StartOver still reaches the engine and the upload is left to discard()."""
+    size = 2 * PART + 1
+    local = str(tmp_path / "abandoned.bin")
+    write_file(local, size)
+    target = make_target(seaweed, **SEQUENTIAL)
+    send_part = target._send_part
+
+    def refusing_part_2(key, upload_id, staged, number, start, length):
+        if number == 2:
+            raise StartOver("the store will not replace a part it holds")
+        return send_part(key, upload_id, staged, number, start, length)
+
+    def failing_abort(key, upload_id):
+        raise TransientError("the store went away")
+
+    monkeypatch.setattr(target, "_send_part", refusing_part_2)
+    monkeypatch.setattr(target, "_abort", failing_abort)
+    with pytest.raises(StartOver, match="will not replace"), open(local, "rb") as stream:
+        target.write("abandoned.bin", stream, 0, size, Notes())
+    assert "the abandoned upload is left to discard(): the store went away" in caplog.text
+    monkeypatch.undo()
+    target.discard("abandoned.bin")
+    assert open_uploads(seaweed, "rover1/abandoned.bin") == []
+
+
 def test_discard_aborts_the_upload_and_orphans_of_the_key(seaweed, tmp_path):
     size = 2 * PART
     local = str(tmp_path / "dropped.bin")

@@ -88,8 +88,8 @@ from filesync.devices.s3.multipart import (MIB, READ_BLOCK, Pending, Staged, Upl
                                            threshold_check)
 from filesync.devices.s3.store import (DIGEST_CODES, ETAG_MD5, PROBE_BODY, PROBE_NAME, STORE_CHECKSUM, Known,
                                        error_status, found_store, probe_store, store_of)
-from filesync.errors import (AuthRefused, ConfigError, DeviceUnavailable, FileError, FinalNameTaken, PermanentError,
-                             StartOver, TransientError, UnsafePath)
+from filesync.errors import (AuthRefused, ConfigError, DeviceUnavailable, FileError, FilesyncError, FinalNameTaken,
+                             PermanentError, StartOver, TransientError, UnsafePath)
 from filesync.options import Option, expand_path, positive, resolve_secret, secret_options
 
 log = logging.getLogger(__name__)
