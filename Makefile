@@ -27,7 +27,8 @@ APT_PACKAGES := ros-core-dev python3-rospy python3-rostest python3-roslaunch pyt
 TEST_APT_PACKAGES := python3-pytest python3-openssl curl lftp rsync strace nginx openssh-server openssh-client socat \
   chromium chromium-driver python3-selenium xvfb libwrap0 libhiredis0.14 libmemcached11 libmemcachedutil2 libpcre2-posix3
 
-.PHONY: setup setup-test run run-ros2 test test-lib test-ros test-ros2 test-long soak bench bench-many clean install-service
+.PHONY: setup setup-test run run-ros2 test test-lib test-ros test-ros2 test-long soak bench bench-many clean install-service \
+  docs
 
 setup: $(STAMPS)/build
 
@@ -103,6 +104,11 @@ install-service: setup
 	if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then \
 	  systemctl daemon-reload && systemctl enable --now filesync.service; \
 	else echo "systemd is not running here: $(UNIT) is written; enable it with systemctl enable --now filesync"; fi
+
+# docs/devices/<kind>.md: rewrite each page's options tables from the code's Option declarations (the prose around
+# them is kept); test/test_device_docs.py fails while a committed page differs.
+docs: setup
+	PYTHONPATH=$(ROOT)/src $(PY) -m filesync.docs $(ROOT)/docs/devices
 
 # Tests too long for every CI run: the 50 MB log over MAVLink FTP (about 7 minutes at MAVSDK's pace), and the device
 # conformance suite against MAVSDK's MAVLink FTP (about 2.5 minutes).

@@ -9,7 +9,7 @@ One MAVSDK autopilot (test/support/mavsdk_autopilot.py) serves one log; each rea
 The link emulator runs in a process of its own (support.linkemu.LinkEmulatorProcess), as a real link is separate
 hardware: in the reader's process it would wait for the reader's interpreter lock.
 Readers:
-  ours        filesync.devices.mavlink.MavlinkSource.read (burst reads, pipelined hole filling)
+  ours        filesync.devices.vehicle.mavlink.MavlinkSource.read (burst reads, pipelined hole filling)
   pymavlink   pymavlink.mavftp.MAVFTP used as a library, burst_read_size 239 (GPL: run, not copied)
   mavros      sequential 239-byte ReadFile, one request in flight, resent on timeout (MAVROS's way, plus a retry)
   bare        open + BurstReadFile from wherever the last burst ended, counting bytes, no hole filling: the
@@ -19,7 +19,7 @@ Every reader's bytes are checked against the file's sha256 (bare only counts).
 Writes (--writes): each writer sends one file of --size bytes to the autopilot over `serial` and `serial5` (the link
 emulator in this process, since it carries support.mavsdk_autopilot.Px4WriteRules: MAVSDK's WriteFile ACK says
 neither offset nor count, which pymavlink's put needs and PX4's gives):
-  ours         filesync.devices.mavlink.MavlinkTarget.write (CreateFile, WriteFile pipelined 16 deep, 239 bytes each)
+  ours         filesync.devices.vehicle.mavlink.MavlinkTarget.write (CreateFile, WriteFile pipelined 16 deep, 239 bytes each)
   pymavlink    pymavlink.mavftp.MAVFTP.cmd_put with write_size 239, write_qsize 5
   pymavlink80  the same with pymavlink's defaults (write_size 80, write_qsize 5)
 Every copy is compared with the file's bytes. pymavlink's put is waited for as its own command line does
@@ -53,7 +53,7 @@ sys.path[:0] = [os.path.join(HERE, "..", "src"), os.path.join(HERE, "..", "test"
 from pymavlink import mavutil  # noqa: E402
 
 from filesync.devices import create_source  # noqa: E402
-from filesync.devices.mavftp import MAX_DATA, MavFtpClient, Op  # noqa: E402
+from filesync.devices.vehicle.mavftp import MAX_DATA, MavFtpClient, Op  # noqa: E402
 from support.linkemu import LinkEmulator, LinkEmulatorProcess  # noqa: E402
 from support.mavsdk_autopilot import MavsdkAutopilot, Px4WriteRules  # noqa: E402
 

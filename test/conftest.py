@@ -22,7 +22,7 @@ else:
 def s3_stores_found_anew():
     """A test's S3 servers are its own, and another engine may get a port an earlier test's server had: what the s3
     target found about an endpoint (kept per process) must not carry over to the next test."""
-    from filesync.devices.s3 import forget_stores
+    from filesync.devices.s3.store import forget_stores
     forget_stores()
 
 

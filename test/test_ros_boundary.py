@@ -9,7 +9,7 @@ SRC = os.path.join(os.path.dirname(__file__), "..", "src", "filesync")
 ROS_MODULES = ("rospy", "rosgraph", "rospkg", "rclpy", "filesync.msg", "filesync.srv", "filesync_interfaces",
                "diagnostic_updater", "mavros_msgs")
 EDGES = ("ros", "ros2")
-EXCEPTIONS = {os.path.join("devices", "mavros.py")}
+EXCEPTIONS = {os.path.join("devices", "vehicle", "mavros.py")}
 
 
 def imported_modules(path):

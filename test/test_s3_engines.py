@@ -17,7 +17,8 @@ import pytest
 
 from conftest import write_file
 from filesync.devices import create_target
-from filesync.devices.s3 import ETAG_MD5, MIB, STORE_CHECKSUM, forget_stores
+from filesync.devices.s3.multipart import MIB
+from filesync.devices.s3.store import ETAG_MD5, STORE_CHECKSUM, forget_stores
 from filesync.engine.runner import LocalRunner
 from filesync.errors import FileError, StartOver
 from filesync.status import StatusBuilder, diagnose, worker_report

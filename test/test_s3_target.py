@@ -20,8 +20,8 @@ import pytest
 
 from conftest import assert_config_error, write_file
 from filesync.devices import create_target
-from filesync.devices import s3 as s3_module
-from filesync.devices.s3 import MIB, choose_part_size, composite_checksum
+from filesync.devices.s3.multipart import MIB, Window, choose_part_size, composite_checksum
+from filesync.devices.s3.store import STORE_CHECKSUM, Store
 from filesync.errors import (WAIT, AuthRefused, DeviceUnavailable, FileError, FinalNameTaken, StartOver,
                              TransientError, UnsafePath, action)
 from support.latency_proxy import LatencyProxy
@@ -125,7 +125,7 @@ def test_small_file_is_one_put_with_the_store_checksum_and_metadata(seaweed, tmp
     write_file(local, 300_000)
     target = make_target(seaweed)
     target.set_context(source="px4", vehicle="rover7", version_time=1_764_000_000.5)
-    assert target.store() == s3_module._Store(s3_module.STORE_CHECKSUM, if_none_match=True)  # SeaweedFS checks
+    assert target.store() == Store(STORE_CHECKSUM, if_none_match=True)  # SeaweedFS checks
     sent = count_sends(target)
     assert target.stat("2026/small.ulg") is None
     location, notes = upload(target, "2026/small.ulg", local, 300_000)
@@ -138,7 +138,7 @@ def test_small_file_is_one_put_with_the_store_checksum_and_metadata(seaweed, tmp
     assert head["Metadata"] == {"sha256": digest, "source": "px4", "vehicle": "rover7",
                                 "version-time": "2025-11-24T16:00:00.500000Z"}
     assert [operation for operation, _ in sent] == ["HeadObject", "PutObject"]  # the check after it is the engine's
-    assert target.verified_by == s3_module.STORE_CHECKSUM
+    assert target.verified_by == STORE_CHECKSUM
     del sent[:]
     assert target.stat("2026/small.ulg") == 300_000 and target.digest("2026/small.ulg", "sha256") == digest
     assert [operation for operation, _ in sent] == ["HeadObject", "HeadObject"]  # the store's SHA-256: nothing read
@@ -179,7 +179,7 @@ def test_resume_after_the_client_dropped_mid_part(seaweed, tmp_path, monkeypatch
     first = make_target(seaweed, max_attempts=1)  # one interruption, one failed send (no retry inside boto3)
     sent_first = count_sends(first)
     notes = Notes()
-    real_read = s3_module._Window.read
+    real_read = Window.read
 
     def breaking_read(window, amount=-1):
         sending = amount is not None and 0 < amount < MIB  # http.client reads small blocks; signing reads 1 MiB
@@ -187,10 +187,10 @@ def test_resume_after_the_client_dropped_mid_part(seaweed, tmp_path, monkeypatch
             raise ConnectionResetError("link lost")
         return real_read(window, amount)
 
-    monkeypatch.setattr(s3_module._Window, "read", breaking_read)
+    monkeypatch.setattr(Window, "read", breaking_read)
     with pytest.raises(TransientError), open(local, "rb") as stream:
         first.write("resume.bin", stream, 0, size, notes)
-    monkeypatch.setattr(s3_module._Window, "read", real_read)
+    monkeypatch.setattr(Window, "read", real_read)
     assert json.loads(notes.note)["parts"][0][0] == 1 and len(json.loads(notes.note)["parts"]) == 1
 
     second = make_target(seaweed)
@@ -312,12 +312,12 @@ KILLED_WRITER = textwrap.dedent("""
     import json, sys, time
     sys.path[:0] = sys.argv[4:]
     from filesync.devices import create_target
-    from filesync.devices import s3
-    real_read = s3._Window.read
+    from filesync.devices.s3.multipart import Window
+    real_read = Window.read
     def slow_read(window, amount=-1):  # about 1 s a part, so the kill lands inside one
         time.sleep(0.0015)
         return real_read(window, amount)
-    s3._Window.read = slow_read
+    Window.read = slow_read
     target = create_target("store", json.loads(sys.argv[1]))
     log = open(sys.argv[3], "a", buffering=1)
     def sending(request, **_):
@@ -372,8 +372,8 @@ def test_resume_after_the_store_is_killed_mid_upload(own_seaweed, tmp_path, monk
     size = 4 * PART + 1
     local = str(tmp_path / "crash.bin")
     write_file(local, size)
-    real_read = s3_module._Window.read
-    monkeypatch.setattr(s3_module._Window, "read",
+    real_read = Window.read
+    monkeypatch.setattr(Window, "read",
                         lambda window, amount=-1: (time.sleep(0.001), real_read(window, amount))[1])
     target = make_target(own_seaweed, connect_timeout=2, timeout=5, max_attempts=1, **SEQUENTIAL)
     sent = count_sends(target)
@@ -397,7 +397,7 @@ def test_resume_after_the_store_is_killed_mid_upload(own_seaweed, tmp_path, monk
     writer.join(60)
     assert failure and isinstance(failure[0], TransientError), failure  # the engine retries or waits
     own_seaweed.start()
-    monkeypatch.setattr(s3_module._Window, "read", real_read)
+    monkeypatch.setattr(Window, "read", real_read)
     resumed = make_target(own_seaweed)
     sent_after = count_sends(resumed)
     held = resumed.held("crash.bin", notes.note)
@@ -416,7 +416,7 @@ def test_a_damaged_part_is_refused_by_the_store_and_sent_again(seaweed, tmp_path
     target = make_target(seaweed, **SEQUENTIAL)
     sent = count_sends(target)
     notes = Notes()
-    real_read = s3_module._Window.read
+    real_read = Window.read
     damaged = []
 
     def damaging_read(window, amount=-1):
@@ -429,7 +429,7 @@ def test_a_damaged_part_is_refused_by_the_store_and_sent_again(seaweed, tmp_path
             block = block[:100 - position] + bytes([block[100 - position] ^ 1]) + block[101 - position:]
         return block
 
-    monkeypatch.setattr(s3_module._Window, "read", damaging_read)
+    monkeypatch.setattr(Window, "read", damaging_read)
     with pytest.raises(FileError) as refused, open(local, "rb") as stream:
         target.write("damaged.bin", stream, 0, size, notes)
     assert "BadDigest" in str(refused.value) and "\n" not in str(refused.value)
@@ -453,6 +453,33 @@ def test_a_taken_key_raises_final_name_taken_and_is_not_overwritten(seaweed, tmp
     assert stored(seaweed, key) == open(local, "rb").read()
     upload(target, f"taken-{size}.bin", local, size)  # the same bytes again (a lost answer): counts as published
     assert open_uploads(seaweed, key) == []
+
+
+def test_a_start_over_whose_abort_fails_still_starts_over(seaweed, tmp_path, monkeypatch, caplog):
+    """A part the store will not take (StartOver) abandons the upload, which is aborted; where that abort fails too
+    (the store went away meanwhile), the StartOver still reaches the engine and the upload is left to discard()."""
+    size = 2 * PART + 1
+    local = str(tmp_path / "abandoned.bin")
+    write_file(local, size)
+    target = make_target(seaweed, **SEQUENTIAL)
+    send_part = target._send_part
+
+    def refusing_part_2(key, upload_id, staged, number, start, length):
+        if number == 2:
+            raise StartOver("the store will not replace a part it holds")
+        return send_part(key, upload_id, staged, number, start, length)
+
+    def failing_abort(key, upload_id):
+        raise TransientError("the store went away")
+
+    monkeypatch.setattr(target, "_send_part", refusing_part_2)
+    monkeypatch.setattr(target, "_abort", failing_abort)
+    with pytest.raises(StartOver, match="will not replace"), open(local, "rb") as stream:
+        target.write("abandoned.bin", stream, 0, size, Notes())
+    assert "the abandoned upload is left to discard(): the store went away" in caplog.text
+    monkeypatch.undo()
+    target.discard("abandoned.bin")
+    assert open_uploads(seaweed, "rover1/abandoned.bin") == []
 
 
 def test_discard_aborts_the_upload_and_orphans_of_the_key(seaweed, tmp_path):

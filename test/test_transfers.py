@@ -55,8 +55,8 @@ def test_the_target_receives_as_many_uploads_at_once_as_transfers_says(tmp_path,
 
 
 def test_the_default_is_four_transfers_and_one_for_a_vehicle(tmp_path, ftp_server):
-    from filesync.devices.mavlink import MavlinkSource, MavlinkTarget
-    from filesync.devices.mavros import MavrosSource, MavrosTarget
+    from filesync.devices.vehicle.mavlink import MavlinkSource, MavlinkTarget
+    from filesync.devices.vehicle.mavros import MavrosSource, MavrosTarget
     from filesync.devices.drive import DriveTarget
     assert [cls.transfers_option().default for cls in (MavlinkSource, MavlinkTarget, MavrosSource, MavrosTarget,
                                                        DriveTarget)] == [1] * 5

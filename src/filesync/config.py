@@ -15,56 +15,107 @@ from filesync.options import (Option, expand_path, not_negative, parse_options, 
 from filesync.ui.web import MAX_CONNECTIONS, REQUEST_TIMEOUT, is_loopback
 
 TOP_LEVEL = [
-    Option("staging_dir", str, "~/filesync/staging"),
-    Option("database", str, ""),
-    Option("checkpoint_bytes", int, 1 << 20, positive),
-    Option("scan_interval", float, 10.0, positive),
-    Option("poll_interval", float, 10.0, positive),
-    Option("lease_seconds", float, 30.0, positive),
-    Option("retry_base", float, 2.0, positive),
-    Option("retry_cap", float, 300.0, positive),
-    Option("max_attempts", int, 5, positive),
-    Option("bwlimit", int, 0, not_negative),
-    Option("staging_min_free_bytes", int, 0, not_negative),
-    Option("retention", str, "keep", choices=("keep", "uploaded")),
-    Option("unreachable_warn_seconds", float, 30.0, not_negative),
-    Option("log_dir", str, ""),
-    Option("log_max_bytes", int, 1 << 20, positive),
-    Option("log_backup_count", int, 3, not_negative),
-    Option("ros_log_max_total_bytes", int, 200 << 20, positive),
-    Option("sources", dict),
-    Option("targets", dict),
-    Option("pipelines", list),
-    Option("ftp_server", dict, {}),
-    Option("web", dict, {}),
+    Option("staging_dir", str, "~/filesync/staging",
+           help="Local folder where every version is staged (<staging_dir>/<source>/<id>) between its download and "
+                "its uploads; give it a disk with room for the files in flight."),
+    Option("database", str, "",
+           help="Path of the ledger's SQLite file; empty: $ROS_HOME/filesync/ledger.db (ROS_HOME defaults to ~/.ros)."),
+    Option("checkpoint_bytes", int, 1 << 20, positive,
+           help="Bytes a download copies between two recorded checkpoints, so at most this much is copied again per "
+                "interruption and transfer; default 1 MiB."),
+    Option("scan_interval", float, 10.0, positive,
+           help="Seconds between two listings of each source (each listing stats every file in it)."),
+    Option("poll_interval", float, 10.0, positive,
+           help="Seconds between a worker's looks at the ledger when no event woke it."),
+    Option("lease_seconds", float, 30.0, positive,
+           help="Seconds a claimed transfer may go unrenewed before another worker may take it over (after a crash)."),
+    Option("retry_base", float, 2.0, positive,
+           help="Seconds before the first retry of a transient failure; each further retry waits twice as long, with "
+                "jitter, up to retry_cap."),
+    Option("retry_cap", float, 300.0, positive,
+           help="Longest wait in seconds between two retries of a transient failure."),
+    Option("max_attempts", int, 5, positive,
+           help="Tries of a file that keeps failing on its own (a bad block, a refused name) before it is parked with"
+                " its reason."),
+    Option("bwlimit", int, 0, not_negative,
+           help="Bytes per second per transfer, 0 for no limit; set it to leave room on a shared radio link."),
+    Option("staging_min_free_bytes", int, 0, not_negative,
+           help="Free bytes the staging disk must keep: below it downloads wait (uploads go on); 0 for no floor."),
+    Option("retention", str, "keep", choices=("keep", "uploaded"),
+           help="keep: staged copies stay; uploaded: a staged copy is removed once every target holds it."),
+    Option("unreachable_warn_seconds", float, 30.0, not_negative,
+           help="Seconds a target may be unreachable before its diagnostic turns to WARN (a source warns at once)."),
+    Option("log_dir", str, "",
+           help="Folder of filesync's own rotating log, one file per node; empty: $ROS_HOME/log/filesync."),
+    Option("log_max_bytes", int, 1 << 20, positive,
+           help="Size in bytes at which each log file (filesync's, and rospy's per-node file) rotates."),
+    Option("log_backup_count", int, 3, not_negative,
+           help="Rotated log files kept per node."),
+    Option("ros_log_max_total_bytes", int, 200 << 20, positive,
+           help="Total bytes of ROS's log folder above which the status node removes its oldest files."),
+    Option("sources", dict,
+           help="The sources by name, each a mapping with its kind and that kind's options (docs/devices/<kind>.md)."),
+    Option("targets", dict,
+           help="The targets by name, each a mapping with its kind and that kind's options (docs/devices/<kind>.md)."),
+    Option("pipelines", list,
+           help="Which source goes to which targets: a list of mappings with source, targets and delete_after_upload."),
+    Option("ftp_server", dict, {},
+           help="The bundled FTP server (the ftp_server node): enabled, host, port, root, users, passive_ports."),
+    Option("web", dict, {},
+           help="The status page for a browser (the web node): enabled, host, port, token_env/token_file, "
+                "allowed_hosts, request_timeout, max_connections."),
 ]
 
 PIPELINE = [
-    Option("source", str),
-    Option("targets", list),
-    Option("delete_after_upload", bool, False),
+    Option("source", str,
+           help="Name of the source (under sources) whose files this pipeline moves."),
+    Option("targets", list,
+           help="Names of the targets (under targets) that each receive every file of the source."),
+    Option("delete_after_upload", bool, False,
+           help="true: remove a file from the source once every target holds a verified copy, and only while the "
+                "source still holds those very bytes."),
 ]
 
 FTP_SERVER = [
-    Option("enabled", bool, False),
-    Option("host", str, "127.0.0.1"),
-    Option("port", int, 2121, port_number),
-    Option("root", str, "~/filesync/ftp_root"),
-    Option("users", list, []),
-    Option("passive_ports", list, []),
+    Option("enabled", bool, False,
+           help="true: the ftp_server node serves root over FTP (pyftpdlib)."),
+    Option("host", str, "127.0.0.1",
+           help="Address the bundled FTP server listens on; 127.0.0.1 keeps it to this computer."),
+    Option("port", int, 2121, port_number,
+           help="TCP port of the bundled FTP server."),
+    Option("root", str, "~/filesync/ftp_root",
+           help="Folder the bundled FTP server serves."),
+    Option("users", list, [],
+           help="Accounts of the bundled FTP server: mappings with name, perm and password (or password_env / "
+                "password_file)."),
+    Option("passive_ports", list, [],
+           help="The range of TCP ports for passive data connections as [first, last], e.g. [60000, 60010] for a "
+                "firewall; empty: any free port."),
 ]
 
 WEB = [
-    Option("enabled", bool, True),
-    Option("host", str, "127.0.0.1"),
-    Option("port", int, 8088, port_number),
+    Option("enabled", bool, True,
+           help="true: the web node serves the status page."),
+    Option("host", str, "127.0.0.1",
+           help="Address the status page listens on; any other than loopback needs a token (token_env or token_file)."),
+    Option("port", int, 8088, port_number,
+           help="TCP port of the status page."),
     Option("allowed_hosts", list, [], lambda names: None if all(isinstance(n, str) and n for n in names)
-           else "expected a list of host names"),
-    Option("request_timeout", float, REQUEST_TIMEOUT, positive),
-    Option("max_connections", int, MAX_CONNECTIONS, positive),
-] + secret_options("token")
+           else "expected a list of host names",
+           help="More host names a browser may reach the page by (its Host header), e.g. [robot.lan]; others get 421."),
+    Option("request_timeout", float, REQUEST_TIMEOUT, positive,
+           help="Seconds a connection has to send each whole request (a live event stream is not cut)."),
+    Option("max_connections", int, MAX_CONNECTIONS, positive,
+           help="Connections served at once; more are answered 503 (a browser tab holds one or two)."),
+] + secret_options("token", "the token that lets a browser Retry and Forget (given once as ?token=...)")
 
-FTP_USER = [Option("name", str), Option("perm", str, "elradfmwMT")] + secret_options()
+FTP_USER = [
+    Option("name", str,
+           help="User name of this account of the bundled FTP server."),
+    Option("perm", str, "elradfmwMT",
+           help="pyftpdlib permission letters of this account (e: change folder, l: list, r: read, a: append, d: "
+                "delete, f: rename, m: make folder, w: write, M: chmod, T: set times)."),
+] + secret_options(what="this account's password")
 
 
 @dataclass

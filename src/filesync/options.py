@@ -14,15 +14,17 @@ _TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "tru
 
 
 class Option:
-    """One configuration key: its type, default (REQUIRED if none) and an optional check returning an error text."""
+    """One configuration key: its type, default (REQUIRED if none), an optional check returning an error text, and
+    its help: what it means, its unit and what to set it to (docs/devices/<kind>.md is generated from it)."""
 
-    def __init__(self, name, kind, default=REQUIRED, check=None, choices=None, secret=False):
+    def __init__(self, name, kind, default=REQUIRED, check=None, choices=None, secret=False, help=""):
         self.name = name
         self.kind = kind
         self.default = default
         self.check = check
         self.choices = choices
         self.secret = secret  # its value never appears in a message
+        self.help = help
 
     def parse(self, raw, key):
         """The checked value of `raw` (None: the default); raises ConfigError naming `key`."""
@@ -107,6 +109,12 @@ def resolve_secret(values, key, name="password"):
     return values.get(name) or ""
 
 
-def secret_options(name="password"):
-    """The three ways to give a secret, as Options."""
-    return [Option(name, str, "", secret=True), Option(f"{name}_env", str, ""), Option(f"{name}_file", str, "")]
+def secret_options(name="password", what="the password"):
+    """The three ways to give a secret, as Options; `what` names the secret in their help."""
+    return [Option(name, str, "", secret=True,
+                   help=f"{what[0].upper()}{what[1:]}, written in the configuration itself (discouraged: prefer "
+                        f"{name}_env or {name}_file). Never shown in a message."),
+            Option(f"{name}_env", str, "", help=f"The name of an environment variable holding {what}; read when a "
+                                                  "connection is made, never logged."),
+            Option(f"{name}_file", str, "", help=f"A file whose first line is {what}; read when a connection is "
+                                                   "made, never logged.")]

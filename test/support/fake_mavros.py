@@ -60,7 +60,7 @@ from std_srvs.srv import Empty, EmptyResponse
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, "..", "..", "src")]
 
-from filesync.devices.mavftp import MAX_DATA, MavFtpClient, Nak, Op  # noqa: E402
+from filesync.devices.vehicle.mavftp import MAX_DATA, MavFtpClient, Nak, Op  # noqa: E402
 
 from mavros_msgs.msg import FileEntry, State  # noqa: E402
 from mavros_msgs.srv import (FileChecksum, FileChecksumResponse, FileClose, FileCloseResponse,  # noqa: E402

@@ -10,8 +10,8 @@ SOURCE_KINDS = {
     "folder": "filesync.devices.folder:FolderSource",
     "ftp": "filesync.devices.ftp.source:FtpSource",
     "drive": "filesync.devices.drive:DriveSource",
-    "mavlink": "filesync.devices.mavlink:MavlinkSource",
-    "mavros": "filesync.devices.mavros:MavrosSource",
+    "mavlink": "filesync.devices.vehicle.mavlink:MavlinkSource",
+    "mavros": "filesync.devices.vehicle.mavros:MavrosSource",
     "http": "filesync.devices.http_source:HttpSource",
     "sftp": "filesync.devices.sftp:SftpSource",
 }
@@ -21,10 +21,10 @@ TARGET_KINDS = {
     "drive": "filesync.devices.drive:DriveTarget",
     "flight_review": "filesync.devices.http:FlightReviewTarget",
     "http": "filesync.devices.http:HttpTarget",
-    "s3": "filesync.devices.s3:S3Target",
-    "mavlink": "filesync.devices.mavlink:MavlinkTarget",
+    "s3": "filesync.devices.s3.target:S3Target",
+    "mavlink": "filesync.devices.vehicle.mavlink:MavlinkTarget",
     "sftp": "filesync.devices.sftp:SftpTarget",
-    "mavros": "filesync.devices.mavros:MavrosTarget",
+    "mavros": "filesync.devices.vehicle.mavros:MavrosTarget",
 }
 
 

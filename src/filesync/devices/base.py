@@ -13,7 +13,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from filesync.errors import ConfigError, PermanentError, TransientError
 from filesync.options import Option, parse_options
-from filesync.paths import part_name
+from filesync.paths import PART_SUFFIX, part_name
 
 # What a target does when a final name holds another file: publish this version under paths.conflict_name, park
 # it with the reason, or replace the other file (only when configured).
@@ -187,6 +187,22 @@ class DeviceContext:
 
 
 DEFAULT_TRANSFERS = 4  # as rclone's --transfers
+INCLUDE_HELP = ("Glob patterns (fnmatch) of the files to take, each matched against a file's path under the root and "
+                "against its bare name; a file must match one of them.")
+EXCLUDE_HELP = ("Glob patterns of files to leave alone even when include matches them (hidden files, unfinished "
+                "uploads).")
+
+
+def glob_patterns(patterns):
+    """Option check: a list of non-empty glob patterns."""
+    bad = [p for p in patterns if not isinstance(p, str) or not p]
+    return f"expected a list of glob patterns, got {bad[0]!r}" if bad else None
+
+
+def filter_options(exclude=(".*", "*" + PART_SUFFIX)):
+    """A source's include and exclude options (glob patterns); `exclude` is the default of the second."""
+    return [Option("include", list, ["*"], glob_patterns, help=INCLUDE_HELP),
+            Option("exclude", list, list(exclude), glob_patterns, help=EXCLUDE_HELP)]
 
 
 class Device:
@@ -222,7 +238,9 @@ class Device:
                 return f"a {cls.kind} device serves at most {most} at once ({cls.max_transfers_reason}), got {value}"
             return None
 
-        return Option("transfers", int, min(DEFAULT_TRANSFERS, most or DEFAULT_TRANSFERS), check)
+        return Option("transfers", int, min(DEFAULT_TRANSFERS, most or DEFAULT_TRANSFERS), check,
+                      help="Files this device moves at once, each by its own worker with its own connection; from 1 "
+                           "to the most the device serves (1 for vehicles and drive targets).")
 
     def probe(self) -> None:
         """A cheap check that the device answers; raises DeviceUnavailable when it does not. Used while it is down."""
@@ -294,7 +312,10 @@ class Target(Device):
     digests: Tuple[str, ...] = ()
     readable = False
     can_delete = False
-    ENGINE_OPTIONS = [Option("on_conflict", str, "keep_both", choices=ON_CONFLICT)]
+    ENGINE_OPTIONS = [Option("on_conflict", str, "keep_both", choices=ON_CONFLICT,
+                             help="What happens when a final name already holds other bytes: keep_both (the version "
+                                  "goes to <stem>.<its UTC time>.<ext>), park (the file is parked with the reason) or"
+                                  " overwrite.")]
 
     def __init__(self, name: str, raw_options: dict, key: str, context=None):
         super().__init__(name, raw_options, key, context)

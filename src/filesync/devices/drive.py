@@ -42,7 +42,7 @@ import time
 from dataclasses import dataclass
 from typing import List, Tuple
 
-from filesync.devices.base import RemoteFile, Settling, Source, Target, local_digest
+from filesync.devices.base import RemoteFile, Settling, Source, Target, filter_options, local_digest
 from filesync.devices.folder import _rename_no_replace
 from filesync.errors import (ConfigError, DeviceUnavailable, FileError, FinalNameTaken, PermanentError, TransientError,
                              UnsafePath, Vanished)
@@ -153,16 +153,16 @@ def _unsafe_node_name(value):
     return value.startswith("/") or value.startswith("dev/")
 
 
-def _check_globs(patterns):
-    bad = [p for p in patterns if not isinstance(p, str) or not p]
-    return f"expected a list of glob patterns, got {bad[0]!r}" if bad else None
-
-
 DRIVE_OPTIONS = [
-    Option("uuid", str, ""),
-    Option("label", str, ""),
-    Option("mount", bool, False),
-    Option("mount_point", str, ""),
+    Option("uuid", str, "",
+           help="The drive's file system UUID as blkid shows it (e.g. 1234-ABCD); give uuid or label, not both."),
+    Option("label", str, "",
+           help="The drive's file system label as blkid shows it; give uuid or label, not both."),
+    Option("mount", bool, False,
+           help="true: filesync mounts the drive at mount_point itself (exFAT through exfat-fuse, vfat through the "
+                "kernel); false: it uses wherever the system mounted it."),
+    Option("mount_point", str, "",
+           help="Folder where filesync mounts the drive; required with mount: true."),
 ]
 
 
@@ -327,11 +327,13 @@ class DriveSource(Source):
 
     kind = "drive"
     can_delete = True
-    OPTIONS = DRIVE_OPTIONS + [
-        Option("writable", bool, False),
-        Option("include", list, ["*"], _check_globs),
-        Option("exclude", list, [], _check_globs),
-        Option("min_age", float, 0.0, not_negative),
+    OPTIONS = DRIVE_OPTIONS + filter_options(exclude=()) + [
+        Option("writable", bool, False,
+               help="true: filesync mounts the drive read-write (only with mount: true), as removing files after "
+                    "upload needs; false: read-only."),
+        Option("min_age", float, 0.0, not_negative,
+               help="Seconds (of this computer's clock) a file's size and time must stay the same before it counts as"
+                    " complete; 0 takes files at once."),
     ]
 
     def __init__(self, name, raw_options, key, context=None):
@@ -517,7 +519,9 @@ class DriveTarget(Target):
     # two at once could mount it twice, which damages an exFAT (FUSE) file system
     max_transfers = 1
     max_transfers_reason = "each worker's target would mount the drive itself"
-    OPTIONS = DRIVE_OPTIONS + [Option("root", str, "", _root_check)]
+    OPTIONS = DRIVE_OPTIONS + [Option("root", str, "", _root_check,
+                                      help="Folder on the drive, relative to its top, that receives the files; empty:"
+                                           " the top of the drive.")]
 
     def __init__(self, name, raw_options, key, context=None):
         super().__init__(name, raw_options, key, context)

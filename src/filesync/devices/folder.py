@@ -5,7 +5,7 @@ import os
 import re
 import stat as stat_mode
 
-from filesync.devices.base import RemoteFile, Settling, Source, Target, local_digest
+from filesync.devices.base import EXCLUDE_HELP, INCLUDE_HELP, RemoteFile, Settling, Source, Target, local_digest
 from filesync.errors import DeviceUnavailable, FinalNameTaken, PermanentError, TransientError, Vanished
 from filesync.fsutil import fsync_directory
 from filesync.options import Option, expand_path, not_negative
@@ -38,10 +38,13 @@ class FolderSource(Source):
     kind = "folder"
     can_delete = True
     OPTIONS = [
-        Option("path", str),
-        Option("include", list, ["*"]),
-        Option("exclude", list, [".*", "*" + PART_SUFFIX]),
-        Option("min_age", float, 2.0, not_negative),
+        Option("path", str,
+               help="The folder whose files (and subfolders) are taken; ~ and environment variables are expanded."),
+        Option("include", list, ["*"], help=INCLUDE_HELP),
+        Option("exclude", list, [".*", "*" + PART_SUFFIX], help=EXCLUDE_HELP),
+        Option("min_age", float, 2.0, not_negative,
+               help="Seconds (of this computer's clock) a file's size and time must stay the same before it counts as"
+                    " complete; raise it for writers that pause."),
     ]
 
     def __init__(self, name, raw_options, key, context=None):
@@ -128,7 +131,9 @@ class FolderTarget(Target):
     digests = ("sha256",)  # of its own bytes: a local read
     readable = True
     can_delete = True
-    OPTIONS = [Option("path", str)]
+    OPTIONS = [Option("path", str,
+                      help="The folder that receives the files, keeping their relative paths; ~ and environment "
+                           "variables are expanded.")]
 
     def __init__(self, name, raw_options, key, context=None):
         super().__init__(name, raw_options, key, context)

@@ -95,11 +95,27 @@ def _string_mapping_check(value):
     return None
 
 
+# How the http target and source authenticate: fixed headers, headers from the environment, a token (read per request).
+HEADER_OPTIONS = [
+    Option("headers", dict, {}, check=_string_mapping_check,
+           help="Fixed header values sent with every request, name to text (no secrets here: use headers_env)."),
+    Option("headers_env", dict, {}, check=_string_mapping_check,
+           help="Headers whose values come from the environment: header name to environment variable name; never "
+                "logged."),
+    Option("auth_scheme", str, "Bearer",
+           help="Scheme of the Authorization header sent with the token: Authorization: <auth_scheme> <token>."),
+] + secret_options("token", "the token sent as Authorization: <auth_scheme> <token>")
 CONNECTION_OPTIONS = [
-    Option("timeout", float, 120.0, positive),  # seconds to wait for the answer (the server may parse the file first)
-    Option("connect_timeout", float, 10.0, positive),
-    Option("verify_tls", bool, True),
-    Option("ca_bundle", str, ""),
+    Option("timeout", float, 120.0, positive,
+           help="Seconds to wait for the server's answer (it may parse the whole file first)."),
+    Option("connect_timeout", float, 10.0, positive,
+           help="Seconds to wait for the TCP (and TLS) connection to be made."),
+    Option("verify_tls", bool, True,
+           help="false turns off the check of the server's TLS certificate (a loud warning; anyone on the path can "
+                "read and change the traffic)."),
+    Option("ca_bundle", str, "",
+           help="A PEM file of the certificate authorities to trust instead of the system's, e.g. for a server with "
+                "its own CA."),
 ]
 
 
@@ -367,19 +383,35 @@ class FlightReviewTarget(_HttpTargetBase):
 
     kind = "flight_review"
     OPTIONS = [
-        Option("server", str, check=_http_url),
-        Option("email", str, ""),
-        Option("description", str, "{name} from {vehicle}", check=_template_check(DESCRIPTION_PLACEHOLDERS)),
-        Option("type", str, "personal", choices=FLIGHT_REVIEW_TYPES),
-        Option("source", str, "filesync"),
-        Option("allow_for_analysis", bool, None),
-        Option("public", bool, None),
-        Option("vehicle_name", str, ""),
-        Option("wind_speed", int, None),
-        Option("rating", str, None, choices=FLIGHT_REVIEW_RATINGS),
-        Option("video_url", str, None),
-        Option("feedback", str, None),
-        Option("redirect", bool, False),  # false: the server answers JSON {"url": ...} instead of a 302
+        Option("server", str, check=_http_url,
+               help="The Flight Review server's URL, e.g. https://logs.px4.io or your own."),
+        Option("email", str, "",
+               help="Email address sent with each log (the form field is always sent: the server fails without it); "
+                    "may be empty."),
+        Option("description", str, "{name} from {vehicle}", check=_template_check(DESCRIPTION_PLACEHOLDERS),
+               help="Description of each log, a template with {name}, {path}, {vehicle}, {date} and {time}."),
+        Option("type", str, "personal", choices=FLIGHT_REVIEW_TYPES,
+               help="Flight Review's upload type: personal (not listed publicly) or flightreport."),
+        Option("source", str, "filesync",
+               help="The form's source field: who uploaded the log."),
+        Option("allow_for_analysis", bool, None,
+               help="Sent as allowForAnalysis when set: whether the log may be used for analysis."),
+        Option("public", bool, None,
+               help="Sent as public when set: whether the log is listed on the server's public page."),
+        Option("vehicle_name", str, "",
+               help="Sent as vehicleName, and {vehicle} in description; empty: this computer's host name in the "
+                    "description, nothing sent."),
+        Option("wind_speed", int, None,
+               help="Sent as windSpeed when set: the form's wind speed class (an integer)."),
+        Option("rating", str, None, choices=FLIGHT_REVIEW_RATINGS,
+               help="Sent when set: the flight's rating, one of the server's values."),
+        Option("video_url", str, None,
+               help="Sent as videoUrl when set: a video of the flight."),
+        Option("feedback", str, None,
+               help="Sent when set: free text about the flight."),
+        Option("redirect", bool, False,
+               help="false: the server answers JSON with the log's URL (what filesync records); true: it answers a "
+                    "302 redirect."),
     ] + CONNECTION_OPTIONS
 
     def __init__(self, name, raw_options, key, context=None):
@@ -473,17 +505,22 @@ class HttpTarget(_HttpTargetBase):
 
     kind = "http"
     OPTIONS = [
-        Option("url", str, check=_url_template_check),
-        Option("method", str, "PUT", choices=("PUT", "POST")),
-        Option("body", str, "raw", choices=("raw", "multipart")),
-        Option("file_field", str, "file"),
-        Option("fields", dict, {}, check=_string_mapping_check),
-        Option("headers", dict, {}, check=_string_mapping_check),
-        Option("headers_env", dict, {}, check=_string_mapping_check),
-        Option("auth_scheme", str, "Bearer"),
-        Option("vehicle", str, ""),
-        Option("success_status", list, [200, 201, 204], check=_success_status_check),
-    ] + secret_options("token") + CONNECTION_OPTIONS
+        Option("url", str, check=_url_template_check,
+               help="URL each file is sent to, a template with {path}, {name} and {vehicle} (each URL-quoted)."),
+        Option("method", str, "PUT", choices=("PUT", "POST"),
+               help="HTTP method of the upload: PUT or POST."),
+        Option("body", str, "raw", choices=("raw", "multipart"),
+               help="raw: the file is the request body; multipart: the file is the form part file_field, beside "
+                    "fields."),
+        Option("file_field", str, "file",
+               help="Name of the form part that carries the file (body: multipart)."),
+        Option("fields", dict, {}, check=_string_mapping_check,
+               help="More form fields sent with a multipart upload, name to text."),
+        Option("vehicle", str, "",
+               help="{vehicle} in url; empty: this computer's host name."),
+        Option("success_status", list, [200, 201, 204], check=_success_status_check,
+               help="HTTP status codes that mean the server took the file."),
+    ] + HEADER_OPTIONS + CONNECTION_OPTIONS
 
     def __init__(self, name, raw_options, key, context=None):
         super().__init__(name, raw_options, key, context)

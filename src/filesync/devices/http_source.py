@@ -37,14 +37,12 @@ from urllib.parse import quote, urljoin
 import requests
 import urllib3
 
-from filesync.devices.base import Checksum, RemoteFile, Source
-from filesync.devices.drive import _check_globs
+from filesync.devices.base import Checksum, RemoteFile, Source, filter_options
 from filesync.devices.folder import _matcher
-from filesync.devices.http import (CONNECTION_OPTIONS, RESPONSE_READ_LIMIT, _Answer, _http_url, _reason, _string_mapping_check,
+from filesync.devices.http import (CONNECTION_OPTIONS, HEADER_OPTIONS, RESPONSE_READ_LIMIT, _Answer, _http_url, _reason,
                                    _Uploader, _without_query, request_headers, transport_error)
 from filesync.errors import DeviceUnavailable, FileError, TransientError, UnsafePath, Vanished
-from filesync.options import Option, secret_options
-from filesync.paths import PART_SUFFIX
+from filesync.options import Option
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +79,10 @@ class HttpSource(Source):
     can_delete = False
     checksum_algorithm = "sha256"  # from the manifest, where it gives one
     OPTIONS = [
-        Option("url", str, check=_http_url),
-        Option("include", list, ["*"], _check_globs),
-        Option("exclude", list, [".*", "*" + PART_SUFFIX], _check_globs),
-        Option("headers", dict, {}, check=_string_mapping_check),
-        Option("headers_env", dict, {}, check=_string_mapping_check),
-        Option("auth_scheme", str, "Bearer"),
-    ] + secret_options("token") + CONNECTION_OPTIONS
+        Option("url", str, check=_http_url,
+               help='The URL of a JSON manifest ({"files": [{"path", "size", "mtime", "sha256"}]}) or of a folder '
+                    "served with nginx's JSON index (autoindex_format json)."),
+    ] + filter_options() + HEADER_OPTIONS + CONNECTION_OPTIONS
 
     # The same options as the http target's (headers, headers_env, token...), read the same way: one implementation.
     def _headers(self):

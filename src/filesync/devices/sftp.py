@@ -51,11 +51,11 @@ import paramiko
 from paramiko.sftp import CMD_CLOSE, CMD_EXTENDED, CMD_EXTENDED_REPLY, CMD_HANDLE, CMD_NAME, CMD_OPENDIR, CMD_READDIR
 from paramiko.sftp_attr import SFTPAttributes
 
-from filesync.devices.base import Checksum, PerThread, RemoteFile, Source, Target, check_as_listed, send_blocks
+from filesync.devices.base import (Checksum, PerThread, RemoteFile, Source, Target, check_as_listed, filter_options,
+                                   send_blocks)
 from filesync.errors import (AuthRefused, ConfigError, DeviceUnavailable, FilesyncError, FinalNameTaken,
                              PermanentError, StartOver, TransientError, Vanished)
 from filesync.options import Option, expand_path, port_number, positive, resolve_secret, secret_options
-from filesync.paths import PART_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -79,23 +79,34 @@ def _check_fingerprint(value):
         "expected SHA256:<43 base64 characters>, as `ssh-keygen -l -f <host key>.pub` prints it"
 
 
-def _check_globs(patterns):
-    bad = [p for p in patterns if not isinstance(p, str) or not p]
-    return f"expected a list of glob patterns, got {bad[0]!r}" if bad else None
-
-
 OPTIONS = [
-    Option("host", str),
-    Option("port", int, 22, port_number),
-    Option("user", str),
-    Option("root", str, "."),  # relative: under the user's home
-    Option("timeout", float, 30.0, positive),
-    Option("known_hosts", str, ""),
-    Option("host_key_fingerprint", str, "", _check_fingerprint),
-    Option("key_file", str, ""),
-    Option("remote_sha256", bool, False),
-    Option("digest_timeout", float, 600.0, positive),  # sha256sum of a large file on a slow server takes a while
-] + secret_options() + secret_options("key_passphrase")
+    Option("host", str,
+           help="The SSH server's host name or address."),
+    Option("port", int, 22, port_number,
+           help="The SSH server's TCP port."),
+    Option("user", str,
+           help="The SSH user to log in as."),
+    Option("root", str, ".",
+           help="Folder on the server the paths are under; relative paths are under the user's home."),
+    Option("timeout", float, 30.0, positive,
+           help="Seconds to wait for the connection and for each answer before the server counts as unreachable."),
+    Option("known_hosts", str, "",
+           help="A file in OpenSSH's known_hosts format holding the server's host key; give this or "
+                "host_key_fingerprint."),
+    Option("host_key_fingerprint", str, "", _check_fingerprint,
+           help="The server's host key pinned as SHA256:... (as ssh-keygen -l -f <key>.pub prints it); give this or "
+                "known_hosts."),
+    Option("key_file", str, "",
+           help="A private key file to log in with (with key_passphrase_env or key_passphrase_file if it is "
+                "encrypted); or give a password."),
+    Option("remote_sha256", bool, False,
+           help="true: verify copies (and read sources' checksums) with the server's sha256sum over an exec channel; "
+                "false where the server cannot run commands (then size and read-back)."),
+    Option("digest_timeout", float, 600.0, positive,
+           help="Seconds to wait for the server's sha256sum of one file (a large file on a slow server takes a "
+                "while)."),
+] + secret_options(what="the SSH user's password (or give key_file)") + \
+    secret_options("key_passphrase", "the passphrase of an encrypted key_file")
 
 
 def wire(path: str) -> bytes:
@@ -610,10 +621,7 @@ class SftpSource(Source):
 
     kind = "sftp"
     can_delete = True
-    OPTIONS = OPTIONS + [
-        Option("include", list, ["*"], _check_globs),
-        Option("exclude", list, [".*", "*" + PART_SUFFIX], _check_globs),
-    ]
+    OPTIONS = OPTIONS + filter_options()
 
     def __init__(self, name, raw_options, key, context=None):
         super().__init__(name, raw_options, key, context)

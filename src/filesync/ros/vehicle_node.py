@@ -27,7 +27,7 @@ def run():
         rospy.loginfo("no mavlink vehicle in the configuration: nothing to own")
         wait_for_shutdown()  # stay up (roslaunch would only start it again), without loading pymavlink
         return
-    from filesync.devices.mavlink import LinkHost, vehicle_links
+    from filesync.devices.vehicle.mavlink import LinkHost, vehicle_links
     try:
         host = LinkHost(vehicle_links(config))
     except ConfigError as error:

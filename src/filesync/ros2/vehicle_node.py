@@ -21,7 +21,7 @@ def main():
         filesync.wait_for_shutdown()  # stay up (the supervisor would only start it again), without loading pymavlink
         filesync.close()
         return
-    from filesync.devices.mavlink import LinkHost, vehicle_links
+    from filesync.devices.vehicle.mavlink import LinkHost, vehicle_links
     try:
         host = LinkHost(vehicle_links(config))
     except ConfigError as error:

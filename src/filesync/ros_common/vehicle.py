@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def error_name(error) -> str:
     """The class name a client raises again for `error`: its nearest class in mavlink.ERROR_CLASSES."""
-    from filesync.devices.mavlink import ERROR_CLASSES
+    from filesync.devices.vehicle.mavlink import ERROR_CLASSES
     for cls in type(error).__mro__:
         if ERROR_CLASSES.get(cls.__name__) is cls:
             return cls.__name__
@@ -40,7 +40,7 @@ def _answer(make_response, work):
 
 
 def handlers(host, respond):
-    """{service name: handler(request) -> response} over `host` (filesync.devices.mavlink.LinkHost);
+    """{service name: handler(request) -> response} over `host` (filesync.devices.vehicle.mavlink.LinkHost);
     respond(service name, **fields) builds that service's response."""
     def answer(name, work):
         return _answer(lambda **fields: respond(name, **fields), work)
@@ -82,10 +82,10 @@ def expire_loop(host, stop):
 
 
 class VehicleServiceLink:
-    """A vehicle's link through the vehicle node's services (filesync.devices.mavlink.VehicleLink's interface)."""
+    """A vehicle's link through the vehicle node's services (filesync.devices.vehicle.mavlink.VehicleLink's interface)."""
 
     def __init__(self, vehicle: str, transport):
-        from filesync.devices import mavlink  # pymavlink only where a mavlink device is configured
+        from filesync.devices.vehicle import mavlink  # pymavlink only where a mavlink device is configured
         self._errors, self._entry = mavlink.ERROR_CLASSES, mavlink.Entry
         self.vehicle = vehicle
         self.lock = threading.RLock()

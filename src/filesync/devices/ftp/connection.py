@@ -31,16 +31,26 @@ from filesync.options import Option, expand_path, port_number, positive, resolve
 log = logging.getLogger(__name__)
 
 OPTIONS = [
-    Option("host", str),
-    Option("port", int, 21, port_number),
-    Option("user", str, "anonymous"),
-    Option("root", str, "/"),
-    Option("timeout", float, 30.0, positive),
-    Option("passive", bool, True),
-    Option("tls", bool, False),
-    Option("ca_bundle", str, ""),
-    Option("verify_tls", bool, True),
-] + secret_options()
+    Option("host", str,
+           help="The FTP server's host name or address."),
+    Option("port", int, 21, port_number,
+           help="The FTP server's control port."),
+    Option("user", str, "anonymous",
+           help="The FTP user to log in as."),
+    Option("root", str, "/",
+           help="Folder on the server the paths are under."),
+    Option("timeout", float, 30.0, positive,
+           help="Seconds to wait for each answer or data block before the server counts as unreachable."),
+    Option("passive", bool, True,
+           help="true: passive mode (the client opens data connections, works through NAT); false: active mode."),
+    Option("tls", bool, False,
+           help="true: explicit FTPS (AUTH TLS before the password, PROT P for every data connection); nothing falls "
+                "back to clear text."),
+    Option("ca_bundle", str, "",
+           help="A PEM file of the certificate authorities to trust instead of the system's (tls: true)."),
+    Option("verify_tls", bool, True,
+           help="false turns off the check of the server's certificate and host name (a loud warning)."),
+] + secret_options(what="the FTP user's password")
 
 IDLE_CHECK_SECONDS = 30.0
 TRANSIENT_CODES = ("425", "426", "450", "451", "452", "552")

@@ -18,13 +18,11 @@ import re
 import time
 from typing import Dict, Optional, Tuple
 
-from filesync.devices.base import Checksum, PerThread, RemoteFile, Source, check_as_listed
+from filesync.devices.base import Checksum, PerThread, RemoteFile, Source, check_as_listed, filter_options
 from filesync.devices.ftp.connection import (OPTIONS, WIRE_ENCODING, FtpConnection, device_text, end_data,
                                              listing_lines, offered_digests, parse_features, reply_code, reply_text,
                                              server_digest, tls_context, unsendable, wire)
 from filesync.errors import TransientError, Vanished
-from filesync.options import Option
-from filesync.paths import PART_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -35,11 +33,6 @@ LIST_LINE = re.compile(r"^(?P<type>[-dlbcps])\S{9}\S*\s+\d+\s+\S+\s+\S+\s+(?P<si
 # What a server puts in a listed name for a character it cannot send (pyftpdlib: '?'): such a name is checked with
 # one MLST or SIZE, so a name the server cannot find again is listed with its problem instead of failing every copy.
 PHANTOM_MARKS = frozenset("?\ufffd")
-
-
-def _check_globs(patterns):
-    bad = [p for p in patterns if not isinstance(p, str) or not p]
-    return f"expected a list of glob patterns, got {bad[0]!r}" if bad else None
 
 
 def parse_ftp_time(text) -> Optional[float]:
@@ -67,10 +60,7 @@ class FtpSource(Source):
     kind = "ftp"
     can_delete = True
     checksum_algorithm = "sha256"  # where the server offers HASH SHA-256 or XSHA256 (ProFTPD's mod_digest)
-    OPTIONS = OPTIONS + [
-        Option("include", list, ["*"], _check_globs),
-        Option("exclude", list, [".*", "*" + PART_SUFFIX], _check_globs),
-    ]
+    OPTIONS = OPTIONS + filter_options()
 
     def __init__(self, name, raw_options, key, context=None):
         super().__init__(name, raw_options, key, context)

@@ -70,10 +70,10 @@ import uuid
 import warnings
 from collections import OrderedDict
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
-from typing import List, Optional
+from typing import Optional
 from urllib.parse import quote
 
 import boto3
@@ -83,23 +83,18 @@ import urllib3
 from botocore.config import Config
 
 from filesync.devices.base import Target
-from filesync.errors import (AuthRefused, ConfigError, DeviceUnavailable, FileError, FinalNameTaken, PermanentError,
-                             StartOver, TransientError, UnsafePath)
+from filesync.devices.s3.multipart import (MIB, READ_BLOCK, Pending, Staged, Upload, Window, b64,
+                                           choose_part_size, composite_checksum, multipart_etag, part_size_check,
+                                           threshold_check)
+from filesync.devices.s3.store import (DIGEST_CODES, ETAG_MD5, PROBE_BODY, PROBE_NAME, STORE_CHECKSUM, Known,
+                                       error_status, found_store, probe_store, store_of)
+from filesync.errors import (AuthRefused, ConfigError, DeviceUnavailable, FileError, FilesyncError, FinalNameTaken,
+                             PermanentError, StartOver, TransientError, UnsafePath)
 from filesync.options import Option, expand_path, positive, resolve_secret, secret_options
 
 log = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
-MIN_PART_SIZE = 5 * MIB  # S3's smallest part (but the last); SeaweedFS enforces it too (EntityTooSmall)
-MAX_PART_SIZE = 5 * 1024 * MIB
-MAX_PARTS = 10_000
-MAX_PUT_SIZE = 5 * 1024 * MIB  # the largest single PutObject
 MAX_KEY_BYTES = 1024
-# Parts chosen from the size: 8 MiB, larger for files over ~8 GB so that an upload has at most 1,000 parts: the note
-# (about 90 bytes a part) is written to the ledger after every part and should stay short.
-DEFAULT_PART_SIZE = 8 * MIB
-PREFERRED_MAX_PARTS = 1000
-READ_BLOCK = MIB  # local reads for hashing and sending
 CLOCK_TOLERANCE = 300  # seconds; S3 refuses signatures more than 15 minutes off, so 5 already means a wrong clock
 MESSAGE_LIMIT = 300
 KEY_IN_MESSAGES = 120  # characters of a key shown in an error line
@@ -107,20 +102,12 @@ KEY_IN_MESSAGES = 120  # characters of a key shown in an error line
 KEY_PLACEHOLDERS = ("vehicle", "source", "path")
 AUTH_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "AccountProblem", "InvalidToken",
               "ExpiredToken", "InvalidSecurity", "AllAccessDisabled", "403"}
-DIGEST_CODES = {"BadDigest", "InvalidDigest", "XAmzContentSHA256Mismatch", "InvalidChecksum"}
 LATER_CODES = {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "ServiceUnavailable",
                "InternalError", "OperationAborted", "ConditionalRequestConflict", "RequestTimeoutException"}
 NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 READ_BACK_RANGE = 64 * MIB  # one ranged GET of a read-back: a broken one costs at most this much again
 CONTINUE_FROM = MIB  # bodies from this size wait for the store's 100 Continue (see _no_continue_for_small_bodies)
 KNOWN_KEPT = 256  # objects this process published whose store fingerprints it remembers (digest() right after)
-
-# How a store's copies are verified (S3Target.verified_by), found once per endpoint per process (_STORES)
-STORE_CHECKSUM, ETAG_MD5, READ_BACK = "store checksum", "ETag MD5", "read back"
-PROBE_BODY = b"filesync: does this store check x-amz-checksum-sha256, and honour If-None-Match?\n"
-PROBE_NAME = ".filesync-store-probe"
-_STORES = {}
-_STORES_LOCK = threading.Lock()
 
 
 def _key_template_check(value):
@@ -136,43 +123,13 @@ def _key_template_check(value):
     return None
 
 
-def _part_size_check(value):
-    if value and not MIN_PART_SIZE <= value <= MAX_PART_SIZE:
-        return f"must be 0 (chosen from the file size) or from {MIN_PART_SIZE} (5 MiB) to {MAX_PART_SIZE} (5 GiB)"
-    return None
-
-
-def _threshold_check(value):
-    if not 0 < value <= MAX_PUT_SIZE:
-        return f"must be above 0 and at most {MAX_PUT_SIZE} (5 GiB, the largest single upload)"
-    return None
-
-
-def choose_part_size(size, configured=0):
-    """The part size for a file of `size` bytes: `configured` (0: 8 MiB, more above ~8 GB to keep to 1,000 parts),
-    raised where needed so that no upload has more than S3's 10,000 parts; whole MiB, at least 5 MiB."""
-    wanted = configured or max(DEFAULT_PART_SIZE, math.ceil(size / PREFERRED_MAX_PARTS))
-    wanted = max(wanted, math.ceil(size / MAX_PARTS), MIN_PART_SIZE)
-    return min(math.ceil(wanted / MIB) * MIB, MAX_PART_SIZE)
-
-
 def _no_continue_for_small_bodies(params, **_):
     """botocore asks for `Expect: 100-continue` before every body it can read, which waits a round trip for the
     store's go-ahead before sending; a body under CONTINUE_FROM goes at once (on a refusal, 412 or 403, the few
     bytes sent in vain cost less than that wait on every PUT)."""
     body = params.get("body")
-    if params.get("headers", {}).get("Expect") and isinstance(body, _Window) and body.length < CONTINUE_FROM:
+    if params.get("headers", {}).get("Expect") and isinstance(body, Window) and body.length < CONTINUE_FROM:
         del params["headers"]["Expect"]
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode("ascii")
-
-
-def composite_checksum(part_checksums):
-    """S3's checksum of a multipart object: SHA-256 over the parts' raw SHA-256s, then "-<number of parts>"."""
-    combined = hashlib.sha256(b"".join(base64.b64decode(value) for value in part_checksums))
-    return f"{_b64(combined.digest())}-{len(part_checksums)}"
 
 
 def _metadata_value(text):
@@ -189,172 +146,6 @@ def _duration(seconds):
     if seconds >= 60:
         return f"{seconds // 60} min"
     return f"{seconds} s"
-
-
-class _Staged:
-    """Reads the staged file at given offsets: os.pread where it has a descriptor (the engine's stream stays where it
-    is, and a local read costs little next to the network), else seek and read."""
-
-    def __init__(self, stream=None, fd=None, data=None):
-        self.stream, self.fd, self.data = stream, fd, data
-        self._owns_fd = fd is not None
-        if stream is not None:
-            try:
-                self.fd = stream.fileno()
-            except (AttributeError, OSError, ValueError):
-                self.fd = None
-        self._lock = threading.Lock()
-
-    def read_at(self, offset, length):
-        """Up to `length` bytes from `offset` (fewer only at the end of the file)."""
-        if self.data is not None:
-            return self.data[offset:offset + length]
-        if self.fd is not None:
-            return os.pread(self.fd, length, offset)
-        with self._lock:
-            self.stream.seek(offset)
-            return self.stream.read(length)
-
-    def sha256(self, start, length, also=None):
-        """SHA-256 of bytes [start, start + length), and `also` (another hash object) fed the same bytes in the same
-        pass; FileError if the file ends before."""
-        digest = hashlib.sha256()
-        position, end = start, start + length
-        while position < end:
-            block = self.read_at(position, min(READ_BLOCK, end - position))
-            if not block:
-                raise FileError(f"the staged file ended at byte {position}, expected {end}")
-            digest.update(block)
-            if also is not None:
-                also.update(block)
-            position += len(block)
-        return digest
-
-    def kept(self, size):
-        """A copy that stays readable after the engine closes its stream: a duplicate descriptor, or the bytes."""
-        if self.fd is not None:
-            return _Staged(fd=os.dup(self.fd))
-        return _Staged(data=self.read_at(0, size))
-
-    def close(self):
-        """Close a duplicated descriptor (the engine's own stream is the engine's)."""
-        if self._owns_fd and self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-
-class _Window:
-    """Bytes [start, start + length) of the staged file as the seekable body botocore wants: it reads it once to sign
-    the payload (over plain HTTP) and again to send it, and seeks back to 0 to retry. Reads 1 MiB at a time locally
-    (http.client asks for 8 KiB blocks); memory stays at one block whatever the part size."""
-
-    def __init__(self, staged, start, length):
-        self.staged, self.start, self.length = staged, start, length
-        self.position = 0
-        self._buffer = b""
-        self._buffer_at = 0
-
-    def read(self, amount=-1):
-        """The next bytes of the window, at most `amount`."""
-        remaining = self.length - self.position
-        if remaining <= 0:
-            return b""
-        amount = remaining if amount is None or amount < 0 else min(amount, remaining)
-        offset = self.position - self._buffer_at
-        if not 0 <= offset < len(self._buffer):
-            self._buffer = self.staged.read_at(self.start + self.position, max(READ_BLOCK, amount))
-            self._buffer_at, offset = self.position, 0
-            if not self._buffer:
-                raise FileError(f"the staged file ended at byte {self.start + self.position}")
-        block = self._buffer[offset:offset + amount]
-        self.position += len(block)
-        return block
-
-    def seek(self, position, whence=0):
-        """Move within the window (botocore rewinds before a retry)."""
-        base = {0: 0, 1: self.position, 2: self.length}[whence]
-        self.position = max(0, min(self.length, base + position))
-        return self.position
-
-    def tell(self):
-        """The position within the window."""
-        return self.position
-
-
-@dataclass
-class _Upload:
-    """A multipart upload in progress: the device's own list of the parts the store confirmed, contiguous from 1, and
-    of those that completed beyond a gap (sent in parallel, or confirmed after a restart)."""
-    upload_id: str
-    part_size: int
-    sha256: str  # the whole file's, as sent in x-amz-meta-sha256
-    parts: List[list] = field(default_factory=list)  # [number, etag without quotes, sha256 base64]
-    held: int = 0  # bytes in those parts
-    ahead: dict = field(default_factory=dict)  # number -> (etag, sha256 base64, bytes): completed past a gap
-
-    def note(self, key):
-        """The resume note the engine records with the offset."""
-        record = {"key": key, "upload_id": self.upload_id, "part_size": self.part_size, "sha256": self.sha256,
-                  "parts": self.parts}
-        if self.ahead:
-            record["ahead"] = [[number, etag, checksum] for number, (etag, checksum, _) in sorted(self.ahead.items())]
-        return json.dumps(record, separators=(",", ":"))
-
-    def advance(self):
-        """Move the parts ahead that now continue the contiguous run into it; True if any moved. A short part can
-        only be the last one, so nothing follows one."""
-        moved = False
-        while len(self.parts) + 1 in self.ahead and self.held == len(self.parts) * self.part_size:
-            number = len(self.parts) + 1
-            etag, checksum, length = self.ahead.pop(number)
-            self.parts.append([number, etag, checksum])
-            self.held += length
-            moved = True
-        return moved
-
-
-@dataclass
-class _Pending:
-    """A small file waiting for publish() to PUT it."""
-    staged: _Staged
-    size: int
-    checksum: str  # SHA-256 base64
-    md5: str  # hex: what a store whose ETag is the MD5 of the body must answer
-    metadata: dict
-
-
-def forget_stores():
-    """Forget what was found about every endpoint; the next use of each probes it again (for a process whose endpoints
-    may now be other stores: tests start servers on reused ports)."""
-    with _STORES_LOCK:
-        _STORES.clear()
-
-
-@dataclass(frozen=True)
-class _Store:
-    """What an endpoint was found to do (S3Target.store()): how its copies are verified, and whether it refuses a
-    PUT with If-None-Match: * onto a key that exists."""
-    verification: str
-    if_none_match: bool
-
-
-@dataclass
-class _Known:
-    """What the store must compute for an object this process published, if it holds the bytes sent: its ETag (the
-    body's MD5; multipart: the MD5 of the parts' MD5s, "-<parts>") or its composite checksum (multipart); and the
-    SHA-256 those bytes have."""
-    sha256: str
-    etag: str = ""
-    composite: str = ""
-
-
-def multipart_etag(part_etags):
-    """S3's ETag of a multipart object whose parts have these ETags (each its part's MD5): the MD5 of the parts' raw
-    MD5s, then "-<number of parts>"; '' where a part's ETag is not an MD5."""
-    if not all(re.fullmatch(r"[0-9a-f]{32}", etag) for etag in part_etags):
-        return ""
-    combined = hashlib.md5(b"".join(bytes.fromhex(etag) for etag in part_etags), usedforsecurity=False)
-    return f"{combined.hexdigest()}-{len(part_etags)}"
 
 
 def _metadata_of(head):
@@ -393,29 +184,56 @@ class S3Target(Target):
     can_delete = True
 
     OPTIONS = [
-        Option("bucket", str, check=lambda value: None if value else "must not be empty"),
-        Option("endpoint_url", str, ""),
-        Option("region", str, ""),
-        Option("key_template", str, "{vehicle}/{source}/{path}", _key_template_check),
-        Option("vehicle", str, ""),
-        Option("source", str, ""),
-        Option("profile", str, ""),
-        Option("ca_bundle", str, ""),
-        Option("verify_tls", bool, True),
-        Option("addressing_style", str, "auto", choices=("auto", "path", "virtual")),
-        Option("request_checksum_calculation", str, "when_supported", choices=("when_supported", "when_required")),
-        Option("multipart_threshold", int, 8 * MIB, _threshold_check),
-        Option("part_size", int, 0, _part_size_check),
+        Option("bucket", str, check=lambda value: None if value else "must not be empty",
+               help="The bucket the objects go into; it must exist."),
+        Option("endpoint_url", str, "",
+               help="The store's URL (e.g. http://nas.local:8333); empty: AWS."),
+        Option("region", str, "",
+               help="The region requests are signed for; empty: boto3's own (the profile, AWS_DEFAULT_REGION), else "
+                    "us-east-1."),
+        Option("key_template", str, "{vehicle}/{source}/{path}", _key_template_check,
+               help="Object key of each file, with {vehicle}, {source} and {path} ({path} required); empty components"
+                    " are dropped."),
+        Option("vehicle", str, "",
+               help="{vehicle} in keys and the x-amz-meta-vehicle metadata where the engine gives none; empty: this "
+                    "computer's host name."),
+        Option("source", str, "",
+               help="{source} in keys where the engine gives none (the engine gives the source's name)."),
+        Option("profile", str, "",
+               help="An AWS profile (~/.aws/config) to take credentials and region from."),
+        Option("ca_bundle", str, "",
+               help="A PEM file of the certificate authorities to trust instead of the system's."),
+        Option("verify_tls", bool, True,
+               help="false turns off the check of the store's TLS certificate (a loud warning)."),
+        Option("addressing_style", str, "auto", choices=("auto", "path", "virtual"),
+               help="How the bucket is named in URLs: path (http://host/bucket/key, most self-hosted stores), virtual"
+                    " (http://bucket.host/key) or auto."),
+        Option("request_checksum_calculation", str, "when_supported", choices=("when_supported", "when_required"),
+               help="when_supported (boto3's default) or when_required, for stores that refuse boto3's CRC trailers."),
+        Option("multipart_threshold", int, 8 * MIB, threshold_check,
+               help="Size in bytes from which a file goes as a resumable multipart upload; smaller files go as one "
+                    "PutObject, sent again whole after an interruption."),
+        Option("part_size", int, 0, part_size_check,
+               help="Bytes per part of a multipart upload, 5 MiB to 5 GiB; 0: 8 MiB, more for files over about 8 GB "
+                    "(at most 1,000 parts)."),
         # Parts in flight at once. One at a time reached 0.65-0.79 of upload_file (10 threads) to SeaweedFS on
         # loopback; 4 at once 0.88-1.32 (median 1.08) in paired 1 GiB runs, 8 no better (0.84-1.27) and 12 MiB more
         # peak RSS (docs/benchmarks.md). Memory: about 1-3 MiB per part in flight, whatever the file size.
-        Option("max_concurrency", int, 4, lambda value: None if 1 <= value <= 32 else "must be from 1 to 32"),
-        Option("connect_timeout", float, 10.0, positive),
-        Option("timeout", float, 120.0, positive),
-        Option("max_attempts", int, 2, positive),  # boto3's own tries per request; the engine retries beyond them
+        Option("max_concurrency", int, 4, lambda value: None if 1 <= value <= 32 else "must be from 1 to 32",
+               help="Parts of one upload sent at once (1 to 32); each costs about 1 to 3 MiB of memory, and up to "
+                    "this many parts are sent again per interruption."),
+        Option("connect_timeout", float, 10.0, positive,
+               help="Seconds to wait for a connection to the store."),
+        Option("timeout", float, 120.0, positive,
+               help="Seconds to wait for an answer (boto3's read timeout)."),
+        Option("max_attempts", int, 2, positive,
+               help="boto3's tries per request; filesync's own retries come on top."),
         Option("metadata", dict, {}, lambda value: None if all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()) else "expected a mapping of strings"),
-    ] + secret_options("access_key_id") + secret_options("secret_access_key") + secret_options("session_token")
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()) else "expected a mapping of strings",
+               help="More x-amz-meta-* values put on every object, name to text."),
+    ] + secret_options("access_key_id", "the access key id (none: boto3's own credential chain)") + \
+        secret_options("secret_access_key", "the secret access key") + \
+        secret_options("session_token", "the session token of temporary credentials")
 
     LIST_PAGE = 1000  # ListParts page size: S3's largest (a test makes it small to walk the pages)
 
@@ -440,9 +258,9 @@ class S3Target(Target):
         self._client_lock = threading.Lock()
         self._s3 = None
         self._state_lock = threading.Lock()
-        self._uploads = {}  # key -> _Upload (multipart uploads held for the next write()/publish())
-        self._pending = {}  # key -> _Pending (small files waiting for publish())
-        self._known = OrderedDict()  # key -> _Known: the last KNOWN_KEPT objects published
+        self._uploads = {}  # key -> Upload (multipart uploads held for the next write()/publish())
+        self._pending = {}  # key -> Pending (small files waiting for publish())
+        self._known = OrderedDict()  # key -> Known: the last KNOWN_KEPT objects published
         self._local = threading.local()
 
     # --- configuration, client, keys -------------------------------------------------------------------------------
@@ -632,19 +450,12 @@ class S3Target(Target):
                 raise
             raise mapped from None
 
-    @staticmethod
-    def _status(error):
-        if isinstance(error, botocore.exceptions.ClientError):
-            return (str(error.response.get("Error", {}).get("Code", "")),
-                    error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
-        return "", 0
-
     def _head(self, key, operation="HEAD"):
         """HeadObject with the store's checksum; None when there is no such object."""
         try:
             return self._client().head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED")
         except Exception as error:
-            code, status = self._status(error)
+            code, status = error_status(error)
             if status == 404 or code in NOT_FOUND_CODES:
                 return None
             mapped = self._error(error, operation, key)
@@ -661,8 +472,7 @@ class S3Target(Target):
     def verified_by(self):
         """How published copies are verified on this endpoint: STORE_CHECKSUM, ETAG_MD5 or READ_BACK (see the module
         doc); '' until the first publish or verification found out. Never asks the store (the status reads it)."""
-        with _STORES_LOCK:
-            found = _STORES.get(self._endpoint())
+        found = found_store(self._endpoint())
         return found.verification if found else ""
 
     def verification(self):
@@ -672,43 +482,14 @@ class S3Target(Target):
     def store(self):
         """What this endpoint does, found at the first call in this process (three or four PUTs of a tiny object,
         then its DELETE: once sent with a wrong checksum, then twice right, the second with If-None-Match: *), then
-        kept for every target on the same endpoint."""
-        with _STORES_LOCK:
-            found = _STORES.get(self._endpoint())
-        if found is None:
-            found = self._probe_store()
-            with _STORES_LOCK:
-                found = _STORES.setdefault(self._endpoint(), found)
-            log.info("%s: %s is verified by %s%s", self.name, self._endpoint(), found.verification,
-                     "" if found.if_none_match else "; it ignores If-None-Match, so a name is looked at before "
-                                                    "publishing")
-        return found
+        kept for every target on the same endpoint (store.py)."""
+        return store_of(self._endpoint(), self._probe_store)
 
     def _probe_store(self):
         key = self.key_for(f"{PROBE_NAME}-{uuid.uuid4().hex[:12]}")
-        right = _b64(hashlib.sha256(PROBE_BODY).digest())
-        wrong = _b64(hashlib.sha256(PROBE_BODY + b"(other bytes)").digest())
-
-        def put(**extra):
-            return self._client().put_object(Bucket=self.bucket, Key=key, Body=PROBE_BODY, **extra)
         try:
-            try:
-                etag = put(ChecksumSHA256=wrong).get("ETag", "").strip('"')
-                verification = ETAG_MD5 if etag == hashlib.md5(PROBE_BODY, usedforsecurity=False).hexdigest() \
-                    else READ_BACK
-            except Exception as error:
-                if self._status(error)[0] not in DIGEST_CODES:
-                    raise
-                verification = STORE_CHECKSUM  # it refused bytes that do not match their checksum: it checks
-                put(ChecksumSHA256=right)
-            try:
-                put(ChecksumSHA256=right, IfNoneMatch="*")
-                if_none_match = False
-            except Exception as error:
-                code, status = self._status(error)
-                if status != 412 and code != "PreconditionFailed":
-                    raise
-                if_none_match = True
+            found = probe_store(lambda **extra: self._client().put_object(Bucket=self.bucket, Key=key,
+                                                                          Body=PROBE_BODY, **extra))
         except Exception as error:
             mapped = self._error(error, "store probe PUT", key)
             if mapped is error:
@@ -719,7 +500,9 @@ class S3Target(Target):
         except (AuthRefused, PermanentError) as error:  # a policy may allow PUT and not DELETE: no reason to stop
             log.warning("%s: the probe object %s stays on the bucket (%d bytes): %s", self.name, key,
                         len(PROBE_BODY), error)
-        return _Store(verification, if_none_match)
+        log.info("%s: %s is verified by %s%s", self.name, self._endpoint(), found.verification,
+                 "" if found.if_none_match else "; it ignores If-None-Match, so a name is looked at before publishing")
+        return found
 
     def _remember(self, key, known):
         with self._state_lock:
@@ -760,7 +543,7 @@ class S3Target(Target):
                 answer = self._client().get_object(Bucket=self.bucket, Key=key, Range=f"bytes={start}-{end - 1}",
                                                    **condition)
             except Exception as error:
-                code, status = self._status(error)
+                code, status = error_status(error)
                 if status == 412 or code == "PreconditionFailed":
                     raise TransientError(f"{self._what('GET', key)}: the object changed while it was read") from None
                 mapped = self._error(error, "GET", key)
@@ -794,7 +577,7 @@ class S3Target(Target):
         try:
             self._client().head_bucket(Bucket=self.bucket)
         except Exception as error:
-            code, status = self._status(error)
+            code, status = error_status(error)
             if status == 404 or code in ("NoSuchBucket", "404"):
                 raise DeviceUnavailable(f"{self.name}: bucket {self.bucket} does not exist at "
                                         f"{self.options['endpoint_url'] or 'AWS'}") from None
@@ -898,7 +681,7 @@ class S3Target(Target):
             note = kept.note(key)
         try:
             record = json.loads(note)
-            upload = _Upload(str(record["upload_id"]), int(record["part_size"]), str(record["sha256"]))
+            upload = Upload(str(record["upload_id"]), int(record["part_size"]), str(record["sha256"]))
             noted = [[int(n), str(etag), str(checksum)] for n, etag, checksum in
                      record["parts"] + record.get("ahead", [])]
             noted_key = str(record.get("key", key))
@@ -929,7 +712,7 @@ class S3Target(Target):
                 page = self._client().list_parts(Bucket=self.bucket, Key=key, UploadId=upload_id,
                                                  PartNumberMarker=marker, MaxParts=self.LIST_PAGE)
             except Exception as error:
-                if self._status(error)[0] == "NoSuchUpload" or self._status(error)[1] == 404:
+                if error_status(error)[0] == "NoSuchUpload" or error_status(error)[1] == 404:
                     return None
                 mapped = self._error(error, "ListParts", key)
                 if mapped is error:
@@ -980,13 +763,13 @@ class S3Target(Target):
         """Small files: hash and keep for publish(). Larger ones: create or continue the multipart upload and send its
         parts from `offset`, recording the note after each (see the module doc)."""
         key = self.key_for(path)
-        staged = _Staged(stream)
+        staged = Staged(stream)
         if size < self.options["multipart_threshold"]:
             if offset:
                 raise StartOver(f"{self._what('upload of', key)}: a file under multipart_threshold goes whole")
             md5 = hashlib.md5(usedforsecurity=False)
             checksum = staged.sha256(0, size, also=md5)
-            pending = _Pending(staged.kept(size), size, _b64(checksum.digest()), md5.hexdigest(),
+            pending = Pending(staged.kept(size), size, b64(checksum.digest()), md5.hexdigest(),
                                self._metadata(checksum.hexdigest()))
             with self._state_lock:
                 previous = self._pending.pop(key, None)
@@ -1011,7 +794,7 @@ class S3Target(Target):
         sha256 = self._context().sha256 or staged.sha256(0, size).hexdigest()
         answer = self._call("CreateMultipartUpload", key, "create_multipart_upload", ChecksumAlgorithm="SHA256",
                             Metadata=self._metadata(sha256))
-        upload = _Upload(answer["UploadId"], choose_part_size(size, self.options["part_size"]), sha256)
+        upload = Upload(answer["UploadId"], choose_part_size(size, self.options["part_size"]), sha256)
         with self._state_lock:
             self._uploads[key] = upload
         return upload
@@ -1075,9 +858,9 @@ class S3Target(Target):
         """UploadPart of bytes [start, start + length) with their SHA-256; returns (etag, checksum, length). On a store
         whose ETag is the MD5 of what it got, FileError where the part's ETag is not its MD5 (damaged on the way)."""
         md5 = hashlib.md5(usedforsecurity=False) if self.verification() == ETAG_MD5 else None
-        checksum = _b64(staged.sha256(start, length, also=md5).digest())
+        checksum = b64(staged.sha256(start, length, also=md5).digest())
         answer = self._call(f"UploadPart {number}", key, "upload_part", UploadId=upload_id, PartNumber=number,
-                            Body=_Window(staged, start, length), ContentLength=length, ChecksumSHA256=checksum)
+                            Body=Window(staged, start, length), ContentLength=length, ChecksumSHA256=checksum)
         etag = answer["ETag"].strip('"')
         if md5 is not None and etag != md5.hexdigest():
             raise FileError(f"{self._what(f'UploadPart {number} of', key)}: the store's MD5 of the part (its ETag) is "
@@ -1096,16 +879,16 @@ class S3Target(Target):
         if pending is not None:
             if pending.size != size:
                 raise StartOver(f"{self._what('PUT', key)}: {pending.size} bytes were staged for it, not {size}")
-            known = _Known(base64.b64decode(pending.checksum).hex(), etag=pending.md5)
+            known = Known(base64.b64decode(pending.checksum).hex(), etag=pending.md5)
             operation = "PUT"
             send = lambda: self._client().put_object(  # noqa: E731
-                Bucket=self.bucket, Key=key, Body=_Window(pending.staged, 0, size), ContentLength=size,
+                Bucket=self.bucket, Key=key, Body=Window(pending.staged, 0, size), ContentLength=size,
                 ChecksumSHA256=pending.checksum, Metadata=pending.metadata, **condition)
         elif upload is not None:
             if upload.held != size:
                 raise StartOver(f"{self._what('CompleteMultipartUpload', key)}: the parts hold {upload.held} of "
                                 f"{size} bytes")
-            known = _Known(upload.sha256, etag=multipart_etag([etag for _, etag, _ in upload.parts]),
+            known = Known(upload.sha256, etag=multipart_etag([etag for _, etag, _ in upload.parts]),
                            composite=composite_checksum([checksum for _, _, checksum in upload.parts]))
             operation = "CompleteMultipartUpload"
             parts = [{"PartNumber": number, "ETag": f'"{etag}"', "ChecksumSHA256": checksum}
@@ -1140,7 +923,7 @@ class S3Target(Target):
             send()
             return True
         except Exception as error:
-            code, status = self._status(error)
+            code, status = error_status(error)
             if status == 412 or code == "PreconditionFailed":
                 if not self._holds(key, size, sha256_hex):
                     raise FinalNameTaken(f"{self._what(operation, key)}: the key holds another object") from None

@@ -21,7 +21,7 @@ import time
 from typing import Callable, Dict, Iterator, List, Optional
 
 from filesync.devices.base import Checksum, RemoteFile, Source, Target, digest_text
-from filesync.devices.mavftp import (CommandUnsupported, Entry, MavFtpClient, SessionRefused, VehicleFileExists,
+from filesync.devices.vehicle.mavftp import (CommandUnsupported, Entry, MavFtpClient, SessionRefused, VehicleFileExists,
                                      VehicleFileNotFound, VehicleFull)
 from filesync.errors import (ConfigError, DeviceUnavailable, FileError, FinalNameTaken, PermanentError, StartOver,
                              TransientError, UnsafePath)
@@ -78,28 +78,62 @@ def log_time(path: str) -> float:
 
 # The options that make a vehicle's link; every device naming the same vehicle must give the same values.
 LINK_OPTIONS = [
-    Option("url", str, check=_check_url),
-    Option("baud", int, 921600, positive),
-    Option("source_system", int, 245, _system_id),
-    Option("source_component", int, 191, _system_id),
-    Option("target_system", int, 1, _system_id),
-    Option("target_component", int, 1, _component_id),
-    Option("timeout", float, 1.0, positive),  # longest wait for one reply before resending
-    Option("retries", int, 10, positive),  # resends in a row without any answer before the link counts as down
-    Option("crc_timeout", float, 120.0, positive),  # CalcFileCRC32 of a large file takes the vehicle a while
-    Option("heartbeat_timeout", float, 5.0, positive),
+    Option("url", str, check=_check_url,
+           help="The vehicle's MAVLink link: udpin:HOST:PORT, udpout:HOST:PORT, tcp:HOST:PORT or a serial device such"
+                " as /dev/ttyACM0 (with baud)."),
+    Option("baud", int, 921600, positive,
+           help="Baud rate of a serial link (ignored for UDP and TCP)."),
+    Option("source_system", int, 245, _system_id,
+           help="MAVLink system id filesync sends as (1 to 255); pick one no other component on the link uses."),
+    Option("source_component", int, 191, _system_id,
+           help="MAVLink component id filesync sends as (1 to 255)."),
+    Option("target_system", int, 1, _system_id,
+           help="MAVLink system id of the vehicle."),
+    Option("target_component", int, 1, _component_id,
+           help="MAVLink component id of the vehicle's FTP server (1: the autopilot)."),
+    Option("timeout", float, 1.0, positive,
+           help="Seconds to wait for one reply before resending the request."),
+    Option("retries", int, 10, positive,
+           help="Resends in a row without any answer before the link counts as down."),
+    Option("crc_timeout", float, 120.0, positive,
+           help="Seconds to wait for the vehicle's CalcFileCRC32 (it reads the whole file, which takes a while on an "
+                "SD card)."),
+    Option("heartbeat_timeout", float, 5.0, positive,
+           help="Seconds without a HEARTBEAT from the vehicle before it counts as unreachable."),
     # silence before a second open when the session is taken: PX4 frees an abandoned one after 10 s (newer: 30 s);
     # still taken after that (kept alive by requests from elsewhere), the vehicle's sessions are reset
-    Option("session_idle", float, 31.0, not_negative),
+    Option("session_idle", float, 31.0, not_negative,
+           help="Seconds a refused FTP session may last before filesync resets the vehicle's sessions (PX4 frees an "
+                "abandoned one after 10 s, newer versions 30 s)."),
 ]
 LINK_KEYS = tuple(option.name for option in LINK_OPTIONS)
 # What sources and targets share besides the link: which vehicle (its lease) and how long to wait for it.
 VEHICLE_OPTIONS = [
-    Option("vehicle", str, "1"),  # devices naming the same vehicle (mavlink, mavros) share its one FTP session
-    Option("lock_name", str, ""),  # the lease's resource name; default vehicle:<vehicle>
-    Option("lock_wait", float, 120.0, not_negative),  # how long to wait for the vehicle's lease
-    Option("wait_disarmed", bool, True),
+    Option("vehicle", str, "1",
+           help="Name of the vehicle; mavlink and mavros devices naming the same vehicle share its one FTP session "
+                "(its lease) and must share its link options."),
+    Option("lock_name", str, "",
+           help="The lease's resource name; empty: vehicle:<vehicle>."),
+    Option("lock_wait", float, 120.0, not_negative,
+           help="Seconds to wait for the vehicle's lease while another device or process uses the vehicle's one FTP "
+                "session."),
+    Option("wait_disarmed", bool, True,
+           help="true: touch no file while the vehicle is armed (it is flying and logging)."),
 ]
+
+# What a vehicle's source (mavlink, mavros) takes besides its link: where the logs are and which ones.
+LOG_SOURCE_OPTIONS = [
+    Option("root", str, "/fs/microsd/log", absolute_vehicle_path,
+           help="Folder on the vehicle whose logs are taken (absolute, e.g. /fs/microsd/log)."),
+    Option("include", list, ["*.ulg"], file_patterns,
+           help="File name patterns to take, e.g. ['*.ulg']."),
+    Option("settle", bool, True,
+           help="true: a file is complete only once two listings in a row show the same size (the vehicle lists "
+                "no times)."),
+]
+TARGET_ROOT_OPTION = Option("root", str, "/fs/microsd/filesync", absolute_vehicle_path,
+                            help="Folder on the vehicle that receives the files (absolute; PX4 writes only under "
+                                 "/fs/microsd/).")
 
 
 def link_options(options: dict) -> dict:
@@ -383,12 +417,10 @@ class MavlinkSource(_VehicleDevice, Source):
     kind = "mavlink"
     checksum_algorithm = "mavftp-crc32"
     can_delete = True
-    OPTIONS = LINK_OPTIONS + VEHICLE_OPTIONS + [
-        Option("root", str, "/fs/microsd/log", absolute_vehicle_path),
-        Option("include", list, ["*.ulg"], file_patterns),
-        Option("settle", bool, True),
+    OPTIONS = LINK_OPTIONS + VEHICLE_OPTIONS + LOG_SOURCE_OPTIONS + [
         # before removing a log, watch its size this long: a log still being written is not removed
-        Option("growth_check", float, 1.0, not_negative),
+        Option("growth_check", float, 1.0, not_negative,
+               help="Seconds to watch a log's size just before removing it: a log still growing is not removed."),
     ]
 
     def __init__(self, name, raw_options, key, context=None):
@@ -498,9 +530,7 @@ class MavlinkTarget(_VehicleDevice, Target):
     digests = ("mavftp-crc32",)
     readable = False
     can_delete = True
-    OPTIONS = LINK_OPTIONS + VEHICLE_OPTIONS + [
-        Option("root", str, "/fs/microsd/filesync", absolute_vehicle_path),
-    ]
+    OPTIONS = LINK_OPTIONS + VEHICLE_OPTIONS + [TARGET_ROOT_OPTION]
 
     def __init__(self, name, raw_options, key, context=None):
         super().__init__(name, raw_options, key, context)

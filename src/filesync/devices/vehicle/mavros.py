@@ -25,7 +25,7 @@ import time
 from typing import Iterator, List, Optional
 
 from filesync.devices.base import Checksum, RemoteFile, Source, Target, digest_text
-from filesync.devices.mavlink import absolute_vehicle_path, file_patterns, log_time
+from filesync.devices.vehicle.mavlink import LOG_SOURCE_OPTIONS, TARGET_ROOT_OPTION, log_time
 from filesync.errors import (ConfigError, DeviceFault, DeviceUnavailable, FileError, FinalNameTaken, PermanentError,
                              StartOver, TransientError, UnsafePath, Vanished)
 from filesync.lock import exclusive
@@ -96,17 +96,32 @@ class _MavrosDevice:
     max_transfers_reason = "the vehicle serves one MAVLink FTP session"
 
     COMMON_OPTIONS = [
-        Option("namespace", str, "/mavros", _namespace),
-        Option("chunk_bytes", int, 64 * MAX_DATA, _chunk),  # most bytes per read/write call (MAVROS: 200 ms per 239)
-        Option("retries", int, 10, positive),  # tries of one call that answers Busy or ETIMEDOUT
-        Option("retry_wait", float, 0.2, not_negative),  # pause before retrying a call MAVROS refused as busy
-        Option("service_timeout", float, 5.0, positive),  # wait for MAVROS's services / its first /state
-        Option("wait_disarmed", bool, True),
+        Option("namespace", str, "/mavros", _namespace,
+               help="MAVROS's ROS namespace, whose ftp/* services and state topic are used."),
+        # MAVROS takes about 200 ms per 239 bytes
+        Option("chunk_bytes", int, 64 * MAX_DATA, _chunk,
+               help="Most bytes per read or write service call (MAVROS moves 239 bytes per MAVLink message); smaller "
+                    "calls follow a timeout."),
+        Option("retries", int, 10, positive,
+               help="Tries of one service call that MAVROS answers Busy or ETIMEDOUT."),
+        Option("retry_wait", float, 0.2, not_negative,
+               help="Seconds to pause before retrying a call MAVROS refused as busy."),
+        Option("service_timeout", float, 5.0, positive,
+               help="Seconds to wait for MAVROS's services and its first state message before MAVROS counts as "
+                    "unreachable."),
+        Option("wait_disarmed", bool, True,
+               help="true: touch no file while the vehicle is armed (from MAVROS's state topic)."),
         # the vehicle's FTP session idle timeout (PX4: 10 s, newer 30 s): a refusal lasting longer resets sessions
-        Option("session_idle", float, 31.0, not_negative),
+        Option("session_idle", float, 31.0, not_negative,
+               help="Seconds a refused FTP session may last, while filesync holds the vehicle's lease, before it "
+                    "resets the vehicle's sessions (the vehicle's own idle timeout: PX4 10 s, newer 30 s)."),
         # the lease's resource is vehicle:<vehicle>; give a `mavlink` source for the same vehicle the same name
-        Option("vehicle", str, "1"),
-        Option("lock_wait", float, 120.0, not_negative),
+        Option("vehicle", str, "1",
+               help="Name of the vehicle; its lease (vehicle:<vehicle>) is shared with a mavlink device naming the "
+                    "same vehicle, so their FTP use never overlaps."),
+        Option("lock_wait", float, 120.0, not_negative,
+               help="Seconds to wait for the vehicle's lease while another device or process uses the vehicle's one "
+                    "FTP session."),
     ]
     SERVICES = ("list", "open", "read", "write", "close", "checksum", "remove", "rename", "mkdir", "reset")
 
@@ -394,14 +409,15 @@ class MavrosSource(_MavrosDevice, Source):
     ROLE = "source"
     can_delete = True
     checksum_algorithm = "mavftp-crc32"
-    OPTIONS = _MavrosDevice.COMMON_OPTIONS + [
-        Option("root", str, "/fs/microsd/log", absolute_vehicle_path),
-        Option("include", list, ["*.ulg"], file_patterns),
-        Option("settle", bool, True),
+    OPTIONS = _MavrosDevice.COMMON_OPTIONS + LOG_SOURCE_OPTIONS + [
         # a read that gets no byte for this long fails; until then timed-out reads are retried with smaller calls
-        Option("stall_timeout", float, 60.0, positive),
+        Option("stall_timeout", float, 60.0, positive,
+               help="Seconds a read may get no byte before it fails; until then timed-out reads are retried with "
+                    "smaller calls."),
         # longest pause between checks whether the empty-read bug is still there (a MAVROS restart checks at once)
-        Option("fault_recheck", float, 600.0, positive),
+        Option("fault_recheck", float, 600.0, positive,
+               help="Longest pause in seconds between checks whether MAVROS's empty-read bug is still there (a MAVROS"
+                    " restart checks at once)."),
     ]
 
     def __init__(self, name, raw_options, key, context=None):
@@ -627,9 +643,7 @@ class MavrosTarget(_MavrosDevice, Target):
     verifiable = True
     digests = ("mavftp-crc32",)
     can_delete = True
-    OPTIONS = _MavrosDevice.COMMON_OPTIONS + [
-        Option("root", str, "/fs/microsd/filesync", absolute_vehicle_path),
-    ]
+    OPTIONS = _MavrosDevice.COMMON_OPTIONS + [TARGET_ROOT_OPTION]
 
     def __init__(self, name, raw_options, key, context=None):
         super().__init__(name, raw_options, key, context)
