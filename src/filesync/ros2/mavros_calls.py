@@ -3,10 +3,12 @@ where those devices touch ROS 2.
 
 MAVROS 2 (mavros/src/plugins/ftp.cpp on the ros2 branch) refuses a call (busy, a file already open) by throwing in
 the service callback: mavros_node aborts and the call is never answered. So a call that gets no answer within
-MAVROS's own wait plus ANSWER_MARGIN raises Refused, and the device asks whether MAVROS went away or came back.
-A dead node's services stay in the DDS graph until its lease ends (seconds): MAVROS counts as restarted when a
+MAVROS's own wait plus ANSWER_MARGIN raises Refused, and MAVROS counts as gone from then on (it answers every call
+it lives through; filesync's processes call it one at a time, under the vehicle's lease). A dead node's services
+stay in the DDS graph until its lease ends (20 s seen here), so MAVROS counts as back, restarted, when a
 /<namespace>/state publisher not seen before appears (mavros_node publishes it, each start with a new endpoint id)."""
 import threading
+import time
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
@@ -58,6 +60,7 @@ class MavrosCalls:
         self.subscription = self.node.create_subscription(State, f"{namespace}/state", on_state, STATE_QOS)
         self._seen = set()  # endpoint ids of every /state publisher seen
         self._starts = 0  # how many times a new one appeared: the provider's identity
+        self._dead = None  # the provider's identity when a call went unanswered (mavros_node died), else None
 
     def service(self, name) -> str:
         """The full name of FTP service `name`."""
@@ -70,22 +73,32 @@ class MavrosCalls:
         request = client.srv_type.Request()
         for field, value in zip(request.get_fields_and_field_types(), args):
             setattr(request, field, value)
-        if not client.service_is_ready():
+        if not client.service_is_ready() or self._gone():
             raise Refused(f"{self.service(name)} is not offered")
         response = client.call(request, timeout_sec=wait + ANSWER_MARGIN)
         if response is None:
+            self._dead = self._starts
             raise Refused(f"no answer from {self.service(name)} within {wait + ANSWER_MARGIN:g} s")
         return response
 
     def offered(self, name, timeout) -> bool:
-        """Whether service `name` is offered within `timeout` seconds."""
-        return self.clients[name].wait_for_service(timeout_sec=timeout)
+        """Whether service `name` is offered (by a mavros_node that did not die) within `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.clients[name].wait_for_service(timeout_sec=max(0.0, deadline - time.monotonic())) or \
+                self._gone():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.1)
+        return True
 
     def provider(self):
         """An identity of the mavros_node offering the services that changes when another one starts (None: not
-        offered)."""
-        if not self.clients["list"].service_is_ready():
+        offered, or not known yet)."""
+        if not self.clients["list"].service_is_ready() or self._gone():
             return None
+        return self._identity()
+
+    def _identity(self):
         publishers = self.node.get_publishers_info_by_topic(f"{self.namespace}/state")
         current = {bytes(info.endpoint_gid) for info in publishers}
         if not current:  # not discovered yet (or the old one gone before the new one is seen)
@@ -94,6 +107,12 @@ class MavrosCalls:
             self._seen |= current
             self._starts += 1
         return self._starts
+
+    def _gone(self) -> bool:
+        """True while the mavros_node that left a call unanswered is the last one seen."""
+        if self._dead is not None and self._identity() not in (None, self._dead):
+            self._dead = None  # another one started
+        return self._dead is not None
 
     def warn(self, text):
         """Log a warning as the node's."""
