@@ -129,7 +129,7 @@ class _MavrosDevice:
         self._ros = None  # (the call layer's module, its MavrosCalls) once connected
         self._state = None  # the last mavros_msgs/State
         self._state_time = 0.0
-        self._provider = None  # the URI of the process that offers MAVROS's FTP services, as last seen
+        self._provider = None  # who offers MAVROS's FTP services, as last seen (the call layer's provider())
         # the vehicle may hold a session MAVROS has forgotten: an open or close of ours timed out, or MAVROS restarted
         self._session_unsure = False
         self._refused_since = None  # when the vehicle began refusing us a session (monotonic), None while it gives one
