@@ -163,10 +163,13 @@ ROS2_PY := $(ROS2_VENV)/bin/python3
 # one workspace per checkout and venv: CMake's cache holds the venv's paths
 ROS2_WS := $(HOME)/.cache/filesync/ros2-ws-$(shell echo $(ROOT) | md5sum | cut -c1-8)-$(ROS2_VENV_ID)
 ROS2_INSTALL := $(ROS2_WS)/install/filesync_interfaces
+# test/ros2_mavros_msgs: a test-only copy of MAVROS 2's FTP service types and State, for the mavros device's tests
+ROS2_MAVROS_MSGS := $(ROS2_WS)/install/mavros_msgs
 # (install/filesync, the package `ros2 launch` finds, is on AMENT_PREFIX_PATH only: its copy of src/filesync is not
 # on PYTHONPATH, the repository's is)
-ROS2_ENV := export PATH=$(ROS2_WS)/install/filesync/bin:$(ROS2_VENV)/bin:$$PATH AMENT_PREFIX_PATH=$(ROS2_WS)/install/filesync:$(ROS2_INSTALL):$(ROS2_VENV) \
-  PYTHONPATH=$(ROS2_INSTALL)/lib/python3.11/site-packages:$(ROOT)/src LD_LIBRARY_PATH=$(ROS2_INSTALL)/lib:$(ROS2_VENV)/lib \
+ROS2_ENV := export PATH=$(ROS2_WS)/install/filesync/bin:$(ROS2_VENV)/bin:$$PATH AMENT_PREFIX_PATH=$(ROS2_WS)/install/filesync:$(ROS2_INSTALL):$(ROS2_MAVROS_MSGS):$(ROS2_VENV) \
+  PYTHONPATH=$(ROS2_INSTALL)/lib/python3.11/site-packages:$(ROS2_MAVROS_MSGS)/lib/python3.11/site-packages:$(ROOT)/src \
+  LD_LIBRARY_PATH=$(ROS2_INSTALL)/lib:$(ROS2_MAVROS_MSGS)/lib:$(ROS2_VENV)/lib \
   ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 
 # What colcon needs to build the interfaces' C and C++ type support and Python extension (named, not left to come with
@@ -180,10 +183,12 @@ $(ROS2_VENV)/.installed: requirements-ros2.txt requirements.txt $(STAMPS)/apt
 	$(ROS2_PY) -m pip install -q --disable-pip-version-check -r requirements-ros2.txt
 	touch $@
 
-$(ROS2_WS)/.built: $(ROS2_VENV)/.installed $(wildcard ros2/*/* msg/*.msg srv/*.srv launch/sync.launch.py)
+$(ROS2_WS)/.built: $(ROS2_VENV)/.installed $(wildcard ros2/*/* msg/*.msg srv/*.srv launch/sync.launch.py \
+  test/ros2_mavros_msgs/* test/ros2_mavros_msgs/*/*)
 	mkdir -p $(ROS2_WS) $(STAMPS)
 	export PATH=$(ROS2_VENV)/bin:$$PATH AMENT_PREFIX_PATH=$(ROS2_VENV) CMAKE_PREFIX_PATH=$(ROS2_VENV) && \
-	  cd $(ROS2_WS) && colcon --log-base log build --base-paths $(ROOT)/ros2 --build-base build --install-base install \
+	  cd $(ROS2_WS) && colcon --log-base log build --base-paths $(ROOT)/ros2 $(ROOT)/test/ros2_mavros_msgs \
+	  --build-base build --install-base install \
 	  --cmake-args -DPython3_EXECUTABLE=$(ROS2_PY) -DBUILD_TESTING=OFF > $(ROOT)/build/ros2-packages.log 2>&1 \
 	  || { tail -40 $(ROOT)/build/ros2-packages.log; exit 1; }
 	touch $@

@@ -41,6 +41,7 @@ from filesync.ros.ledger_client import RosLedger  # noqa: E402
 from support.nodes import Stack  # noqa: E402
 from support.linkemu import LinkEmulator  # noqa: E402
 from support.mavsdk_autopilot import FtpFilter, MavsdkAutopilot, Px4SessionRule  # noqa: E402
+from support.mavros_ftp_plugin import read_calls, stop_stand_in  # noqa: E402
 
 SIZES = [0, 1, 239, 240, 478, 35_000, 35_001, 5_000_000]
 FAKE_MAVROS = os.path.join(HERE, "support", "fake_mavros.py")
@@ -188,21 +189,11 @@ class Vehicle:
 
     def reads(self):
         """The /ftp/read calls so far: [(path, offset, size)]."""
-        if not os.path.exists(self.read_log):
-            return []
-        with open(self.read_log) as log:
-            return [(path, int(offset), int(size)) for path, offset, size in
-                    (line.split() for line in log if not line.startswith("write "))]
+        return read_calls(self.read_log)
 
     def stop(self):
         try:
-            if self.process.poll() is None:
-                self.process.terminate()
-                try:
-                    self.process.wait(10)
-                except subprocess.TimeoutExpired:
-                    self.process.kill()
-                    self.process.wait()
+            stop_stand_in(self.process)
         finally:
             if self.link is not None:
                 self.link.stop()

@@ -121,11 +121,12 @@ def test_the_qos_table_is_the_code():
             if isinstance(call, ast.Call) and ros_graph.call_name(call) in ("create_publisher", "create_subscription"):
                 function = next((p for p in module.ancestors(call) if isinstance(p, ast.FunctionDef)), None)
                 topic = reader.evaluate(module, call.args[1], {}, function)[0]
-                used.setdefault(topic, set()).add(call.args[-1].id)
+                name = call.args[-1].id  # a profile of the module's own (MAVROS's /state) or of messages.py
+                used.setdefault(topic, set()).add((module.assigned.get(name) or messages.assigned[name], name))
     profiles = {}
     for topic, names in used.items():
         assert len(names) == 1, f"{topic}: publishers and subscribers with different QoS {names}"
-        keywords = {k.arg: k.value for k in messages.assigned[names.pop()].keywords}
+        keywords = {k.arg: k.value for k in names.pop()[0].keywords}
         profiles[topic] = (keywords["reliability"].attr.lower(), keywords["durability"].attr.lower().replace("_", " "),
                            str(keywords["depth"].value))
     rows = re.findall(r"^\| `(/[\w/]+)` \| (\w+) \| ([\w ]+) \| (\d+) \|", sections(read(PAGE))["On ROS 2"], re.M)

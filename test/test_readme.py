@@ -186,7 +186,9 @@ def test_the_ros_2_lines_are_what_exists():
                      read("Makefile"), re.M)
     assert "install(PROGRAMS \"${CMAKE_CURRENT_BINARY_DIR}/filesync\" DESTINATION lib/${PROJECT_NAME})" in \
         read("ros2/filesync/CMakeLists.txt")
-    assert "Not on ROS 2 yet: the `mavros` source and target" in read("docs/ros2.md")
+    assert "MAVROS 2" in ros2 and "`test/ros2/test_ros2_mavros.py`" in read("docs/devices/mavros.md") and \
+        os.path.isfile(os.path.join(ROOT, "test", "ros2", "test_ros2_mavros.py"))
+    assert "Not on ROS 2 yet: the rqt plugin" in read("docs/ros2.md")
 
 
 def test_every_configuration_in_the_docs_loads():

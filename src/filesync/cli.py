@@ -9,7 +9,6 @@ line saying which, and exits 1 (audit: 2), instead of hanging.
 """
 import argparse
 import importlib
-import importlib.util
 import os
 import sys
 import threading
@@ -19,6 +18,7 @@ from filesync.audit import CannotAudit, audit, exit_status, read_ledger_file, ta
 from filesync.config import load_config_file
 from filesync.devices import create_target
 from filesync.errors import ConfigError
+from filesync.ros_common.generation import running_generation
 from filesync.status import FILE_STATES, format_status, human_bytes
 
 LEDGER = "/filesync/ledger"
@@ -34,10 +34,7 @@ class Unavailable(Exception):
 
 def ros_backend():
     """The client side of the ROS generation filesync runs on (see the module's docstring)."""
-    version = os.environ.get("ROS_VERSION", "")
-    if version in ("1", "2"):
-        return importlib.import_module("filesync.ros.cli_backend" if version == "1" else "filesync.ros2.cli_backend")
-    ros1 = importlib.util.find_spec("rospy") is not None
+    ros1 = running_generation() == "1"
     return importlib.import_module("filesync.ros.cli_backend" if ros1 else "filesync.ros2.cli_backend")
 
 

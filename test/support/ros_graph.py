@@ -29,6 +29,9 @@ ROS2_CALLS = {"create_publisher": ("publishes", 1, 0), "create_subscription": ("
 # Functions whose calls inside are the transport of a call counted where they are called (PersistentService(...),
 # FilesyncNode.client(...)): their inner ServiceProxy/create_client has no name of its own.
 WRAPPERS = {("filesync/ros/services.py", "PersistentService"), ("filesync/ros2/node.py", "FilesyncNode.client")}
+# Parameters a device hands to the ROS layer it calls through: (module, name) -> (device module, its option)
+HANDED_IN = {(os.path.join("filesync", folder, "mavros_calls.py"), "namespace"):
+             ("filesync.devices.vehicle.mavros", "namespace") for folder in ("ros", "ros2")}
 # diagnostic_updater.Updater() publishes /diagnostics (ROS 1); on ROS 2 the status node publishes it itself.
 UPDATER = ("publishes", "/diagnostics", ("diagnostic_msgs", "msg", "DiagnosticArray"))
 
@@ -51,7 +54,7 @@ ROS1_USERS = {
     ("filesync/ros/ledger_client.py", "RosLedger"): WORKERS,
     ("filesync/ros/node.py", "start_node"): LAUNCHED,
     ("filesync/ros/node.py", "RosLeaseClient"): WORKERS,
-    ("mavros.py", "*"): WORKERS,  # the mavros source and target, in the worker nodes (any folder under devices/)
+    ("filesync/ros/mavros_calls.py", "MavrosCalls"): WORKERS,  # the mavros source and target's calls
 }
 ROS2_USERS = {
     ("filesync/ros2/ledger_node.py", "main"): ("ledger",),
@@ -68,6 +71,7 @@ ROS2_USERS = {
     ("filesync/ros2/ledger_client.py", "RosLedger"): WORKERS + ("web",),
     ("filesync/ros2/node.py", "FilesyncNode"): LAUNCHED,
     ("filesync/ros2/node.py", "RosLeaseClient"): WORKERS,
+    ("filesync/ros2/mavros_calls.py", "MavrosCalls"): WORKERS,
 }
 
 
@@ -205,6 +209,9 @@ class Graph:
             return self.evaluate(module, module.assigned[node.id], {}, None)
         if node.id in module.imports:
             return self.name_from_import(module, node.id)
+        if (module.relative, node.id) in HANDED_IN:
+            device, option = HANDED_IN[module.relative, node.id]
+            return [option_default(self.module(device), option)]
         raise Unresolved(node.id)
 
     def _Attribute(self, module, node, env, function):
@@ -270,7 +277,23 @@ class Graph:
             return values
         if isinstance(func, ast.Attribute) and func.attr == "get_param" and len(node.args) == 2:
             return self.evaluate(module, node.args[1], env, function)  # the parameter's default names another
+        if isinstance(func, ast.Attribute) and isinstance(func.value, ast.Name) and func.value.id == "self":
+            return self.method_result(module, node, env, function)
         raise Unresolved(ast.dump(func)[:80])
+
+    def method_result(self, module, node, env, function):
+        """self.method(args) where the method only returns an expression of its parameters (self.service(name))."""
+        cls = next((p for p in module.ancestors(node) if isinstance(p, ast.ClassDef)), None)
+        method = next((m for m in cls.body if isinstance(m, ast.FunctionDef) and m.name == node.func.attr), None) \
+            if cls else None
+        returns = [statement for statement in method.body if isinstance(statement, ast.Return)] if method else []
+        if len(returns) != 1 or len(node.args) != len(method.args.args) - 1:
+            raise Unresolved(f"self.{node.func.attr}()")
+        values = []
+        for arguments in itertools.product(*(self.evaluate(module, a, env, function) for a in node.args)):
+            bound = dict(zip((a.arg for a in method.args.args[1:]), arguments))
+            values += self.evaluate(module, returns[0].value, bound, method)
+        return values
 
 
 def parameter_default(function, name):
@@ -325,9 +348,6 @@ class Reader(Graph):
         folder = "ros" if self.generation == 1 else "ros2"
         paths = [os.path.join(SRC, "filesync", folder, name)
                  for name in sorted(os.listdir(os.path.join(SRC, "filesync", folder))) if name.endswith(".py")]
-        if self.generation == 1:  # devices that talk ROS 1 themselves (MAVROS's services), wherever they live
-            for directory, _, names in sorted(os.walk(os.path.join(SRC, "filesync", "devices"))):
-                paths += [os.path.join(directory, name) for name in sorted(names) if name == "mavros.py"]
         return paths
 
     def endpoints(self):

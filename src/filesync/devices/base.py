@@ -184,6 +184,7 @@ class DeviceContext:
     lock: object = None  # acquire/release like filesync.lock.LeaseTable; None: the device needs no lease
     owner: str = "filesync"  # the lease owner name, unique per process (the ROS node name)
     vehicle_links: object = None  # under ROS: the vehicle node's services; None: `mavlink` devices connect directly
+    ros_node: object = None  # under ROS 2: the filesync node (its .node) on which `mavros` devices make their clients
 
 
 DEFAULT_TRANSFERS = 4  # as rclone's --transfers

@@ -29,7 +29,9 @@ def run(role):
         publisher.publish(event_message(ROS2, record, task, bytes_done))
 
     # `mavlink` devices reach their vehicle through the vehicle node, the link's one owner
-    context = DeviceContext(lock=RosLeaseClient(filesync), owner=name, vehicle_links=VehicleServiceLinks(filesync))
+    # `mavros` devices make their MAVROS 2 clients on this node
+    context = DeviceContext(lock=RosLeaseClient(filesync), owner=name, vehicle_links=VehicleServiceLinks(filesync),
+                            ros_node=filesync)
     loops = build_workers(config, RosLedger(filesync), name, context, announce, kinds=KINDS[role],
                           finders=role == "finder")
 

@@ -1,6 +1,19 @@
 """One ROS generation's message classes and how to build them, handed to the shared code by each adapter."""
+import importlib.util
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
+
+
+def running_generation(context=None) -> str:
+    """"1" or "2": the ROS generation filesync runs on. ROS 2 when `context` (a DeviceContext) carries a ROS 2 node
+    (ros_node), else ROS_VERSION's (set by each generation's setup script), else ROS 1 when rospy is installed."""
+    if getattr(context, "ros_node", None) is not None:
+        return "2"
+    version = os.environ.get("ROS_VERSION", "")
+    if version in ("1", "2"):
+        return version
+    return "1" if importlib.util.find_spec("rospy") is not None else "2"
 
 
 def build(message_class, **fields):

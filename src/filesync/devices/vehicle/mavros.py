@@ -3,8 +3,12 @@
 MAVROS reads with sequential 239-byte ReadFile requests (no burst), does one operation at a time ("FTP: Busy": the
 next call fails), never resends, and answers a timeout with r_errno 110: on a lossy link these devices retry, with
 smaller calls after a timeout (each lost packet costs a whole call's timeout). Every FTP use holds the vehicle's
-lease, shared with a `mavlink` source for the same vehicle through the option `vehicle`. rospy and mavros_msgs are
-imported only when a mavros device is used.
+lease, shared with a `mavlink` source for the same vehicle through the option `vehicle`. The ROS calls are made by
+filesync.ros.mavros_calls (MAVROS 1, rospy) or filesync.ros2.mavros_calls (MAVROS 2, rclpy), imported only when a
+mavros device is used: the running filesync node's generation, else ROS_VERSION's, else the one installed.
+MAVROS 2 keeps the services' names and answers, but a refused call (busy, a file already open) aborts mavros_node
+and is never answered: its call layer raises the same Refused after MAVROS's own wait, and the device then finds
+MAVROS gone or restarted, as after a refusal from MAVROS 1.
 
 What is wrong for every file is a state of the device, not of a file (DeviceUnavailable / DeviceFault: the worker
 waits and probes, no attempt is counted):
@@ -19,6 +23,7 @@ waits and probes, no attempt is counted):
 """
 import errno
 import fnmatch
+import importlib
 import posixpath
 import threading
 import time
@@ -30,6 +35,7 @@ from filesync.errors import (ConfigError, DeviceFault, DeviceUnavailable, FileEr
                              StartOver, TransientError, UnsafePath, Vanished)
 from filesync.lock import exclusive
 from filesync.options import Option, not_negative, positive
+from filesync.ros_common.generation import running_generation
 
 MAX_DATA = 239  # bytes per ReadFile/WriteFile: a call of N bytes takes N/239 round trips through MAVROS
 # MAVROS reads on while a reply carries a full 239 bytes, so a call for k * 239 bytes costs k + 1 round trips and one
@@ -59,13 +65,18 @@ _WAITS = {"list": 5.0, "checksum": 5.0, "open": 0.2, "close": 0.2, "remove": 0.2
 _WAIT_PER_CHUNK = 0.2
 
 
+def _rw_wait(size) -> float:
+    """How long MAVROS waits for a read or write of `size` bytes."""
+    return _WAIT_PER_CHUNK * (size // MAX_DATA + 1)
+
+
 def _timed_out(name, response, started, size=0) -> bool:
     """True when `response` is a real timeout. MAVROS keeps r_errno from its last failure and leaves it unchanged
     for a NAK code it does not know (FileNotFound, FileExists, FileProtected): after a timeout such a NAK answers
     ETIMEDOUT too, but at once. Such a response gets r_errno 0, as MAVROS gives after a success."""
     if response.success or response.r_errno != errno.ETIMEDOUT:
         return False
-    wait = _WAITS.get(name) or _WAIT_PER_CHUNK * (size // MAX_DATA + 1)
+    wait = _WAITS.get(name) or _rw_wait(size)
     if time.monotonic() - started >= 0.9 * wait:
         return True
     response.r_errno = 0
@@ -89,7 +100,7 @@ class SessionsTaken(DeviceUnavailable):
 
 
 class _MavrosDevice:
-    """What the mavros source and target share: the service proxies, calls that retry Busy and ETIMEDOUT, MAVROS's
+    """What the mavros source and target share: the ROS call layer, calls that retry Busy and ETIMEDOUT, MAVROS's
     restarts, the vehicle's /state and lease, and opening files within the vehicle's one FTP session."""
 
     max_transfers = 1
@@ -123,7 +134,6 @@ class _MavrosDevice:
                help="Seconds to wait for the vehicle's lease while another device or process uses the vehicle's one "
                     "FTP session."),
     ]
-    SERVICES = ("list", "open", "read", "write", "close", "checksum", "remove", "rename", "mkdir", "reset")
 
     def _setup(self):
         if not self.options["vehicle"]:
@@ -131,11 +141,10 @@ class _MavrosDevice:
         self.root = posixpath.normpath(self.options["root"])
         self.lock_name = f"vehicle:{self.options['vehicle']}"
         self._lock = threading.RLock()  # threads of one process may share this object
-        self._ros = None  # (rospy, {name: ServiceProxy}) once connected
+        self._ros = None  # (the call layer's module, its MavrosCalls) once connected
         self._state = None  # the last mavros_msgs/State
         self._state_time = 0.0
-        self._subscriber = None
-        self._provider = None  # the URI of the process that offers MAVROS's FTP services, as last seen
+        self._provider = None  # who offers MAVROS's FTP services, as last seen (the call layer's provider())
         # the vehicle may hold a session MAVROS has forgotten: an open or close of ours timed out, or MAVROS restarted
         self._session_unsure = False
         self._refused_since = None  # when the vehicle began refusing us a session (monotonic), None while it gives one
@@ -143,26 +152,19 @@ class _MavrosDevice:
     # ----- ROS plumbing -----
 
     def _connect(self):
-        """Import rospy and mavros_msgs, init a node if this process has none, and make the service proxies."""
+        """Import the call layer of the ROS generation in use and make its clients (and a node if need be)."""
         if self._ros is not None:
             return self._ros
+        generation = running_generation(self.context)
+        client_library = "rospy" if generation == "1" else "rclpy"
         try:
-            import rospy
-            from mavros_msgs import srv
-            from mavros_msgs.msg import State
-            from std_srvs.srv import Empty
+            layer = importlib.import_module("filesync.ros.mavros_calls" if generation == "1" else
+                                            "filesync.ros2.mavros_calls")
         except ImportError as error:
-            raise ConfigError(f"{self.key}.kind: the mavros {self.ROLE} needs rospy and mavros_msgs ({error})") \
-                from None
-        if not rospy.core.is_initialized():
-            rospy.init_node(f"filesync_{self.name}", anonymous=True, disable_signals=True)
-        namespace = self.options["namespace"]
-        types = {"list": srv.FileList, "open": srv.FileOpen, "read": srv.FileRead, "write": srv.FileWrite,
-                 "close": srv.FileClose, "checksum": srv.FileChecksum, "remove": srv.FileRemove,
-                 "rename": srv.FileRename, "mkdir": srv.FileMakeDir, "reset": Empty}
-        proxies = {name: rospy.ServiceProxy(f"{namespace}/ftp/{name}", types[name]) for name in self.SERVICES}
-        self._subscriber = rospy.Subscriber(f"{namespace}/state", State, self._on_state, queue_size=1)
-        self._ros = (rospy, proxies)
+            raise ConfigError(f"{self.key}.kind: the mavros {self.ROLE} needs {client_library} and mavros_msgs "
+                              f"({error})") from None
+        calls = layer.MavrosCalls(self.name, self.options["namespace"], self._on_state, self.context)
+        self._ros = (layer, calls)
         return self._ros
 
     def _on_state(self, message):
@@ -171,18 +173,10 @@ class _MavrosDevice:
     def _service(self, name) -> str:
         return f"{self.options['namespace']}/ftp/{name}"
 
-    def _current_provider(self) -> Optional[str]:
-        """The URI of the node offering MAVROS's FTP services now (None: not offered)."""
-        rospy, _ = self._connect()
-        import rosgraph
-        try:
-            return rosgraph.Master(rospy.get_name()).lookupService(self._service("list"))
-        except Exception:  # rosgraph.MasterError: not offered; socket errors: no master either
-            return None
-
     def _note_provider(self) -> bool:
         """Look up who offers the services; True (and the session counts as unsure) when MAVROS restarted."""
-        current = self._current_provider()
+        _, calls = self._connect()
+        current = calls.provider()
         restarted = current is not None and self._provider is not None and current != self._provider
         if current is not None:
             self._provider = current
@@ -196,21 +190,17 @@ class _MavrosDevice:
         """MAVROS was started again (perhaps another version): subclasses re-check what they know of it."""
 
     def _wait_services(self):
-        rospy, proxies = self._connect()
-        try:
-            proxies["list"].wait_for_service(self.options["service_timeout"])
-        except rospy.ROSException:
+        _, calls = self._connect()
+        if not calls.offered("list", self.options["service_timeout"]):
             raise DeviceUnavailable(f"MAVROS's FTP services ({self._service('list')}) are not offered within "
                                     f"{self.options['service_timeout']:g} s: is MAVROS running with its ftp "
-                                    "plugin?") from None
+                                    "plugin?")
         self._note_provider()
 
     def _went_away(self, name, what) -> Optional[DeviceUnavailable]:
         """After a refused call: the DeviceUnavailable to raise when MAVROS went away or was restarted, else None."""
-        rospy, proxies = self._connect()
-        try:
-            proxies[name].wait_for_service(0.5)
-        except rospy.ROSException:
+        _, calls = self._connect()
+        if not calls.offered(name, 0.5):
             self._session_unsure = True  # what it held open on the vehicle stays open there
             self._provider = None
             return DeviceUnavailable(f"{what}: MAVROS's {self._service(name)} service went away (mavros_node "
@@ -222,13 +212,13 @@ class _MavrosDevice:
 
     def _call(self, name, what, *args):
         """Call service `name`; retry Busy (the call fails) and ETIMEDOUT; return the response (success or not)."""
-        rospy, proxies = self._connect()
+        layer, calls = self._connect()
         response, last = None, ""
         for _ in range(self.options["retries"]):
             started = time.monotonic()
             try:
-                response = proxies[name](*args)
-            except rospy.ServiceException as error:
+                response = calls.call(name, *args, wait=_WAITS.get(name, 0.0))
+            except layer.Refused as error:
                 gone = self._went_away(name, what)
                 if gone is not None:
                     raise gone from None
@@ -291,23 +281,22 @@ class _MavrosDevice:
 
     def _close(self, remote: str):
         """Close `remote` in MAVROS; it may not hold it open (the call then fails), which is fine."""
-        rospy, proxies = self._connect()
+        layer, calls = self._connect()
         started = time.monotonic()
         try:
-            response = proxies["close"](remote)
-        except rospy.ServiceException:
+            response = calls.call("close", remote, wait=_WAITS["close"])
+        except layer.Refused:
             return
         if _timed_out("close", response, started):
             # MAVROS forgets the file before the vehicle answers: if the request was lost the session stays open
             self._session_unsure = True
 
     def _reset_sessions(self, why):
-        rospy, proxies = self._connect()
-        rospy.logwarn("%s: resetting the vehicle's FTP sessions through %s: %s", self.name, self._service("reset"),
-                      why)
+        layer, calls = self._connect()
+        calls.warn(f"{self.name}: resetting the vehicle's FTP sessions through {self._service('reset')}: {why}")
         try:
-            proxies["reset"]()  # MAVROS does not wait for the answer: the next open tells whether it worked
-        except rospy.ServiceException:
+            calls.call("reset")  # MAVROS does not wait for the answer: the next open tells whether it worked
+        except layer.Refused:
             pass
         self._session_unsure = False
         time.sleep(self.options["retry_wait"])  # MAVROS counts as busy until the reset's ACK is back
@@ -336,13 +325,13 @@ class _MavrosDevice:
     def _open(self, remote: str, mode: int, missing=None) -> int:
         """Open `remote` in `mode` through MAVROS and return the size it answers. A timed-out open may have opened
         the file: close, retry. `missing()` gives the error for a failure that may mean the file is gone."""
-        rospy, proxies = self._connect()
+        layer, calls = self._connect()
         resets = 0
         for _ in range(self.options["retries"]):
             started = time.monotonic()
             try:
-                response = proxies["open"](remote, mode)
-            except rospy.ServiceException:  # busy, or MAVROS holds it open from an earlier call: close it
+                response = calls.call("open", remote, mode, wait=_WAITS["open"])
+            except layer.Refused:  # busy, or MAVROS holds it open from an earlier call: close it
                 gone = self._went_away("open", f"open {remote}")
                 if gone is not None:
                     raise gone from None
@@ -399,7 +388,7 @@ class _MavrosDevice:
         self._refused_remote = None
 
     def close(self):
-        """Nothing to close: service proxies connect per call."""
+        """Nothing to close: the call layer's clients connect per call."""
 
 
 class MavrosSource(_MavrosDevice, Source):
@@ -571,13 +560,13 @@ class MavrosSource(_MavrosDevice, Source):
 
     def _read_call(self, remote, offset, wanted):
         """One /ftp/read call: its response, or None when it timed out. Busy refusals are retried after a pause."""
-        rospy, proxies = self._connect()
+        layer, calls = self._connect()
         refusal = None
         for _ in range(self.options["retries"]):
             started = time.monotonic()
             try:
-                response = proxies["read"](remote, offset, wanted)
-            except rospy.ServiceException as error:
+                response = calls.call("read", remote, offset, wanted, wait=_rw_wait(wanted))
+            except layer.Refused as error:
                 gone = self._went_away("read", f"read {remote}")
                 if gone is not None:
                     raise gone from None
@@ -792,13 +781,13 @@ class MavrosTarget(_MavrosDevice, Target):
 
     def _write_call(self, remote, offset, data):
         """One /ftp/write call: its response, or None when it timed out. Busy refusals are retried after a pause."""
-        rospy, proxies = self._connect()
+        layer, calls = self._connect()
         refusal = None
         for _ in range(self.options["retries"]):
             started = time.monotonic()
             try:
-                response = proxies["write"](remote, offset, data)
-            except rospy.ServiceException as error:
+                response = calls.call("write", remote, offset, data, wait=_rw_wait(len(data)))
+            except layer.Refused as error:
                 gone = self._went_away("write", f"write {remote}")
                 if gone is not None:
                     raise gone from None
