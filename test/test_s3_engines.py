@@ -130,6 +130,36 @@ def test_damaged_copies_are_never_recorded_uploaded_nor_kept(engine, proxy, tmp_
         assert engine.client().get_object(Bucket=BUCKET, Key=key)["Body"].read() == data
 
 
+def test_a_file_is_shown_parked_only_once_its_multipart_upload_is_aborted(engine, proxy, tmp_path, monkeypatch):
+    """The abort comes before the ledger records the park: a slow abort (a far store) must not leave a window in which
+    the file is shown failed while its upload is still open (CI saw that window on SeaweedFS)."""
+    if engine.name != "seaweedfs":
+        pytest.skip("the store that refuses damaged parts: the upload stays open until the park aborts it")
+    target_class = type(create_target("probe", engine.target_options()))
+    discard = target_class.discard
+
+    def slow_discard(self, path):
+        time.sleep(1.0)
+        discard(self, path)
+    monkeypatch.setattr(target_class, "discard", slow_discard)
+    vehicle = tmp_path.name
+    target = engine.target_options(endpoint_url=proxy.endpoint, vehicle=vehicle, part_size=PART,
+                                   multipart_threshold=PART, max_attempts=1)
+    config = runner_config(tmp_path, target)
+    config["max_attempts"] = 1
+    proxy.damaging = True
+    runner = LocalRunner(config)
+    try:
+        runner.start()
+        deadline = time.monotonic() + 60
+        while getattr(runner.ledger.find("inbox", "big.bin"), "state", None) != "failed":
+            assert time.monotonic() < deadline, "the big file was never parked"
+            time.sleep(0.02)
+        assert keys_and_uploads(engine, vehicle)[1] == []
+    finally:
+        runner.close()
+
+
 def test_a_copy_that_fails_its_check_is_deleted_and_sent_again(engine, proxy, tmp_path):
     """One damaged attempt, then clean ones: the file ends uploaded once, under its own name."""
     if VERIFIED_BY[engine.name] == STORE_CHECKSUM:

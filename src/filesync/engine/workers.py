@@ -290,10 +290,11 @@ class TaskWorker(Loop):
             self.share.refusals = 0
         if reason:
             log.warning("%s: %s %s: %s (%s)", self.name, self.kind, record.path, reason, outcome)
+        if self.kind == UPLOAD and outcome in ("park", "skip"):
+            # before the ledger says so: a file shown parked has no multipart upload left open (billed) behind it
+            transfer.abandon(self.device, record.source, record.path, record.id)
         finished = self.ledger.finish(record.id, self.kind, self.device.name, self.worker, outcome, reason,
                                       done.location, delay, done.sha256, done.checksum)
-        if self.kind == UPLOAD and outcome in ("park", "skip"):
-            transfer.abandon(self.device, record.source, record.path, record.id)
         if finished is not None:
             if self.kind == UPLOAD and outcome == "done":
                 self.last_location = (done.location, time.time())
