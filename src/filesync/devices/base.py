@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from filesync.errors import ConfigError, PermanentError, TransientError
+from filesync.fsutil import FolderSyncs
 from filesync.options import Option, parse_options
 from filesync.paths import part_name
 
@@ -298,6 +299,9 @@ class Target(Device):
 
     def __init__(self, name: str, raw_options: dict, key: str, context=None):
         super().__init__(name, raw_options, key, context)
+        # publish() makes a new final name durable through it: the engine holds the fsyncs of a batch of uploads and
+        # settles them (one per folder) before it records any of them
+        self.folder_syncs = FolderSyncs()
         if not self.verifiable and "on_conflict" in (raw_options or {}):
             raise ConfigError(f"{key}.on_conflict: {self.kind} targets name what they store themselves; there is "
                               "no final name that could conflict")
