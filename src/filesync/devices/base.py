@@ -317,6 +317,11 @@ class Target(Device):
         that name or label objects by them (S3 keys and metadata) use them; every target's part_name() uses the id."""
         self.version_id = version_id
 
+    def serve_with(self, first: "Target") -> None:
+        """The engine gives each of a target's `transfers` workers a target object of its own; this one (not `first`)
+        may share `first`'s client where that client serves several threads at once. By default nothing is shared:
+        each worker keeps its own connection."""
+
     def part_name(self, path: str) -> str:
         """The temporary name of the upload of `path` for the version set_context() named (paths.part_name)."""
         return part_name(path, self.version_id)

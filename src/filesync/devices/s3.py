@@ -281,6 +281,14 @@ class _Window:
         return self.position
 
 
+class _SharedClient:
+    """The boto3 client of a target's workers (S3Target.serve_with), made at first use."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.s3 = None
+
+
 @dataclass
 class _Upload:
     """A multipart upload in progress: the device's own list of the parts the store confirmed, contiguous from 1, and
@@ -437,8 +445,7 @@ class S3Target(Target):
                         "read and change the uploads", key)
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
         self._credentials()  # a missing variable or file, or half a key pair, is a config error at start
-        self._client_lock = threading.Lock()
-        self._s3 = None
+        self._shared = _SharedClient()
         self._state_lock = threading.Lock()
         self._uploads = {}  # key -> _Upload (multipart uploads held for the next write()/publish())
         self._pending = {}  # key -> _Pending (small files waiting for publish())
@@ -469,9 +476,15 @@ class S3Target(Target):
         return [value for name in ("access_key_id", "secret_access_key", "session_token")
                 for value in [resolve_secret(self.options, self.key, name)] if value]
 
+    def serve_with(self, first):
+        """Use `first`'s boto3 client (one per target, thread-safe): one connection pool and one set of credentials
+        for every worker, instead of a client of about 13 MiB each."""
+        self._shared = first._shared
+
     def _client(self):
-        with self._client_lock:
-            if self._s3 is None:
+        shared = self._shared
+        with shared.lock:
+            if shared.s3 is None:
                 options = self.options
                 try:
                     session = boto3.session.Session(profile_name=options["profile"] or None)
@@ -489,11 +502,13 @@ class S3Target(Target):
                     response_checksum_validation="when_required",  # the checks here are filesync's own
                     connect_timeout=options["connect_timeout"], read_timeout=options["timeout"],
                     retries={"mode": "standard", "total_max_attempts": options["max_attempts"]},
-                    tcp_keepalive=True)
-                self._s3 = session.client("s3", endpoint_url=options["endpoint_url"] or None, verify=self._verify,
-                                          config=config, **self._credentials())
-                self._s3.meta.events.register_last("before-call.s3", _no_continue_for_small_bodies)
-            return self._s3
+                    tcp_keepalive=True,
+                    # every worker (serve_with) with all its parts in flight keeps a connection
+                    max_pool_connections=max(10, options["transfers"] * options["max_concurrency"]))
+                shared.s3 = session.client("s3", endpoint_url=options["endpoint_url"] or None, verify=self._verify,
+                                           config=config, **self._credentials())
+                shared.s3.meta.events.register_last("before-call.s3", _no_continue_for_small_bodies)
+            return shared.s3
 
     def set_context(self, source=None, vehicle=None, version_time=None, sha256="", version_id=0):
         """Say whose file the following calls on this thread are about: the source's name, the vehicle, the version's
@@ -1162,7 +1177,8 @@ class S3Target(Target):
 
     def close(self):
         """Close the client's connections; the next call opens new ones. Uploads held for resume stay held."""
-        with self._client_lock:
-            if self._s3 is not None:
-                self._s3.close()
-                self._s3 = None
+        shared = self._shared
+        with shared.lock:
+            if shared.s3 is not None:
+                shared.s3.close()
+                shared.s3 = None

@@ -57,6 +57,8 @@ def build_workers(config, ledger, worker_prefix, context, announce=None, kinds=(
             first = create_target(name, config.targets[name], context)
             devices = [first] + [create_target(name, config.targets[name], context)
                                  for _ in range(first.options["transfers"] - 1)]
+            for device in devices[1:]:
+                device.serve_with(first)
             share = DeviceShare()
             loops += [TaskWorker(UPLOAD, device, ledger, worker, settings, announce, on_progress, share)
                       for device, worker in zip(devices, worker_names(f"{worker_prefix}/upload/{name}",
