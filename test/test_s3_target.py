@@ -619,6 +619,9 @@ def test_a_small_put_goes_without_waiting_for_100_continue(seaweed, tmp_path, si
         target.publish(f"far/{size}.bin", size)
         assert proxy.stats()["round_trips"] == round_trips
         proxy.reset_stats()
+        # the engine's check right after: the PUT's answer (SeaweedFS checked the SHA-256 sent), no HEAD
+        assert target.fingerprint(f"far/{size}.bin", "sha256") == (size, sha256_of(local))
+        assert proxy.stats()["round_trips"] == 0
         assert target.fingerprint(f"far/{size}.bin", "sha256") == (size, sha256_of(local))  # one HEAD for both
         assert proxy.stats()["round_trips"] == 1
 

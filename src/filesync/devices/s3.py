@@ -21,8 +21,11 @@ How the engine's contract maps onto S3, which has no rename:
     FinalNameTaken (unless the name already holds these very bytes: a retry after a lost answer). On a store that
     ignores If-None-Match (rclone serve s3) it looks at the key first (a HEAD; a narrow race remains). So for a small
     file the engine does not look at the key before (publishes_exclusively): one PutObject, then the engine checks
-    the published object through fingerprint() (one HEAD: its size and the store's digest) and deletes it and sends
-    it again if it differs.
+    the published object through fingerprint() and deletes it and sends it again if it differs. For a PutObject that
+    check is the PUT's own answer where it carries what the store computed (a store that checks
+    x-amz-checksum-sha256 refuses other bytes and answers its SHA-256; an ETag that is the body's MD5 is compared with
+    the MD5 of the bytes sent): a HEAD right after would answer what the store recorded from that same PUT. Else
+    (a multipart upload, a store read back, an answer that does not match) one HEAD: its size and the store's digest.
 
 Verification rests on what the store computed from the bytes it holds, never on what filesync claimed (the checksum
 it sent, its own x-amz-meta-sha256): many stores (rclone serve s3, moto, Ceph RGW 16) accept a wrong
@@ -835,10 +838,15 @@ class S3Target(Target):
         return self._stored_sha256(key, head)
 
     def fingerprint(self, path, algorithm):
-        """The object's size and SHA-256 (as digest() finds it) from one HEAD; (None, '') when there is none."""
+        """The object's size and SHA-256 (as digest() finds it) from one HEAD; (None, '') when there is none. Right
+        after this thread's publish() of a small file whose PutObject answer confirmed its bytes (_put_confirms),
+        from that answer instead."""
         if algorithm != "sha256":
             return super().fingerprint(path, algorithm)
         key = self.key_for(path)
+        confirmed, self._local.confirmed = getattr(self._local, "confirmed", None), None
+        if confirmed is not None and confirmed[0] == key:
+            return confirmed[1], confirmed[2]
         head = self._head(key)
         if head is None:
             return None, ""
@@ -1132,36 +1140,49 @@ class S3Target(Target):
             raise StartOver(f"{self._what('publish of', key)}: nothing of it is held here (filesync restarted since "
                             f"it was sent); it is sent again")
         self._remember(key, known)
-        completed = False
+        self._local.confirmed = None
+        answer = None
         if condition and not self.store().if_none_match and self._head(key, f"HEAD before {operation}") is not None:
             # the store would replace it (it ignores If-None-Match): looked at first, a narrow race remains
             if not self._holds(key, size, known.sha256):
                 raise FinalNameTaken(f"{self._what(operation, key)}: the key holds another object")
         else:
-            completed = self._finish(send, operation, key, size, known.sha256)
+            answer = self._finish(send, operation, key, size, known.sha256)
         with self._state_lock:
             self._uploads.pop(key, None)
             self._pending.pop(key, None)
         if pending is not None:
             pending.staged.close()
-        elif condition and not completed:  # the key held these bytes already: this upload is not needed
+            if answer is not None and self._put_confirms(answer, pending):
+                self._local.confirmed = (key, size, known.sha256)
+        elif condition and answer is None:  # the key held these bytes already: this upload is not needed
             self._abort(key, upload.upload_id)
         return self.location(path)
 
+    def _put_confirms(self, answer, pending):
+        """Whether the PutObject's own answer shows what the store computed from the bytes it took is this file's: a
+        store that checks x-amz-checksum-sha256 stored nothing else (damaged bytes are refused with BadDigest), and
+        answers its SHA-256; a store whose ETag is the body's MD5 answers that MD5. Then the engine's check right
+        after (fingerprint()) needs no HEAD: it would answer what the store recorded from this same PUT."""
+        verification = self.verification()
+        if verification == STORE_CHECKSUM:
+            return answer.get("ChecksumSHA256", pending.checksum) == pending.checksum
+        return verification == ETAG_MD5 and answer.get("ETag", "").strip('"') == pending.md5
+
     def _finish(self, send, operation, key, size, sha256_hex):
-        """Run the PUT or CompleteMultipartUpload `send`: True when it stored the object, False when the key already
-        held these bytes (a 412, or NoSuchUpload after a lost answer); FinalNameTaken when it holds others."""
+        """Run the PUT or CompleteMultipartUpload `send`: the store's answer when it stored the object, None when the
+        key already held these bytes (a 412, or NoSuchUpload after a lost answer); FinalNameTaken when it holds
+        others."""
         try:
-            send()
-            return True
+            return send()
         except Exception as error:
             code, status = self._status(error)
             if status == 412 or code == "PreconditionFailed":
                 if not self._holds(key, size, sha256_hex):
                     raise FinalNameTaken(f"{self._what(operation, key)}: the key holds another object") from None
-                return False
+                return None
             if code == "NoSuchUpload" and self._holds(key, size, sha256_hex):
-                return False  # completed before, and the answer was lost
+                return None  # completed before, and the answer was lost
             mapped = self._error(error, operation, key)
             if mapped is error:
                 raise
