@@ -88,9 +88,13 @@ class LocalRunner:
     def _announce(self, record, task=None, done=None):
         with self._events_lock:
             self.events.append((record.id, record.path, record.state, task.device if task else "", done))
-        # A state change may be work for a task worker: wake those now. Not the finders: a state change tells them
-        # nothing new about their source, and a finder woken per change lists the whole source again each time
-        # (O(N^2) listing for N files); they list every scan_interval, or at once for forget().
+        # A new file or a finished step may be work for a task worker: wake those now. Not for a step that starts (a
+        # task with its offset): that leaves nothing new to claim, and every worker woken for it claimed in vain (a
+        # ledger transaction each). Not the finders: a state change tells them nothing new about their source, and a
+        # finder woken per change lists the whole source again each time (O(N^2) listing for N files); they list
+        # every scan_interval, or at once for forget().
+        if task is not None and done is not None:
+            return
         for loop in self._task_workers:
             loop.wake.set()
 
