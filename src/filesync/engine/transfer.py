@@ -113,13 +113,14 @@ class Job:
     staging folder fsyncs (fsutil.FolderSyncs) of the worker's batch: each folder is settled once before the batch's
     finishes are recorded."""
 
-    def __init__(self, ledger, worker, settings, record, task, on_progress=None, folder_syncs=None):
+    def __init__(self, ledger, worker, settings, record, task, on_progress=None, folder_syncs=None, claimed_at=None):
         self.ledger, self.worker, self.settings = ledger, worker, settings
         self.folder_syncs = folder_syncs or FolderSyncs()
         self.record, self.task = record, task
         self.on_progress = on_progress or (lambda job, done: None)
         self._recorded = task.offset
-        self._checkpointed_at = time.monotonic()
+        # when the lease was last given (the claim, for a task that waited in its batch): the lease's half is from then
+        self._checkpointed_at = time.monotonic() if claimed_at is None else claimed_at
         self._rate_start = (time.monotonic(), task.offset)
         self.done = task.offset  # bytes moved so far, updated on every chunk, for the status display
 

@@ -280,7 +280,7 @@ class TaskWorker(Loop):
                                             self.settings.lease_seconds / 3):
                     break  # stopped, or the task was taken: the rest of the batch goes back when its lease runs out
                 try:
-                    busy = self._carry_out(record, task, finishes)
+                    busy = self._carry_out(record, task, finishes, claimed_at)
                 finally:
                     self.share.end_turn(record.path, entry)
         finally:
@@ -305,9 +305,11 @@ class TaskWorker(Loop):
         return (not self.stop_event.is_set() and self.link.up
                 and time.monotonic() - claimed_at < self.settings.lease_seconds / 2)
 
-    def _carry_out(self, record, task, finishes):
-        """Do the claimed task and add its outcome to `finishes`; True if there may be more work right away."""
-        job = Job(self.ledger, self.worker, self.settings, record, task, self._progress, self._staging_syncs)
+    def _carry_out(self, record, task, finishes, claimed_at):
+        """Do the task claimed at `claimed_at` (monotonic) and add its outcome to `finishes`; True if there may be more
+        work right away."""
+        job = Job(self.ledger, self.worker, self.settings, record, task, self._progress, self._staging_syncs,
+                  claimed_at)
         if not self.share.start(self, job, self.settings):
             # given back untouched until a sibling's download ends (it wakes this worker)
             finishes.append(Finish(record, "release"))
