@@ -9,7 +9,8 @@ then --many files of --size bytes, each run in a fresh staging folder and ledger
 - fsyncs: the runner runs under `strace -f -y -e trace=fsync,fdatasync`; each call is sorted by the file it synced:
   the ledger (SQLite in WAL mode with synchronous=FULL fsyncs its -wal file once per commit, so those are the ledger's
   write transactions), staging, the target's folder, or other.
-- ledger calls: every Ledger method called from the loops' threads (the harness's own polling is not counted).
+- ledger calls: every Ledger method called from the loops' threads (the harness's own polling is not counted); a
+  batch of small files claimed (claim_batch) or recorded (finish_batch) together is one call.
 Per file = (count with --many files - count with --few) / (many - few), so fixed costs (logins, the first listing,
 connections opened once) cancel out.
 
@@ -269,15 +270,20 @@ def child(config_path, out_path):
     runner = LocalRunner(config)
     calls = collections.Counter()
     main = threading.main_thread()
+    inside = threading.local()  # a call the ledger makes to itself (claim -> claim_batch) is not the loops' call
     ledger = runner.ledger
-    for name in ("register", "register_staged", "claim", "checkpoint", "finish", "retry", "forget", "get", "find",
-                 "versions", "files", "work_left", "counts", "bytes_to_copy"):
+    for name in ("register", "register_staged", "claim", "claim_batch", "checkpoint", "finish", "finish_batch",
+                 "retry", "forget", "get", "find", "versions", "files", "work_left", "counts", "bytes_to_copy"):
         method = getattr(ledger, name)
 
         def counted(*args, _method=method, _name=name, **kwargs):
-            if threading.current_thread() is not main:
+            if threading.current_thread() is not main and not getattr(inside, "depth", 0):
                 calls[_name] += 1
-            return _method(*args, **kwargs)
+            inside.depth = getattr(inside, "depth", 0) + 1
+            try:
+                return _method(*args, **kwargs)
+            finally:
+                inside.depth -= 1
         setattr(ledger, name, counted)
     try:
         runner.run_until_settled(timeout=600)
@@ -372,6 +378,9 @@ def print_table(results):
             if "net ftp data connections" in values:
                 network = (network[0], f"{network[1]} (+{show('net ftp data connections')} data)")
         fsyncs = " / ".join(show(f"fsync {part}") for part in ("ledger wal", "staging", "target", "other"))
+        values = dict(values)
+        for name in ("claim", "finish"):  # one call, or one call for a batch of files
+            values[f"ledger {name}"] = values.get(f"ledger {name}", 0) + values.get(f"ledger {name}_batch", 0)
         ledger = " / ".join(show(f"ledger {name}") for name in ("claim", "checkpoint", "finish", "register"))
         print(f"| {case} | {network[0]} | {network[1]} | {show('fsyncs')} ({fsyncs}) | {show('ledger calls')} "
               f"({ledger}) |")

@@ -108,3 +108,39 @@ def test_a_small_downloads_folder_is_fsynced_once_after_both_names_and_before_it
     assert events[-1] == ("fsync", str(staged))
     assert ledger.get(record.id).task("download").offset == 0  # no checkpoint: the finish records it
     ledger.close()
+
+
+def test_a_batch_of_small_files_fsyncs_each_folder_once_and_before_it_is_recorded(tmp_path, events):
+    from filesync.engine.runner import LocalRunner
+    from filesync.paths import staged_path
+    inbox, out = tmp_path / "inbox", tmp_path / "out"
+    inbox.mkdir()
+    out.mkdir()
+    for index in range(6):
+        (inbox / f"f{index}.bin").write_bytes(os.urandom(1000))
+    runner = LocalRunner({"staging_dir": str(tmp_path / "staging"), "database": str(tmp_path / "db" / "ledger.db"),
+                          "sources": {"in": {"kind": "folder", "path": str(inbox), "min_age": 0, "transfers": 1}},
+                          "targets": {"out": {"kind": "folder", "path": str(out), "transfers": 1}},
+                          "pipelines": [{"source": "in", "targets": ["out"]}]})
+    real_finish = runner.ledger.finish
+
+    def finish(file_id, kind, *args):
+        events.append(("finish", kind))
+        return real_finish(file_id, kind, *args)
+
+    runner.ledger.finish = finish
+    try:
+        runner.run_until_settled(timeout=60)
+        assert {r.state for r in runner.ledger.files()} == {"uploaded"}
+    finally:
+        runner.close()
+    staging = os.path.dirname(staged_path(str(tmp_path / "staging"), "in", 1))
+    for kind, folder in (("download", staging), ("upload", str(out))):
+        synced = [index for index, event in enumerate(events) if event == ("fsync", folder)]
+        finished = [index for index, event in enumerate(events) if event == ("finish", kind)]
+        assert len(finished) == 6
+        assert len(synced) < 3, (kind, events)  # once a batch (the finder may register the six in two scans)
+        # each batch's finishes (consecutive) come after an fsync of the folder made since the batch before
+        starts = [index for number, index in enumerate(finished) if number == 0 or finished[number - 1] != index - 1]
+        for previous_end, start in zip([-1] + [finished[finished.index(s) - 1] for s in starts[1:]], starts):
+            assert any(previous_end < index < start for index in synced), (kind, events)

@@ -36,3 +36,25 @@ def test_files_move_on_wakeups_alone_and_the_source_is_listed_once(tmp_path):
         runner.close()
     assert len(os.listdir(tmp_path / "out")) == count
     assert len(listings) == 1, f"the source was listed {len(listings)} times for {count} files"
+
+
+def test_a_step_that_starts_wakes_no_worker_and_one_that_ends_wakes_them_all(tmp_path):
+    # A start leaves nothing new to claim: each worker woken for it claimed in vain (a ledger transaction each; with
+    # 4 + 4 workers, 8 claims a step). A finished step may be the next step's work (a download's upload).
+    config = {"staging_dir": str(tmp_path / "staging"), "database": str(tmp_path / "db" / "ledger.db"),
+              "sources": {"inbox": {"kind": "folder", "path": str(tmp_path / "inbox"), "min_age": 0.0}},
+              "targets": {"out": {"kind": "folder", "path": str(tmp_path / "out")}},
+              "pipelines": [{"source": "inbox", "targets": ["out"]}]}
+    os.makedirs(tmp_path / "inbox")
+    write_file(str(tmp_path / "inbox" / "a.bin"), 1000)
+    runner = LocalRunner(config)
+    try:
+        [record] = runner.ledger.register("inbox", ["out"], False, [("a.bin", 1000, 1.0)])
+        workers = [loop for loop in runner.loops if not isinstance(loop, Finder)]
+        assert len(workers) == 8
+        runner._announce(record, record.task("download"), 0)
+        assert not any(worker.wake.is_set() for worker in workers)
+        runner._announce(record, record.task("download"), None)
+        assert all(worker.wake.is_set() for worker in workers)
+    finally:
+        runner.close()

@@ -15,6 +15,7 @@ import textwrap
 import threading
 import time
 
+import boto3
 import botocore.auth
 import pytest
 
@@ -646,5 +647,38 @@ def test_a_small_put_goes_without_waiting_for_100_continue(seaweed, tmp_path, si
         target.publish(f"far/{size}.bin", size)
         assert proxy.stats()["round_trips"] == round_trips
         proxy.reset_stats()
+        # the engine's check right after: the PUT's answer (SeaweedFS checked the SHA-256 sent), no HEAD
+        assert target.fingerprint(f"far/{size}.bin", "sha256") == (size, sha256_of(local))
+        assert proxy.stats()["round_trips"] == 0
         assert target.fingerprint(f"far/{size}.bin", "sha256") == (size, sha256_of(local))  # one HEAD for both
         assert proxy.stats()["round_trips"] == 1
+
+
+def test_the_workers_of_one_target_share_one_client_with_a_connection_for_each_part_in_flight(seaweed, tmp_path,
+                                                                                                monkeypatch):
+    """Each of a target's `transfers` workers has its own target object; their boto3 client is one (a client is
+    about 13 MiB: four of them doubled the peak RSS), its pool large enough for every worker's parts in flight."""
+    from filesync.engine.runner import LocalRunner
+    made = []
+    real_client = boto3.session.Session.client
+
+    def counted(session, *args, **kwargs):
+        made.append(kwargs["config"].max_pool_connections)
+        return real_client(session, *args, **kwargs)
+    monkeypatch.setattr(boto3.session.Session, "client", counted)
+    paths = [f"f{i}.bin" for i in range(12)]
+    for path in paths:
+        write_file(str(tmp_path / "inbox" / path), 20_000)
+    target = seaweed.target_options(key_template="shared-client/{path}", transfers=4, max_concurrency=3)
+    runner = LocalRunner({"staging_dir": str(tmp_path / "staging"), "database": str(tmp_path / "ledger.db"),
+                          "sources": {"in": {"kind": "folder", "path": str(tmp_path / "inbox"), "min_age": 0}},
+                          "targets": {"store": target}, "pipelines": [{"source": "in", "targets": ["store"]}]})
+    try:
+        runner.run_until_settled(timeout=120)
+        assert {r.state for r in runner.ledger.files()} == {"uploaded"}
+    finally:
+        runner.close()
+    monkeypatch.undo()
+    assert made == [12]  # one client, a connection for each of 4 workers x 3 parts
+    assert all(stored(seaweed, f"shared-client/{path}") == open(tmp_path / "inbox" / path, "rb").read()
+               for path in paths)

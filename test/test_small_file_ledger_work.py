@@ -62,6 +62,21 @@ def _deliver_then_rebuild(config, tmp_path):
     return meta
 
 
+def test_a_task_that_waited_in_its_batch_counts_its_lease_from_the_claim(tmp_path):
+    # A batch's tasks share the claim's lease; one started late must renew it by half the lease after the claim, not
+    # half a lease after its own start (by then another worker may have taken it).
+    ledger = Ledger(str(tmp_path / "ledger.db"))
+    try:
+        ledger.register("inbox", ["out"], False, [("a.bin", 1000, 1.0)])
+        [(record, task)] = ledger.claim_batch("download", "inbox", "w", 10.0, 8, 1 << 20)
+        job = Job(ledger, "w", Settings(staging_dir=str(tmp_path), lease_seconds=10.0), record, task,
+                  claimed_at=time.monotonic() - 6.0)
+        job.checkpoint_before_finish(1000)  # small, but 6 of its 10 s of lease are gone: renewed
+        assert ledger.get(record.id).task("download").offset == 1000
+    finally:
+        ledger.close()
+
+
 def test_no_delivery_note_for_a_target_that_can_be_asked_and_a_rebuilt_ledger_asks_it(tmp_path):
     meta = _deliver_then_rebuild(folder_config(tmp_path), tmp_path)
     assert meta is not None and "delivered" not in meta, meta

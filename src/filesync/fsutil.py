@@ -28,3 +28,29 @@ def make_directories(path: str) -> None:
     os.makedirs(path, exist_ok=True)
     for created in reversed(missing):
         fsync_directory(os.path.dirname(created))
+
+
+class FolderSyncs:
+    """Folder fsyncs (fsync_directory) made at once, or, between hold() and settle(), once per folder at settle(): a
+    batch of files landing in one folder makes their names durable with one fsync, before any of them is recorded."""
+
+    def __init__(self):
+        self._held = None  # folders to fsync at settle(); None: sync() fsyncs at once
+
+    def hold(self) -> None:
+        """From now until settle(), sync() only notes its folder."""
+        if self._held is None:
+            self._held = set()
+
+    def sync(self, path: str) -> None:
+        """Make the entries of folder `path` durable: now, or at settle() while held."""
+        if self._held is None:
+            fsync_directory(path)
+        else:
+            self._held.add(path)
+
+    def settle(self) -> None:
+        """fsync each folder noted since hold() once; sync() fsyncs at once again (also when one of them fails)."""
+        held, self._held = self._held or set(), None
+        for path in sorted(held):
+            fsync_directory(path)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 from filesync.errors import ConfigError, PermanentError, TransientError
+from filesync.fsutil import FolderSyncs
 from filesync.options import Option, parse_options
 from filesync.paths import PART_SUFFIX, part_name
 
@@ -320,6 +321,9 @@ class Target(Device):
 
     def __init__(self, name: str, raw_options: dict, key: str, context=None):
         super().__init__(name, raw_options, key, context)
+        # publish() makes a new final name durable through it: the engine holds the fsyncs of a batch of uploads and
+        # settles them (one per folder) before it records any of them
+        self.folder_syncs = FolderSyncs()
         if not self.verifiable and "on_conflict" in (raw_options or {}):
             raise ConfigError(f"{key}.on_conflict: {self.kind} targets name what they store themselves; there is "
                               "no final name that could conflict")
@@ -334,6 +338,11 @@ class Target(Device):
         worker thread): the source's name, the vehicle, the version's time, its SHA-256 and its ledger id. Targets
         that name or label objects by them (S3 keys and metadata) use them; every target's part_name() uses the id."""
         self.version_id = version_id
+
+    def serve_with(self, first: "Target") -> None:
+        """The engine gives each of a target's `transfers` workers a target object of its own; this one (not `first`)
+        may share `first`'s client where that client serves several threads at once. By default nothing is shared:
+        each worker keeps its own connection."""
 
     def part_name(self, path: str) -> str:
         """The temporary name of the upload of `path` for the version set_context() named (paths.part_name)."""

@@ -7,7 +7,6 @@ import stat as stat_mode
 
 from filesync.devices.base import EXCLUDE_HELP, INCLUDE_HELP, RemoteFile, Settling, Source, Target, local_digest
 from filesync.errors import DeviceUnavailable, FinalNameTaken, PermanentError, TransientError, Vanished
-from filesync.fsutil import fsync_directory
 from filesync.options import Option, expand_path, not_negative
 from filesync.paths import PART_SUFFIX
 
@@ -201,7 +200,7 @@ class FolderTarget(Target):
                 os.replace(part, final)
             else:
                 _rename_no_replace(part, final)
-            fsync_directory(os.path.dirname(final))
+            self.folder_syncs.sync(os.path.dirname(final))
         except FileExistsError:
             raise FinalNameTaken(f"{final} exists") from None
         except OSError as error:

@@ -56,6 +56,8 @@ def build_workers(config, ledger, worker_prefix, context, announce=None, kinds=(
             first = create_target(name, config.targets[name], context)
             devices = [first] + [create_target(name, config.targets[name], context)
                                  for _ in range(first.options["transfers"] - 1)]
+            for device in devices[1:]:
+                device.serve_with(first)
             share = DeviceShare()
             loops += [TaskWorker(UPLOAD, device, ledger, worker, settings, announce, on_progress, share)
                       for device, worker in zip(devices, worker_names(f"{worker_prefix}/upload/{name}",
@@ -81,9 +83,13 @@ class LocalRunner:
         self._started = False
 
     def _announce(self, record, task=None, done=None):
-        # A state change may be work for a task worker: wake those now. Not the finders: a state change tells them
-        # nothing new about their source, and a finder woken per change lists the whole source again each time
-        # (O(N^2) listing for N files); they list every scan_interval, or at once for forget().
+        # A new file or a finished step may be work for a task worker: wake those now. Not for a step that starts (a
+        # task with its offset): that leaves nothing new to claim, and every worker woken for it claimed in vain (a
+        # ledger transaction each). Not the finders: a state change tells them nothing new about their source, and a
+        # finder woken per change lists the whole source again each time (O(N^2) listing for N files); they list
+        # every scan_interval, or at once for forget().
+        if task is not None and done is not None:
+            return
         for loop in self._task_workers:
             loop.wake.set()
 

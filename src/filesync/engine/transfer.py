@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 from filesync.devices.base import Checksum, digest_text, local_digest
 from filesync.errors import FileError, FinalNameTaken, PermanentError, SkipFile, StartOver, TransientError, Vanished
-from filesync.fsutil import fsync_directory, make_directories
+from filesync.fsutil import FolderSyncs, fsync_directory, make_directories
 from filesync.ledger.recovery import discard_staged, read_staged_meta, write_staged_meta
 from filesync.ledger.store import UPLOAD
 from filesync.paths import PART_SUFFIX, check_relative, conflict_name, device_name, staged_path
@@ -109,14 +109,18 @@ class Settings:
 
 
 class Job:
-    """A claimed task with what it needs to record progress: the ledger, the worker's name and the settings."""
+    """A claimed task with what it needs to record progress: the ledger, the worker's name and the settings, and the
+    staging folder fsyncs (fsutil.FolderSyncs) of the worker's batch: each folder is settled once before the batch's
+    finishes are recorded."""
 
-    def __init__(self, ledger, worker, settings, record, task, on_progress=None):
+    def __init__(self, ledger, worker, settings, record, task, on_progress=None, folder_syncs=None, claimed_at=None):
         self.ledger, self.worker, self.settings = ledger, worker, settings
+        self.folder_syncs = folder_syncs or FolderSyncs()
         self.record, self.task = record, task
         self.on_progress = on_progress or (lambda job, done: None)
         self._recorded = task.offset
-        self._checkpointed_at = time.monotonic()
+        # when the lease was last given (the claim, for a task that waited in its batch): the lease's half is from then
+        self._checkpointed_at = time.monotonic() if claimed_at is None else claimed_at
         self._rate_start = (time.monotonic(), task.offset)
         self.done = task.offset  # bytes moved so far, updated on every chunk, for the status display
 
@@ -250,10 +254,11 @@ def download(source, job) -> Done:
     try:
         # the description's bytes are fsynced before the copy gets its name; one fsync of the folder then makes both
         # names durable before the finish records the copy (a copy named without its description after a power cut
-        # is described again from the ledger; a rebuilt ledger leaves it alone)
+        # is described again from the ledger; a rebuilt ledger leaves it alone): at once, or once for the worker's
+        # batch of copies into this folder, before their finishes
         write_staged_meta(final, record, sha256, checksum, sync_folder=False)
         os.replace(part, final)
-        fsync_directory(os.path.dirname(final))
+        job.folder_syncs.sync(os.path.dirname(final))
     except OSError as error:
         raise _staging_error(error, final) from None
     return Done(final, sha256, checksum)
@@ -355,7 +360,8 @@ def _holds(target, name, held, size, staged, sha256) -> bool:
 def can_be_asked(target) -> bool:
     """True when `target` can show whether it holds a version (what _holds checks): a ledger rebuilt from staging then
     asks it, through the upload, instead of reading a delivery note beside the staged copy."""
-    return target.verifiable and bool(target.digests or target.readable)
+    # readable first: an FTP target's digests ask the server (FEAT), and the engine asks this before a claim too
+    return target.verifiable and (target.readable or bool(target.digests))
 
 
 def _destination(target, record, staged, sha256):

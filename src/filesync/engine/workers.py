@@ -10,12 +10,15 @@ import logging
 import queue
 import threading
 import time
+from dataclasses import dataclass, field
+from typing import Optional
 
 from filesync.engine import transfer
 from filesync.engine.transfer import (Job, LeaseLost, StagedCopyLost, StagingFull, can_be_asked, check_staging_space,
                                       release_staged, staging_free_bytes)
 from filesync import errors
 from filesync.errors import DeviceUnavailable, PermanentError, Stopping, TransientError, UnsafePath
+from filesync.fsutil import FolderSyncs
 from filesync.ledger.recovery import record_delivery
 from filesync.ledger.store import DOWNLOAD, REMOVE, UPLOAD
 from filesync.paths import check_relative, safe_name, staged_path
@@ -23,6 +26,9 @@ from filesync.paths import check_relative, safe_name, staged_path
 log = logging.getLogger(__name__)
 
 STEPS = {DOWNLOAD: transfer.download, UPLOAD: transfer.upload, REMOVE: transfer.remove}
+# Small files (under checkpoint_bytes) a worker claims together, and records together once done: one ledger
+# transaction and one fsync per folder for the batch instead of for each file
+BATCH = 8
 REGISTER_BATCH = 500
 FAILING_AFTER = 3  # steps failed in a row after which a loop shows as failing on the status (ERROR on /diagnostics)
 
@@ -204,6 +210,16 @@ class DeviceShare:
             self._turns.notify_all()
 
 
+@dataclass
+class Finish:
+    """The outcome of one task of a batch, recorded with the others' (Ledger.finish's arguments)."""
+    record: object
+    outcome: str
+    reason: str = ""
+    done: transfer.Done = field(default_factory=transfer.Done)
+    delay: Optional[float] = None
+
+
 class TaskWorker(Loop):
     """Claims tasks of one kind on one device (a source or a target) and carries them out one at a time; the workers
     of one device share `share` (a DeviceShare), each uses its own `device` object (or its own connections of it)."""
@@ -222,6 +238,7 @@ class TaskWorker(Loop):
         self.last_location = ("", 0.0)  # where the last finished upload landed, and when (for the status)
         self.held_back = ""  # why this worker does not take work although the device answers (staging space)
         self._forgotten = queue.SimpleQueue()  # (source, path, file id) of forgotten versions, for uploads to drop
+        self._staging_syncs = FolderSyncs()  # staging folders a batch of downloads wrote new names into
 
     def forget(self, source, path, file_id):
         """A version was forgotten (`filesync forget`): an upload worker drops what its target holds of its upload
@@ -237,30 +254,65 @@ class TaskWorker(Loop):
             transfer.abandon(self.device, *self._forgotten.get())
         if self.kind == DOWNLOAD and not self._staging_has_room():
             return False
-        claimed = self.ledger.claim(self.kind, self.device.name, self.worker, self.settings.lease_seconds)
-        if claimed is None:
+        claims = self._claim()
+        if not claims:
             return False
-        record, task = claimed
-        if task is None or task.state != "active" or task.owner != self.worker:
-            # never act (above all, never delete) on a claim that is not ours: a crossed or stale reply
-            log.error("%s: the ledger answered a claim with a task this worker does not hold: %s", self.name, task)
-            return False
-        entry = (record.id, self.worker)
-        renew = functools.partial(self.ledger.checkpoint, record.id, self.kind, self.device.name, self.worker,
-                                  task.offset, self.settings.lease_seconds)
-        if not self.share.take_turn(record.path, entry, self.stop_event, renew, self.settings.lease_seconds / 3):
-            return False
+        self._staging_syncs.hold()
+        if self.kind == UPLOAD:
+            self.device.folder_syncs.hold()
+        finishes = []  # Finish of each task carried out (or given back), recorded together after the batch
+        busy = False
+        claimed_at = time.monotonic()
         try:
-            return self._carry_out(record, task)
+            for index, (record, task) in enumerate(claims):
+                if index and not self._batch_goes_on(claimed_at):
+                    finishes += [Finish(record, "release") for record, _task in claims[index:]]
+                    break
+                if task is None or task.state != "active" or task.owner != self.worker:
+                    # never act (above all, never delete) on a claim that is not ours: a crossed or stale reply
+                    log.error("%s: the ledger answered a claim with a task this worker does not hold: %s", self.name,
+                              task)
+                    continue
+                entry = (record.id, self.worker)
+                renew = functools.partial(self.ledger.checkpoint, record.id, self.kind, self.device.name, self.worker,
+                                          task.offset, self.settings.lease_seconds)
+                if not self.share.take_turn(record.path, entry, self.stop_event, renew,
+                                            self.settings.lease_seconds / 3):
+                    break  # stopped, or the task was taken: the rest of the batch goes back when its lease runs out
+                try:
+                    busy = self._carry_out(record, task, finishes, claimed_at)
+                finally:
+                    self.share.end_turn(record.path, entry)
         finally:
-            self.share.end_turn(record.path, entry)
+            self._record(finishes)
+        return busy
 
-    def _carry_out(self, record, task):
-        """Do the claimed task and record its outcome; True if there may be more work right away."""
-        job = Job(self.ledger, self.worker, self.settings, record, task, self._progress)
+    def _claim(self):
+        """[(record, task)] this worker takes now: a batch of small files where the ledger can claim them together and
+        every step of one can be done twice without harm (a copy done but not yet recorded when the process dies is
+        found staged, an upload found on the target), else at most one task."""
+        batch = hasattr(self.ledger, "claim_batch") and (
+            self.kind == DOWNLOAD or (self.kind == UPLOAD and can_be_asked(self.device)))
+        if batch:
+            return self.ledger.claim_batch(self.kind, self.device.name, self.worker, self.settings.lease_seconds,
+                                           BATCH, self.settings.checkpoint_bytes, len(self.share.workers))
+        claimed = self.ledger.claim(self.kind, self.device.name, self.worker, self.settings.lease_seconds)
+        return [claimed] if claimed is not None else []
+
+    def _batch_goes_on(self, claimed_at):
+        """Whether the next task of a batch starts: not while stopping or while the device is down, nor once half the
+        batch's lease has passed (the rest goes back to be claimed again with a lease of its own)."""
+        return (not self.stop_event.is_set() and self.link.up
+                and time.monotonic() - claimed_at < self.settings.lease_seconds / 2)
+
+    def _carry_out(self, record, task, finishes, claimed_at):
+        """Do the task claimed at `claimed_at` (monotonic) and add its outcome to `finishes`; True if there may be more
+        work right away."""
+        job = Job(self.ledger, self.worker, self.settings, record, task, self._progress, self._staging_syncs,
+                  claimed_at)
         if not self.share.start(self, job, self.settings):
             # given back untouched until a sibling's download ends (it wakes this worker)
-            self.ledger.finish(record.id, self.kind, self.device.name, self.worker, "release")
+            finishes.append(Finish(record, "release"))
             return False
         self.notify()
         self.announce(record, task, task.offset)
@@ -293,19 +345,39 @@ class TaskWorker(Loop):
         if self.kind == UPLOAD and outcome in ("park", "skip"):
             # before the ledger says so: a file shown parked has no multipart upload left open (billed) behind it
             transfer.abandon(self.device, record.source, record.path, record.id)
-        finished = self.ledger.finish(record.id, self.kind, self.device.name, self.worker, outcome, reason,
-                                      done.location, delay, done.sha256, done.checksum)
-        if finished is not None:
-            if self.kind == UPLOAD and outcome == "done":
-                self.last_location = (done.location, time.time())
-                self.notify()
-                if not can_be_asked(self.device):  # Flight Review, HTTP: a rebuilt ledger must not post it again
-                    record_delivery(staged_path(self.settings.staging_dir, record.source, record.id),
-                                    self.device.name, done.location)
-            if self.kind == UPLOAD and finished.state in ("uploaded", "removed", "skipped"):
-                release_staged(self.settings, finished)  # every target holds it (or takes none): retention decides
-            self.announce(finished, finished.task(self.kind, self.device.name), None)
+        finishes.append(Finish(record, outcome, reason, done, delay))
         return outcome == "done"
+
+    def _record(self, finishes):
+        """Make what the batch's steps wrote durable (one fsync per folder), then record their outcomes in the ledger
+        (in one transaction where there are several), then act on what the ledger answered."""
+        if not finishes:
+            return
+        self._staging_syncs.settle()
+        if self.kind == UPLOAD:
+            self.device.folder_syncs.settle()
+        calls = [(f.record.id, self.kind, self.device.name, self.worker, f.outcome, f.reason, f.done.location,
+                  f.delay, f.done.sha256, f.done.checksum) for f in finishes]
+        answers = self.ledger.finish_batch(calls) if len(calls) > 1 else [self.ledger.finish(*calls[0])]
+        for finish, finished in zip(finishes, answers):
+            self._recorded(finish, finished)
+
+    def _recorded(self, finish, finished):
+        """What follows a recorded finish: a delivered upload is noted (where the target cannot be asked) and its
+        staged copy released when every target holds it; announced. (An upload given up was dropped from the target
+        before its finish was recorded.)"""
+        record, outcome, done = finish.record, finish.outcome, finish.done
+        if finished is None:
+            return
+        if self.kind == UPLOAD and outcome == "done":
+            self.last_location = (done.location, time.time())
+            self.notify()
+            if not can_be_asked(self.device):  # Flight Review, HTTP: a rebuilt ledger must not post it again
+                record_delivery(staged_path(self.settings.staging_dir, record.source, record.id),
+                                self.device.name, done.location)
+        if self.kind == UPLOAD and finished.state in ("uploaded", "removed", "skipped"):
+            release_staged(self.settings, finished)  # every target holds it (or takes none): retention decides
+        self.announce(finished, finished.task(self.kind, self.device.name), None)
 
     def _outcome(self, error, task, record):
         """The ledger outcome and reason for a failed step, from errors.action's table."""

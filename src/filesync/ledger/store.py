@@ -93,13 +93,15 @@ _READY = {
 # task whose backoff has passed and the first active one whose lease ran out. Each walks tasks_queue in file order and
 # stops at its first hit: one query with an OR and "ORDER BY (owner = ?)" sorted every waiting task on each claim
 # (30-80 ms at 100,000 files).
+# `after` leaves out the files a batch claimed already (claim_batch takes them in file order).
 _CLAIM_SQL = {kind: f"""SELECT
     (SELECT t.file_id FROM tasks t WHERE t.kind = :kind AND t.device = :device AND t.state = 'active'
-        AND t.owner = :worker AND {ready} ORDER BY t.file_id LIMIT 1),
+        AND t.owner = :worker AND t.file_id > :after AND {ready} ORDER BY t.file_id LIMIT 1),
     (SELECT t.file_id FROM tasks t WHERE t.kind = :kind AND t.device = :device AND t.state = 'waiting'
-        AND t.not_before <= :now AND {ready} ORDER BY t.file_id LIMIT 1),
+        AND t.not_before <= :now AND t.file_id > :after AND {ready} ORDER BY t.file_id LIMIT 1),
     (SELECT t.file_id FROM tasks t WHERE t.kind = :kind AND t.device = :device AND t.state = 'active'
-        AND t.lease_until < :now AND {ready} ORDER BY t.file_id LIMIT 1)""" for kind, ready in _READY.items()}
+        AND t.lease_until < :now AND t.file_id > :after AND {ready} ORDER BY t.file_id LIMIT 1)"""
+    for kind, ready in _READY.items()}
 
 # A file and its tasks in one read: the file's columns, then TaskRecord's fields in order (NULL without tasks).
 _RECORD_SQL = ("SELECT f.id, f.source, f.path, f.size, f.mtime, f.state, f.error, f.version, f.sha256, f.checksum, "
@@ -359,20 +361,45 @@ class Ledger:
         A worker gets back first what it held before a restart (same worker name), then waiting tasks whose backoff has
         passed, then tasks whose holder's lease ran out. No two workers hold a task at once.
         """
+        claimed = self.claim_batch(kind, device, worker, lease_seconds, 1, 0)
+        return claimed[0] if claimed else None
+
+    def claim_batch(self, kind, device, worker, lease_seconds, limit, small_bytes, workers=1) -> List[tuple]:
+        """Take up to `limit` ready tasks of `kind` on `device` for `worker` in one transaction (one commit for them
+        all), in the order claim() would take them one by one; [(FileRecord, TaskRecord)], empty when none is ready.
+        Only files under `small_bytes` go together: a larger file is taken alone (first) or left for the next claim,
+        so the batch's one lease covers a few quick copies, never a long one. The device's `workers` share what is
+        waiting: each takes at most its part of it, so a few files still go out on every transfer at once."""
         now = self._clock()
+        claimed = []
         with self._transaction() as db:
-            own, waiting, expired = db.execute(_CLAIM_SQL[kind],
-                                               dict(kind=kind, device=device, worker=worker, now=now)).fetchone()
-            # what this worker held before a restart comes first, then the earlier file of the other two
-            candidates = [own] if own is not None else [c for c in (waiting, expired) if c is not None]
-            if not candidates:
-                return None
-            file_id = min(candidates)
-            db.execute("UPDATE tasks SET state = 'active', owner = ?, lease_until = ?, updated = ? "
-                       "WHERE file_id = ? AND kind = ? AND device = ?",
-                       (worker, now + lease_seconds, now, file_id, kind, device))
-            record = self._refresh_state(db, self._get(db, file_id), now)
-        return record, record.task(kind, device)
+            if limit > 1 and workers > 1:
+                waiting = db.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM tasks t WHERE t.kind = ? AND t.device = ? "
+                                     f"AND t.state = 'waiting' AND t.not_before <= ? AND {_READY[kind]} LIMIT ?)",
+                                     (kind, device, now, limit * workers)).fetchone()[0]
+                limit = max(1, min(limit, waiting // workers))
+            after = 0
+            while len(claimed) < limit:
+                own, waiting, expired = db.execute(_CLAIM_SQL[kind], dict(kind=kind, device=device, worker=worker,
+                                                                          now=now, after=after)).fetchone()
+                # what this worker held before a restart comes first, then the earlier file of the other two
+                candidates = [own] if own is not None else [c for c in (waiting, expired) if c is not None]
+                if not candidates:
+                    break
+                file_id = min(candidates)
+                small = limit > 1 and db.execute("SELECT size < ? FROM files WHERE id = ?",
+                                                 (small_bytes, file_id)).fetchone()[0]
+                if claimed and not small:
+                    break
+                db.execute("UPDATE tasks SET state = 'active', owner = ?, lease_until = ?, updated = ? "
+                           "WHERE file_id = ? AND kind = ? AND device = ?",
+                           (worker, now + lease_seconds, now, file_id, kind, device))
+                record = self._refresh_state(db, self._get(db, file_id), now)
+                claimed.append((record, record.task(kind, device)))
+                if not small:
+                    break
+                after = file_id
+        return claimed
 
     def checkpoint(self, file_id, kind, device, worker, offset, lease_seconds, note=None) -> bool:
         """Record that `offset` bytes are safely stored and renew the lease. False if `worker` no longer holds it.
@@ -446,6 +473,14 @@ class Ledger:
             db.execute(f"UPDATE tasks SET {assignments} WHERE file_id = ? AND kind = ? AND device = ?",
                        (*values.values(), file_id, kind, device))
             return self._refresh_state(db, record, now)
+
+    def finish_batch(self, calls) -> List[Optional[FileRecord]]:
+        """finish(*call) for each of `calls` (tuples of finish()'s arguments) in one transaction: one commit records
+        them all, or none of them (an error raises after undoing them all); their answers in order."""
+        with self._lock:
+            # one call of a group already: a savepoint of the group's transaction holds the batch's finishes
+            with self._transaction() if self._together else self.together():
+                return [self.finish(*call) for call in calls]
 
     def backoff(self, attempts) -> float:
         """Capped exponential backoff with jitter: half to all of min(cap, base * 2^(attempts-1)) seconds."""

@@ -21,8 +21,11 @@ How the engine's contract maps onto S3, which has no rename:
     FinalNameTaken (unless the name already holds these very bytes: a retry after a lost answer). On a store that
     ignores If-None-Match (rclone serve s3) it looks at the key first (a HEAD; a narrow race remains). So for a small
     file the engine does not look at the key before (publishes_exclusively): one PutObject, then the engine checks
-    the published object through fingerprint() (one HEAD: its size and the store's digest) and deletes it and sends
-    it again if it differs.
+    the published object through fingerprint() and deletes it and sends it again if it differs. For a PutObject that
+    check is the PUT's own answer where it carries what the store computed (a store that checks
+    x-amz-checksum-sha256 refuses other bytes and answers its SHA-256; an ETag that is the body's MD5 is compared with
+    the MD5 of the bytes sent): a HEAD right after would answer what the store recorded from that same PUT. Else
+    (a multipart upload, a store read back, an answer that does not match) one HEAD: its size and the store's digest.
 
 Verification rests on what the store computed from the bytes it holds, never on what filesync claimed (the checksum
 it sent, its own x-amz-meta-sha256): many stores (rclone serve s3, moto, Ceph RGW 16) accept a wrong
@@ -162,6 +165,14 @@ class _Context:
     sha256: str = ""
 
 
+class _SharedClient:
+    """The boto3 client of a target's workers (S3Target.serve_with), made at first use."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.s3 = None
+
+
 class S3Target(Target):
     """Uploads to an S3 bucket under keys made from key_template; see the module doc for how and why.
 
@@ -255,8 +266,7 @@ class S3Target(Target):
                         "read and change the uploads", key)
             warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
         self._credentials()  # a missing variable or file, or half a key pair, is a config error at start
-        self._client_lock = threading.Lock()
-        self._s3 = None
+        self._shared = _SharedClient()
         self._state_lock = threading.Lock()
         self._uploads = {}  # key -> Upload (multipart uploads held for the next write()/publish())
         self._pending = {}  # key -> Pending (small files waiting for publish())
@@ -287,9 +297,15 @@ class S3Target(Target):
         return [value for name in ("access_key_id", "secret_access_key", "session_token")
                 for value in [resolve_secret(self.options, self.key, name)] if value]
 
+    def serve_with(self, first):
+        """Use `first`'s boto3 client (one per target, thread-safe): one connection pool and one set of credentials
+        for every worker, instead of a client of about 13 MiB each."""
+        self._shared = first._shared
+
     def _client(self):
-        with self._client_lock:
-            if self._s3 is None:
+        shared = self._shared
+        with shared.lock:
+            if shared.s3 is None:
                 options = self.options
                 try:
                     session = boto3.session.Session(profile_name=options["profile"] or None)
@@ -307,11 +323,13 @@ class S3Target(Target):
                     response_checksum_validation="when_required",  # the checks here are filesync's own
                     connect_timeout=options["connect_timeout"], read_timeout=options["timeout"],
                     retries={"mode": "standard", "total_max_attempts": options["max_attempts"]},
-                    tcp_keepalive=True)
-                self._s3 = session.client("s3", endpoint_url=options["endpoint_url"] or None, verify=self._verify,
-                                          config=config, **self._credentials())
-                self._s3.meta.events.register_last("before-call.s3", _no_continue_for_small_bodies)
-            return self._s3
+                    tcp_keepalive=True,
+                    # every worker (serve_with) with all its parts in flight keeps a connection
+                    max_pool_connections=max(10, options["transfers"] * options["max_concurrency"]))
+                shared.s3 = session.client("s3", endpoint_url=options["endpoint_url"] or None, verify=self._verify,
+                                           config=config, **self._credentials())
+                shared.s3.meta.events.register_last("before-call.s3", _no_continue_for_small_bodies)
+            return shared.s3
 
     def set_context(self, source=None, vehicle=None, version_time=None, sha256="", version_id=0):
         """Say whose file the following calls on this thread are about: the source's name, the vehicle, the version's
@@ -603,10 +621,15 @@ class S3Target(Target):
         return self._stored_sha256(key, head)
 
     def fingerprint(self, path, algorithm):
-        """The object's size and SHA-256 (as digest() finds it) from one HEAD; (None, '') when there is none."""
+        """The object's size and SHA-256 (as digest() finds it) from one HEAD; (None, '') when there is none. Right
+        after this thread's publish() of a small file whose PutObject answer confirmed its bytes (_put_confirms),
+        from that answer instead."""
         if algorithm != "sha256":
             return super().fingerprint(path, algorithm)
         key = self.key_for(path)
+        confirmed, self._local.confirmed = getattr(self._local, "confirmed", None), None
+        if confirmed is not None and confirmed[0] == key:
+            return confirmed[1], confirmed[2]
         head = self._head(key)
         if head is None:
             return None, ""
@@ -900,36 +923,49 @@ class S3Target(Target):
             raise StartOver(f"{self._what('publish of', key)}: nothing of it is held here (filesync restarted since "
                             f"it was sent); it is sent again")
         self._remember(key, known)
-        completed = False
+        self._local.confirmed = None
+        answer = None
         if condition and not self.store().if_none_match and self._head(key, f"HEAD before {operation}") is not None:
             # the store would replace it (it ignores If-None-Match): looked at first, a narrow race remains
             if not self._holds(key, size, known.sha256):
                 raise FinalNameTaken(f"{self._what(operation, key)}: the key holds another object")
         else:
-            completed = self._finish(send, operation, key, size, known.sha256)
+            answer = self._finish(send, operation, key, size, known.sha256)
         with self._state_lock:
             self._uploads.pop(key, None)
             self._pending.pop(key, None)
         if pending is not None:
             pending.staged.close()
-        elif condition and not completed:  # the key held these bytes already: this upload is not needed
+            if answer is not None and self._put_confirms(answer, pending):
+                self._local.confirmed = (key, size, known.sha256)
+        elif condition and answer is None:  # the key held these bytes already: this upload is not needed
             self._abort(key, upload.upload_id)
         return self.location(path)
 
+    def _put_confirms(self, answer, pending):
+        """Whether the PutObject's own answer shows what the store computed from the bytes it took is this file's: a
+        store that checks x-amz-checksum-sha256 stored nothing else (damaged bytes are refused with BadDigest), and
+        answers its SHA-256; a store whose ETag is the body's MD5 answers that MD5. Then the engine's check right
+        after (fingerprint()) needs no HEAD: it would answer what the store recorded from this same PUT."""
+        verification = self.verification()
+        if verification == STORE_CHECKSUM:
+            return answer.get("ChecksumSHA256", pending.checksum) == pending.checksum
+        return verification == ETAG_MD5 and answer.get("ETag", "").strip('"') == pending.md5
+
     def _finish(self, send, operation, key, size, sha256_hex):
-        """Run the PUT or CompleteMultipartUpload `send`: True when it stored the object, False when the key already
-        held these bytes (a 412, or NoSuchUpload after a lost answer); FinalNameTaken when it holds others."""
+        """Run the PUT or CompleteMultipartUpload `send`: the store's answer when it stored the object, None when the
+        key already held these bytes (a 412, or NoSuchUpload after a lost answer); FinalNameTaken when it holds
+        others."""
         try:
-            send()
-            return True
+            return send()
         except Exception as error:
             code, status = error_status(error)
             if status == 412 or code == "PreconditionFailed":
                 if not self._holds(key, size, sha256_hex):
                     raise FinalNameTaken(f"{self._what(operation, key)}: the key holds another object") from None
-                return False
+                return None
             if code == "NoSuchUpload" and self._holds(key, size, sha256_hex):
-                return False  # completed before, and the answer was lost
+                return None  # completed before, and the answer was lost
             mapped = self._error(error, operation, key)
             if mapped is error:
                 raise
@@ -945,7 +981,8 @@ class S3Target(Target):
 
     def close(self):
         """Close the client's connections; the next call opens new ones. Uploads held for resume stay held."""
-        with self._client_lock:
-            if self._s3 is not None:
-                self._s3.close()
-                self._s3 = None
+        shared = self._shared
+        with shared.lock:
+            if shared.s3 is not None:
+                shared.s3.close()
+                shared.s3 = None
