@@ -53,7 +53,8 @@ sys.path[:0] = [os.path.join(HERE, "..", "src"), os.path.join(HERE, "..", "test"
 from pymavlink import mavutil  # noqa: E402
 
 from filesync.devices import create_source  # noqa: E402
-from filesync.devices.vehicle.mavftp import MAX_DATA, MavFtpClient, Op  # noqa: E402
+from filesync.devices.vehicle.mavftp import MavFtpClient  # noqa: E402
+from filesync.devices.vehicle.mavftp_wire import MAX_DATA, Op  # noqa: E402
 from support.linkemu import LinkEmulator, LinkEmulatorProcess  # noqa: E402
 from support.mavsdk_autopilot import MavsdkAutopilot, Px4WriteRules  # noqa: E402
 

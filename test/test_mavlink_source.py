@@ -15,7 +15,8 @@ import pytest
 from conftest import assert_config_error
 from filesync.devices import create_source
 from filesync.devices.base import DeviceContext, local_checksum, mavftp_crc32
-from filesync.devices.vehicle.mavftp import MavFtpClient, SessionRefused, VehicleFileNotFound
+from filesync.devices.vehicle.mavftp import MavFtpClient
+from filesync.devices.vehicle.mavftp_wire import SessionRefused, VehicleFileNotFound
 from filesync.errors import DeviceUnavailable, PermanentError, TransientError
 from filesync.lock import LeaseTable
 from support.ulog import write_log

@@ -13,7 +13,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.join(HERE, "..", "..", "src")]
 
-from filesync.devices.vehicle.mavftp import MAX_DATA, MavFtpClient, Nak, Op  # noqa: E402
+from filesync.devices.vehicle.mavftp import MavFtpClient  # noqa: E402
+from filesync.devices.vehicle.mavftp_wire import MAX_DATA, Nak, Op  # noqa: E402
 
 TYPE_FILE, TYPE_DIRECTORY = 0, 1  # mavros_msgs/FileEntry
 MODE_READ, MODE_WRITE, MODE_CREATE = 0, 1, 2  # mavros_msgs/FileOpen

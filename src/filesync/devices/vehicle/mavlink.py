@@ -21,8 +21,9 @@ import time
 from typing import Callable, Dict, Iterator, List, Optional
 
 from filesync.devices.base import Checksum, RemoteFile, Source, Target, digest_text
-from filesync.devices.vehicle.mavftp import (CommandUnsupported, Entry, MavFtpClient, SessionRefused, VehicleFileExists,
-                                     VehicleFileNotFound, VehicleFull)
+from filesync.devices.vehicle.mavftp import MavFtpClient
+from filesync.devices.vehicle.mavftp_wire import (CommandUnsupported, Entry, SessionRefused, VehicleFileExists,
+                                                  VehicleFileNotFound, VehicleFull)
 from filesync.errors import (ConfigError, DeviceUnavailable, FileError, FinalNameTaken, PermanentError, StartOver,
                              TransientError, UnsafePath)
 from filesync.lock import exclusive
