@@ -1,5 +1,7 @@
 """Fixtures shared by the library tests."""
+import fcntl
 import os
+import tempfile
 
 import pytest
 
@@ -7,11 +9,28 @@ from support.ftp_server import FtpServerProcess
 
 # test/ros2: filesync on ROS 2, run by `make test-ros2` in the ROS 2 venv with filesync_interfaces built (it sets
 # FILESYNC_ROS2=1 and the paths); under ROS 1's venv they are not collected (rclpy is not there, and must not be).
-# Each run gets a DDS domain of its own (ROS_DOMAIN_ID from the pid) and keeps discovery on this machine, so two runs
-# never see each other's nodes and nothing leaves 127.0.0.1. ROS_PYTHON_CHECK_FIELDS=1 makes every message field
-# assignment check its type, so a wrong type fails in the tests.
+# Each run gets a DDS domain of its own and keeps discovery on this machine, so two runs never see each other's nodes
+# and nothing leaves 127.0.0.1. The domain is the first of 1..100 whose lock file no other run holds (a domain from the
+# pid collided now and then when several runs shared the machine: a ledger answering another run's workers).
+# ROS_PYTHON_CHECK_FIELDS=1 makes every message field assignment check its type, so a wrong type fails in the tests.
+
+
+def _own_domain():
+    """A ROS_DOMAIN_ID no other test run on this machine holds; its lock is held until this process ends."""
+    for domain in range(1, 101):  # valid domain ids, not the default 0
+        handle = open(os.path.join(tempfile.gettempdir(), f"filesync-ros-domain-{domain}.lock"), "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _own_domain.lock = handle  # kept open: closing it would free the domain
+        return domain
+    raise RuntimeError("all 100 ROS 2 test domains are held by other runs")
+
+
 if os.environ.get("FILESYNC_ROS2") == "1":
-    os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)  # 1..100: valid domain ids, not the default 0
+    os.environ["ROS_DOMAIN_ID"] = str(_own_domain())
     os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
     os.environ["ROS_PYTHON_CHECK_FIELDS"] = "1"
 else:
