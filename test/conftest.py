@@ -37,6 +37,21 @@ else:
     collect_ignore = ["ros2"]
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed ROS 2 test shows the last lines of the logs in its tmp_path (the supervisor's, the stand-ins' and
+    servers', nodes/*.log: each node's): the processes are gone by the time anyone looks."""
+    report = (yield).get_result()
+    workdir = item.funcargs.get("tmp_path") if hasattr(item, "funcargs") else None
+    if report.when != "call" or not report.failed or os.environ.get("FILESYNC_ROS2") != "1" or workdir is None:
+        return
+    logs = sorted(workdir.glob("*.log")) + sorted(workdir.glob("nodes/*.log"))
+    for path in logs:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            tail = handle.readlines()[-25:]
+        report.sections.append((f"last lines of {path.relative_to(workdir)}", "".join(tail)))
+
+
 @pytest.fixture(autouse=True)
 def s3_stores_found_anew():
     """A test's S3 servers are its own, and another engine may get a port an earlier test's server had: what the s3
