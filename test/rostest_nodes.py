@@ -6,11 +6,13 @@ random moments during transfers, starts them again, and checks on the FTP server
 identical, with at most one checkpoint interval sent again per interruption.
 """
 import os
+import functools
 import random
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 from collections import Counter
@@ -24,7 +26,7 @@ sys.path.insert(0, HERE)  # filesync itself comes from the workspace (devel spac
 
 from conftest import write_file_whole  # noqa: E402
 from filesync.msg import FileEvent, Status  # noqa: E402
-from filesync.ros.ledger_client import RosLedger  # noqa: E402
+from filesync.ros.ledger_client import SERVICES as LEDGER_SERVICES, RosLedger  # noqa: E402
 from filesync.ros.node import RosLeaseClient  # noqa: E402
 from support.ftp_server import FtpServerProcess  # noqa: E402
 from support.launch import wait_keepalive_resets  # noqa: E402
@@ -36,6 +38,35 @@ MiB = 1 << 20
 CHECKPOINT = 256 * 1024
 SEED = int(os.environ.get("FILESYNC_TEST_SEED", "11"))
 
+
+
+class CountingLedger:
+    """Serves the ledger's services under `namespace` and passes each call on to the ledger node, counting the calls
+    and the tasks each carried (a claim: the tasks it took; a finish: the outcomes it recorded). Nodes remapped to it
+    (`remaps`) reach the ledger through it."""
+
+    def __init__(self, namespace):
+        self.calls, self.tasks = Counter(), Counter()
+        self._lock = threading.Lock()
+        self.remaps = [f"/filesync/ledger/{name}:={namespace}/{name}" for name in LEDGER_SERVICES]
+        for name in LEDGER_SERVICES:
+            rospy.wait_for_service(f"/filesync/ledger/{name}", timeout=60)
+        self._services = [rospy.Service(f"{namespace}/{name}", kind, functools.partial(self._pass_on, name, kind))
+                          for name, kind in LEDGER_SERVICES.items()]
+
+    def _pass_on(self, name, kind, request):
+        reply = rospy.ServiceProxy(f"/filesync/ledger/{name}", kind)(request)
+        carried = {"claim": lambda: int(reply.found), "claim_batch": lambda: len(reply.files), "finish": lambda: 1,
+                   "finish_batch": lambda: len(request.outcomes)}.get(name, lambda: 0)()
+        with self._lock:
+            if carried:
+                self.calls[name] += 1
+                self.tasks[name] += carried
+        return reply
+
+    def close(self):
+        for service in self._services:
+            service.shutdown()
 
 
 class NodesTest(unittest.TestCase):
@@ -164,6 +195,27 @@ class NodesTest(unittest.TestCase):
         while not statuses or statuses[-1].pipelines[0].uploaded != 2:
             self.assertLess(time.monotonic() - shown, 30, "the status node does not show the second file")
             time.sleep(0.2)
+
+    def test_small_files_are_claimed_and_recorded_in_batches_through_the_nodes(self):
+        """The workers reach the ledger through its services; small files go in batches there too (issue 18): far
+        fewer calls than the one claim and one finish per step of a file that each task cost one by one."""
+        files = 48
+        self.stack.start("ledger")
+        counting = CountingLedger("/filesync/counted_ledger")
+        try:
+            for name in ("finder", "downloader", "uploader"):
+                self.stack.start(name, counting.remaps)
+            paths = self.write_inbox([2000 + i for i in range(files)], stem="small")
+            self.wait_all(files)
+            self.assert_arrived(paths)
+        finally:
+            counting.close()
+        rospy.loginfo(f"ledger calls that carried tasks: {dict(counting.calls)}; tasks: {dict(counting.tasks)}")
+        self.assertEqual(counting.calls["claim"], 0, "a small file was claimed alone")
+        self.assertEqual(counting.tasks["claim_batch"], 2 * files)  # each download and upload claimed once
+        self.assertEqual(counting.tasks["finish"] + counting.tasks["finish_batch"], 2 * files)
+        per_file = sum(counting.calls.values()) / files
+        self.assertLessEqual(per_file, 2.0, f"{per_file:.2f} ledger calls a file (one by one: 4)")
 
     def test_corrupt_database_at_start_uploads_nothing_again(self):
         paths = self.write_inbox([1000, 200_000, 3 * MiB])

@@ -26,11 +26,11 @@ class Stack:
         self.environment = environment
         self.processes = {}
 
-    def start(self, name):
-        """Start node `name` (a key of TYPES); its output goes to <workdir>/<name>.log."""
+    def start(self, name, remaps=()):
+        """Start node `name` (a key of TYPES) with `remaps` (from:=to); its output goes to <workdir>/<name>.log."""
         log = open(os.path.join(self.workdir, f"{name}.log"), "a")
         self.processes[name] = subprocess.Popen(
-            node_command(self.TYPES[name], self.environment) + ["__ns:=/filesync", f"__name:={name}"],
+            node_command(self.TYPES[name], self.environment) + ["__ns:=/filesync", f"__name:={name}", *remaps],
             env=self.environment, stdout=log, stderr=subprocess.STDOUT)
 
     def kill(self, name):

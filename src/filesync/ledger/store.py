@@ -369,7 +369,8 @@ class Ledger:
         all), in the order claim() would take them one by one; [(FileRecord, TaskRecord)], empty when none is ready.
         Only files under `small_bytes` go together: a larger file is taken alone (first) or left for the next claim,
         so the batch's one lease covers a few quick copies, never a long one. The device's `workers` share what is
-        waiting: each takes at most its part of it, so a few files still go out on every transfer at once."""
+        waiting: each takes at most its part of it, so a few files still go out on every transfer at once. A worker
+        asking again (its reply lost) gets back first what it holds, all of it, as claim() does."""
         now = self._clock()
         claimed = []
         with self._transaction() as db:
@@ -377,7 +378,9 @@ class Ledger:
                 waiting = db.execute(f"SELECT COUNT(*) FROM (SELECT 1 FROM tasks t WHERE t.kind = ? AND t.device = ? "
                                      f"AND t.state = 'waiting' AND t.not_before <= ? AND {_READY[kind]} LIMIT ?)",
                                      (kind, device, now, limit * workers)).fetchone()[0]
-                limit = max(1, min(limit, waiting // workers))
+                held = db.execute("SELECT COUNT(*) FROM tasks WHERE kind = ? AND device = ? AND state = 'active' "
+                                  "AND owner = ?", (kind, device, worker)).fetchone()[0]
+                limit = max(1, min(limit, max(held, waiting // workers)))
             after = 0
             while len(claimed) < limit:
                 own, waiting, expired = db.execute(_CLAIM_SQL[kind], dict(kind=kind, device=device, worker=worker,

@@ -13,10 +13,10 @@ from filesync.errors import Stopping
 from filesync.ros.convert import ROS1
 from filesync.ros.services import PersistentService, ServiceFailed, ServiceUnreachable
 from filesync.ros_common.ledger_client import LedgerMethods, LedgerUnavailable
-from filesync.srv import Checkpoint, Claim, Finish, Manage, Query, Register
+from filesync.srv import Checkpoint, Claim, ClaimBatch, Finish, FinishBatch, Manage, Query, Register
 
-SERVICES = {"register": Register, "claim": Claim, "checkpoint": Checkpoint, "finish": Finish, "query": Query,
-            "manage": Manage}
+SERVICES = {"register": Register, "claim": Claim, "claim_batch": ClaimBatch, "checkpoint": Checkpoint,
+            "finish": Finish, "finish_batch": FinishBatch, "query": Query, "manage": Manage}
 
 
 class LedgerError(Exception):

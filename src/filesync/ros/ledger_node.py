@@ -6,7 +6,8 @@ from filesync.ros.convert import ROS1, file_event
 from filesync.ros.node import EVENTS_TOPIC, start_node, wait_for_shutdown
 from filesync.ros_common.ledger_services import LedgerServices as SharedLedgerServices
 from filesync.msg import FileEvent
-from filesync.srv import Checkpoint, Claim, Counts, CountsResponse, Finish, Manage, Query, Register
+from filesync.srv import (Checkpoint, Claim, ClaimBatch, Counts, CountsResponse, Finish, FinishBatch, Manage, Query,
+                          Register)
 
 NAMESPACE = "/filesync/ledger"
 
@@ -36,8 +37,9 @@ def main():
     events = rospy.Publisher(EVENTS_TOPIC, FileEvent, queue_size=20)
     handlers = LedgerServices(ledger, config.staging_dir, lambda record: events.publish(file_event(record)))
     services = [rospy.Service(f"{NAMESPACE}/{name}", kind, getattr(handlers, name))
-                for name, kind in (("register", Register), ("claim", Claim), ("checkpoint", Checkpoint),
-                                   ("finish", Finish), ("query", Query), ("manage", Manage), ("counts", Counts))]
+                for name, kind in (("register", Register), ("claim", Claim), ("claim_batch", ClaimBatch),
+                                   ("checkpoint", Checkpoint), ("finish", Finish), ("finish_batch", FinishBatch),
+                                   ("query", Query), ("manage", Manage), ("counts", Counts))]
     rospy.loginfo(f"ledger at {config.database}: {len(ledger.counts())} source/state groups")
     wait_for_shutdown()
     for service in services:

@@ -16,8 +16,8 @@ from filesync.ros2.messages import ROS2, srv
 from filesync.ros2.node import CALL_TIMEOUT
 
 NAMESPACE = "/filesync/ledger"
-SERVICES = {"register": srv.Register, "claim": srv.Claim, "checkpoint": srv.Checkpoint, "finish": srv.Finish,
-            "query": srv.Query, "manage": srv.Manage}
+SERVICES = {"register": srv.Register, "claim": srv.Claim, "claim_batch": srv.ClaimBatch, "checkpoint": srv.Checkpoint,
+            "finish": srv.Finish, "finish_batch": srv.FinishBatch, "query": srv.Query, "manage": srv.Manage}
 WAIT_LOG_PERIOD = 30.0
 RESEND_CAP = 60.0  # seconds between two sends of one call at most
 log = logging.getLogger("filesync.ledger_client")

@@ -7,7 +7,8 @@ from filesync.ros2.messages import EVENTS_QOS, ROS2, msg, srv
 from filesync.ros2.node import EVENTS_TOPIC, FilesyncNode
 
 NAMESPACE = "/filesync/ledger"
-SERVICES = ("Register", "Claim", "Checkpoint", "Finish", "Query", "Manage", "Counts")
+SERVICES = {"register": "Register", "claim": "Claim", "claim_batch": "ClaimBatch", "checkpoint": "Checkpoint",
+            "finish": "Finish", "finish_batch": "FinishBatch", "query": "Query", "manage": "Manage", "counts": "Counts"}
 
 
 def main():
@@ -32,9 +33,9 @@ def main():
     events = node.create_publisher(msg.FileEvent, EVENTS_TOPIC, EVENTS_QOS)
     handlers = LedgerServices(ROS2, ledger, config.staging_dir,
                               lambda record: events.publish(event_message(ROS2, record)))
-    for name in SERVICES:
-        handler = getattr(handlers, name.lower())
-        node.create_service(getattr(srv, name), f"{NAMESPACE}/{name.lower()}",
+    for name, kind in SERVICES.items():
+        handler = getattr(handlers, name)
+        node.create_service(getattr(srv, kind), f"{NAMESPACE}/{name}",
                             lambda request, _reply, handler=handler: handler(request))
     node.get_logger().info(f"ledger at {config.database}: {len(ledger.counts())} source/state groups")
     filesync.wait_for_shutdown()

@@ -8,6 +8,12 @@ class LedgerUnavailable(Exception):
     """The ledger did not answer within the time given."""
 
 
+def _finish_fields(file_id, kind, device, worker, outcome, error="", location="", delay=None, sha256="", checksum=""):
+    """The fields of a Finish request (and of a TaskOutcome) for Ledger.finish's arguments."""
+    return dict(file_id=file_id, kind=kind, device=device, worker=worker, outcome=outcome, error=error,
+                location=location, delay=-1.0 if delay is None else delay, sha256=sha256, checksum=checksum)
+
+
 class LedgerMethods:
     """Ledger's methods over the ledger node's services; `generation` gives the messages."""
 
@@ -34,6 +40,13 @@ class LedgerMethods:
         record = record_from_msg(reply.file)
         return record, record.task(kind, device)
 
+    def claim_batch(self, kind, device, worker, lease_seconds, limit, small_bytes, workers=1):
+        """See Ledger.claim_batch."""
+        reply = self._call("claim_batch", kind=kind, device=device, worker=worker, lease_seconds=lease_seconds,
+                           limit=limit, small_bytes=small_bytes, workers=workers)
+        records = [record_from_msg(r) for r in reply.files]
+        return [(record, record.task(kind, device)) for record in records]
+
     def checkpoint(self, file_id, kind, device, worker, offset, lease_seconds, note=None):
         """See Ledger.checkpoint."""
         return self._call("checkpoint", file_id=file_id, kind=kind, device=device, worker=worker, offset=offset,
@@ -42,10 +55,16 @@ class LedgerMethods:
     def finish(self, file_id, kind, device, worker, outcome, error="", location="", delay=None, sha256="",
                checksum=""):
         """See Ledger.finish."""
-        reply = self._call("finish", file_id=file_id, kind=kind, device=device, worker=worker, outcome=outcome,
-                           error=error, location=location, delay=-1.0 if delay is None else delay, sha256=sha256,
-                           checksum=checksum)
+        reply = self._call("finish", **_finish_fields(file_id, kind, device, worker, outcome, error, location, delay,
+                                                      sha256, checksum))
         return record_from_msg(reply.file) if reply.held else None
+
+    def finish_batch(self, calls):
+        """See Ledger.finish_batch (`calls`: tuples of finish()'s arguments)."""
+        outcome = self.generation.msg.TaskOutcome
+        reply = self._call("finish_batch", outcomes=[self.generation.make(outcome, **_finish_fields(*call))
+                                                     for call in calls])
+        return [record_from_msg(record) if held else None for held, record in zip(reply.held, reply.files)]
 
     def files(self, state="", source="", after_id=0, limit=0):
         """See Ledger.files."""

@@ -8,10 +8,15 @@ import time
 from filesync.ledger.database_thread import DatabaseThread
 from filesync.ledger.recovery import discard_staged
 
-WRITES = {"register", "claim", "checkpoint", "finish", "retry", "forget"}
+WRITES = {"register", "claim", "claim_batch", "checkpoint", "finish", "finish_batch", "retry", "forget"}
 QUERY_LIMIT = 1000
 ERROR_LOG_PERIOD = 10.0  # seconds between two log lines saying the ledger cannot be written
 log = logging.getLogger("filesync.ledger")
+
+
+def _claimed_nothing(reply):
+    """Whether `reply` is a claim's (one or a batch) that found no task ready."""
+    return getattr(reply, "found", True) is False or (hasattr(reply, "tasks") and len(reply.tasks) == 0)
 
 
 def _changes_state(handler):
@@ -24,7 +29,7 @@ def _changes_state(handler):
             reply = handler(self, request)
             return reply
         finally:
-            if getattr(reply, "found", True):
+            if not _claimed_nothing(reply):
                 with self._changes_lock:
                     self.changes += 1
     return wrapper
@@ -91,6 +96,14 @@ class LedgerServices:
         return self._reply("Claim", found=True, file=self.generation.record_to_msg(record),
                            task=self.generation.task_to_msg(task))
 
+    @_changes_state
+    def claim_batch(self, request):
+        """Ledger.claim_batch: a repeated request gets back first the tasks the worker holds, as claim's does."""
+        claimed = self._call("claim_batch", request.kind, request.device, request.worker, request.lease_seconds,
+                             request.limit, request.small_bytes, request.workers)
+        return self._reply("ClaimBatch", files=[self.generation.record_to_msg(record) for record, _ in claimed],
+                           tasks=[self.generation.task_to_msg(task) for _, task in claimed])
+
     def checkpoint(self, request):
         return self._reply("Checkpoint", held=self._call("checkpoint", request.file_id, request.kind, request.device,
                                                          request.worker, request.offset, request.lease_seconds,
@@ -102,6 +115,15 @@ class LedgerServices:
                             request.error, request.location, None if request.delay < 0 else request.delay,
                             request.sha256, request.checksum)
         return self._reply("Finish", held=record is not None, file=self._record(record))
+
+    @_changes_state
+    def finish_batch(self, request):
+        """Ledger.finish_batch: each outcome as finish records it (so a repeat answers what the first recorded)."""
+        records = self._call("finish_batch", [
+            (o.file_id, o.kind, o.device, o.worker, o.outcome, o.error, o.location, None if o.delay < 0 else o.delay,
+             o.sha256, o.checksum) for o in request.outcomes])
+        return self._reply("FinishBatch", held=[record is not None for record in records],
+                           files=[self._record(record) for record in records])
 
     def query(self, request):
         if request.file_id:
