@@ -4,6 +4,7 @@ Hand-written because the schema is small and the error text ("sources.inbox.port
 is the point; jsonschema's messages name JSON pointers and would add a dependency for forty lines.
 """
 import os
+import string
 
 from filesync.errors import ConfigError
 
@@ -118,3 +119,20 @@ def secret_options(name="password", what="the password"):
                                                   "connection is made, never logged."),
             Option(f"{name}_file", str, "", help=f"A file whose first line is {what}; read when a connection is "
                                                    "made, never logged.")]
+
+
+def template_check(allowed, required=None, why=""):
+    """An Option check for a str.format template: only the placeholders in `allowed`, and `required` among them
+    (`why` says what goes wrong without it)."""
+    def check(value):
+        try:
+            fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
+        except ValueError as error:
+            return f"not a valid template ({error})"
+        unknown = sorted(field for field in fields if field not in allowed)
+        if unknown:
+            return f"unknown placeholder {{{unknown[0]}}} (known: {', '.join('{%s}' % n for n in allowed)})"
+        if required is not None and required not in fields:
+            return f"must hold {{{required}}}, {why}"
+        return None
+    return check

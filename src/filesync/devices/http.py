@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import socket
-import string
 import threading
 import warnings
 from datetime import datetime, timezone
@@ -32,7 +31,7 @@ from requests_toolbelt import MultipartEncoder
 from filesync.devices.base import Target
 from filesync.errors import (AuthRefused, ConfigError, DeviceUnavailable, FileError, PermanentError, SkipFile,
                              TransientError)
-from filesync.options import Option, expand_path, positive, resolve_secret, secret_options
+from filesync.options import Option, expand_path, positive, resolve_secret, secret_options, template_check
 
 log = logging.getLogger(__name__)
 
@@ -63,21 +62,8 @@ def _http_url(value):
     return None
 
 
-def _template_check(allowed):
-    def check(value):
-        try:
-            fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
-        except ValueError as error:
-            return f"not a valid template ({error})"
-        unknown = sorted(field for field in fields if field not in allowed)
-        if unknown:
-            return f"unknown placeholder {{{unknown[0]}}} (known: {', '.join('{%s}' % n for n in allowed)})"
-        return None
-    return check
-
-
 def _url_template_check(value):
-    return _template_check(URL_PLACEHOLDERS)(value) or _http_url(
+    return template_check(URL_PLACEHOLDERS)(value) or _http_url(
         value.format(**{name: "x" for name in URL_PLACEHOLDERS}))
 
 
@@ -388,7 +374,7 @@ class FlightReviewTarget(_HttpTargetBase):
         Option("email", str, "",
                help="Email address sent with each log (the form field is always sent: the server fails without it); "
                     "may be empty."),
-        Option("description", str, "{name} from {vehicle}", check=_template_check(DESCRIPTION_PLACEHOLDERS),
+        Option("description", str, "{name} from {vehicle}", check=template_check(DESCRIPTION_PLACEHOLDERS),
                help="Description of each log, a template with {name}, {path}, {vehicle}, {date} and {time}."),
         Option("type", str, "personal", choices=FLIGHT_REVIEW_TYPES,
                help="Flight Review's upload type: personal (not listed publicly) or flightreport."),

@@ -67,7 +67,6 @@ import math
 import os
 import re
 import socket
-import string
 import threading
 import uuid
 import warnings
@@ -93,7 +92,7 @@ from filesync.devices.s3.store import (DIGEST_CODES, ETAG_MD5, PROBE_BODY, PROBE
                                        error_status, found_store, probe_store, store_of)
 from filesync.errors import (AuthRefused, ConfigError, DeviceUnavailable, FileError, FilesyncError, FinalNameTaken,
                              PermanentError, StartOver, TransientError, UnsafePath)
-from filesync.options import Option, expand_path, positive, resolve_secret, secret_options
+from filesync.options import Option, expand_path, positive, resolve_secret, secret_options, template_check
 
 log = logging.getLogger(__name__)
 
@@ -111,19 +110,6 @@ NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
 READ_BACK_RANGE = 64 * MIB  # one ranged GET of a read-back: a broken one costs at most this much again
 CONTINUE_FROM = MIB  # bodies from this size wait for the store's 100 Continue (see _no_continue_for_small_bodies)
 KNOWN_KEPT = 256  # objects this process published whose store fingerprints it remembers (digest() right after)
-
-
-def _key_template_check(value):
-    try:
-        fields = {name for _, name, _, _ in string.Formatter().parse(value) if name is not None}
-    except ValueError as error:
-        return f"not a valid template ({error})"
-    unknown = sorted(name for name in fields if name not in KEY_PLACEHOLDERS)
-    if unknown:
-        return f"unknown placeholder {{{unknown[0]}}} (known: {', '.join('{%s}' % n for n in KEY_PLACEHOLDERS)})"
-    if "path" not in fields:
-        return "must hold {path}, or every file would land on one key"
-    return None
 
 
 def _no_continue_for_small_bodies(params, **_):
@@ -202,7 +188,8 @@ class S3Target(Target):
         Option("region", str, "",
                help="The region requests are signed for; empty: boto3's own (the profile, AWS_DEFAULT_REGION), else "
                     "us-east-1."),
-        Option("key_template", str, "{vehicle}/{source}/{path}", _key_template_check,
+        Option("key_template", str, "{vehicle}/{source}/{path}",
+               template_check(KEY_PLACEHOLDERS, "path", "or every file would land on one key"),
                help="Object key of each file, with {vehicle}, {source} and {path} ({path} required); empty components"
                     " are dropped."),
         Option("vehicle", str, "",
