@@ -159,7 +159,8 @@ def report(part, count, results, reference):
 
 def bench_ftp(args, workdir):
     from support.ftp_server import FtpServerProcess
-    from support.launch import Launch, RosMaster, quiet_stderr
+    import psutil
+    from support.launch import Launch, RosMaster, cpu_seconds, quiet_stderr
     print(f"ftp: {args.ftp_files} x {args.ftp_size} B folder -> FTP on loopback; load {load()}", flush=True)
     source = os.path.join(workdir, "ftp_source")
     make_files(source, args.ftp_files, args.ftp_size)
@@ -223,10 +224,17 @@ def bench_ftp(args, workdir):
             def ours_launch(round_index):
                 paths = [os.path.join(source, name) for name in sorted(os.listdir(source))]
                 relative = drop(paths, inbox, f"round{round_index}")
+                processes = dict(launch.node_processes(), ftp_server=psutil.Process(server.process.pid),
+                                 rosmaster=psutil.Process(master.process.pid))
+                before = {name: cpu_seconds([process]) for name, process in processes.items()}
                 started = time.time()
                 scan()
                 finished = clock.wait(relative, timeout=1800)
+                used = {name: cpu_seconds([process]) - before[name] for name, process in processes.items()}
                 arrived(f"launch/round{round_index}")
+                print(f"      CPU s per process, {finished - started:.2f} s of wall time: " + ", ".join(
+                    f"{name} {seconds:.2f}" for name, seconds in sorted(used.items(), key=lambda item: -item[1])),
+                    flush=True)
                 return finished - started, 0
             peers["filesync nodes (sync.launch)"] = ours_launch
         results = interleave(args.rounds, peers)
