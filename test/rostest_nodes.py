@@ -202,14 +202,33 @@ class NodesTest(unittest.TestCase):
         files = 48
         self.stack.start("ledger")
         counting = CountingLedger("/filesync/counted_ledger")
+        heard = {"events": 0, "wake": 0}
+
+        def count(topic):
+            return lambda _event: heard.update({topic: heard[topic] + 1})
+        listeners = [rospy.Subscriber(f"/filesync/{topic}", FileEvent, count(topic), queue_size=1000)
+                     for topic in heard]
         try:
             for name in ("finder", "downloader", "uploader"):
                 self.stack.start(name, counting.remaps)
             paths = self.write_inbox([2000 + i for i in range(files)], stem="small")
             self.wait_all(files)
             self.assert_arrived(paths)
+            # the worker nodes wake each other on /filesync/wake and leave /filesync/events to people and views
+            _, subscribed, _ = rosgraph.Master("/filesync_test").getSystemState()
+            listening = {topic: set(nodes) for topic, nodes in subscribed}
+            workers = {"/filesync/finder", "/filesync/downloader", "/filesync/uploader"}
+            self.assertEqual(listening.get("/filesync/events", set()) & workers, set())
+            self.assertEqual(listening.get("/filesync/wake", set()) & workers, workers)
         finally:
             counting.close()
+            for listener in listeners:
+                listener.unregister()
+        rospy.loginfo(f"events heard: {heard}")
+        # found, downloaded and uploaded of 48 files arrive in bursts: a wake or two a burst, not one a file (one run:
+        # 18 wakes, 182 events heard)
+        self.assertGreater(heard["wake"], 0)
+        self.assertLess(heard["wake"], files)
         rospy.loginfo(f"ledger calls that carried tasks: {dict(counting.calls)}; tasks: {dict(counting.tasks)}")
         self.assertEqual(counting.calls["claim"], 0, "a small file was claimed alone")
         self.assertEqual(counting.tasks["claim_batch"], 2 * files)  # each download and upload claimed once

@@ -51,11 +51,18 @@ def test_status_is_latched_diagnostics_name_each_device_and_the_ledger_restarts(
     paths = write_inbox(scene, [1000, 2000])
     wait_for(lambda: all_uploaded(scene, len(paths)), 120, "not every file uploaded")
     topics = {"/filesync/status": (DurabilityPolicy.TRANSIENT_LOCAL, ReliabilityPolicy.RELIABLE),
-              "/filesync/events": (DurabilityPolicy.VOLATILE, ReliabilityPolicy.RELIABLE)}
+              "/filesync/events": (DurabilityPolicy.VOLATILE, ReliabilityPolicy.RELIABLE),
+              "/filesync/wake": (DurabilityPolicy.VOLATILE, ReliabilityPolicy.RELIABLE)}
     for topic, (durability, reliability) in topics.items():
         publishers = wait_for(lambda: scene.node.get_publishers_info_by_topic(topic), 30, f"no publisher of {topic}")
         assert {(p.qos_profile.durability, p.qos_profile.reliability) for p in publishers} == {(durability,
                                                                                                reliability)}, topic
+    # the worker nodes wake each other on /filesync/wake and leave /filesync/events to people and views
+    workers = {"finder", "downloader", "uploader"}
+    listening = {topic: {info.node_name for info in scene.node.get_subscriptions_info_by_topic(topic)}
+                 for topic in ("/filesync/events", "/filesync/wake")}
+    assert listening["/filesync/events"] & workers == set(), listening
+    assert listening["/filesync/wake"] & workers == workers, listening
     # a subscriber that comes late gets the last status at once, as from a latched ROS 1 topic
     statuses, diagnostics = [], []
     status_subscription = scene.node.create_subscription(msg.Status, "/filesync/status", statuses.append, STATUS_QOS)

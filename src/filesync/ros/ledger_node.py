@@ -3,7 +3,7 @@ import rospy
 
 from filesync.ledger.recovery import rebuild_from_staging, wait_for_ledger
 from filesync.ros.convert import ROS1, file_event
-from filesync.ros.node import EVENTS_TOPIC, start_node, wait_for_shutdown
+from filesync.ros.node import EVENTS_TOPIC, WAKE_TOPIC, start_node, wait_for_shutdown
 from filesync.ros_common.ledger_services import LedgerServices as SharedLedgerServices
 from filesync.msg import FileEvent
 from filesync.srv import (Checkpoint, Claim, ClaimBatch, Counts, CountsResponse, Finish, FinishBatch, Manage, Query,
@@ -34,8 +34,15 @@ def main():
     if moved_aside:
         rospy.logerr(f"the ledger database was unreadable; kept it as {moved_aside}, rebuilding from staging")
         rebuild_from_staging(ledger, config)
+    # a retried or forgotten file: announced to the views, and to the worker nodes, which take it up at once
     events = rospy.Publisher(EVENTS_TOPIC, FileEvent, queue_size=20)
-    handlers = LedgerServices(ledger, config.staging_dir, lambda record: events.publish(file_event(record)))
+    wakes = rospy.Publisher(WAKE_TOPIC, FileEvent, queue_size=20)
+
+    def announce(record):
+        event = file_event(record)
+        events.publish(event)
+        wakes.publish(event)
+    handlers = LedgerServices(ledger, config.staging_dir, announce)
     services = [rospy.Service(f"{NAMESPACE}/{name}", kind, getattr(handlers, name))
                 for name, kind in (("register", Register), ("claim", Claim), ("claim_batch", ClaimBatch),
                                    ("checkpoint", Checkpoint), ("finish", Finish), ("finish_batch", FinishBatch),

@@ -14,6 +14,7 @@ from filesync.srv import Acquire, Release
 
 CONFIG_PARAM = "/filesync/config"
 EVENTS_TOPIC = "/filesync/events"
+WAKE_TOPIC = "/filesync/wake"  # the events that make work for the worker nodes (ros_common.workers)
 LOCK_NAMESPACE = "/filesync/lock"
 
 

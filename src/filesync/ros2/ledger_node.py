@@ -4,7 +4,7 @@ from filesync.ledger.recovery import rebuild_from_staging, wait_for_ledger
 from filesync.ros_common.convert import event_message
 from filesync.ros_common.ledger_services import LedgerServices
 from filesync.ros2.messages import EVENTS_QOS, ROS2, msg, srv
-from filesync.ros2.node import EVENTS_TOPIC, FilesyncNode
+from filesync.ros2.node import EVENTS_TOPIC, WAKE_TOPIC, FilesyncNode
 
 NAMESPACE = "/filesync/ledger"
 SERVICES = {"register": "Register", "claim": "Claim", "claim_batch": "ClaimBatch", "checkpoint": "Checkpoint",
@@ -30,9 +30,15 @@ def main():
         node.get_logger().error(f"the ledger database was unreadable; kept it as {moved_aside}, rebuilding from "
                                 "staging")
         rebuild_from_staging(ledger, config)
+    # a retried or forgotten file: announced to the views, and to the worker nodes, which take it up at once
     events = node.create_publisher(msg.FileEvent, EVENTS_TOPIC, EVENTS_QOS)
-    handlers = LedgerServices(ROS2, ledger, config.staging_dir,
-                              lambda record: events.publish(event_message(ROS2, record)))
+    wakes = node.create_publisher(msg.FileEvent, WAKE_TOPIC, EVENTS_QOS)
+
+    def announce(record):
+        event = event_message(ROS2, record)
+        events.publish(event)
+        wakes.publish(event)
+    handlers = LedgerServices(ROS2, ledger, config.staging_dir, announce)
     for name, kind in SERVICES.items():
         handler = getattr(handlers, name)
         node.create_service(getattr(srv, kind), f"{NAMESPACE}/{name}",

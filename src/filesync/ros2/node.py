@@ -18,6 +18,7 @@ from filesync.ros2.messages import srv
 NAMESPACE = "/filesync"
 CONFIG_PARAMETER = "config"
 EVENTS_TOPIC = "/filesync/events"
+WAKE_TOPIC = "/filesync/wake"  # the events that make work for the worker nodes (ros_common.workers)
 LOCK_NAMESPACE = "/filesync/lock"
 CALL_TIMEOUT = 10.0  # seconds one service call waits for its reply before it is sent again (or given up)
 

@@ -1,8 +1,9 @@
-"""The finder, downloader and uploader nodes on ROS 2: library loops wired to the ledger's services and the events
-topic (python -m filesync.ros2.workers_node finder|downloader|uploader)."""
+"""The finder, downloader and uploader nodes on ROS 2: library loops wired to the ledger's services, the events topic
+and the wake topic (python -m filesync.ros2.workers_node finder|downloader|uploader)."""
 import logging
 import sys
 import threading
+import time
 
 from std_srvs.srv import Trigger
 
@@ -11,10 +12,10 @@ from filesync.engine.runner import build_workers
 from filesync.ros_common.convert import event_message, report_to_msg
 from filesync.ros2.ledger_client import RosLedger
 from filesync.ros2.messages import EVENTS_QOS, REPORTS_QOS, ROS2, msg
-from filesync.ros2.node import EVENTS_TOPIC, FilesyncNode, RosLeaseClient
+from filesync.ros2.node import EVENTS_TOPIC, WAKE_TOPIC, FilesyncNode, RosLeaseClient
 from filesync.ros2.status_node import IDLE_REPORT_PERIOD, REPORT_PERIOD, WORKERS_TOPIC
 from filesync.ros2.vehicle_node import VehicleServiceLinks
-from filesync.ros_common.workers import KINDS, EventRouter
+from filesync.ros_common.workers import KINDS, EventRouter, WakeSender
 from filesync.status import LastError, ReportPacer, worker_report
 
 
@@ -24,9 +25,12 @@ def run(role):
     filesync = FilesyncNode(role)
     node, config, name = filesync.node, filesync.config, filesync.name
     publisher = node.create_publisher(msg.FileEvent, EVENTS_TOPIC, EVENTS_QOS)
+    wakes = WakeSender(node.create_publisher(msg.FileEvent, WAKE_TOPIC, EVENTS_QOS).publish)
 
     def announce(record, task=None, bytes_done=None):
-        publisher.publish(event_message(ROS2, record, task, bytes_done))
+        event = event_message(ROS2, record, task, bytes_done)
+        publisher.publish(event)
+        wakes.offer(event, time.monotonic())
 
     # `mavlink` devices reach their vehicle through the vehicle node, the link's one owner
     # `mavros` devices make their MAVROS 2 clients on this node
@@ -37,7 +41,7 @@ def run(role):
 
     router = EventRouter(role, loops)
 
-    node.create_subscription(msg.FileEvent, EVENTS_TOPIC, router.on_event, EVENTS_QOS)
+    node.create_subscription(msg.FileEvent, WAKE_TOPIC, router.on_event, EVENTS_QOS)
     if role == "finder":
         def scan(_request, reply):
             router.wake_all()
