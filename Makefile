@@ -123,10 +123,12 @@ bench: setup-test
 	$(MAKE) --no-print-directory bench-many
 
 # Many small files, near and far (issue 18): against rclone copy, lftp mirror -R and rsync -a --fsync, S3 and SFTP
-# over a 50 ms round trip; then what one small file costs per device (round trips, fsyncs, ledger calls).
+# over a 50 ms round trip; then what one small file costs per device (round trips, fsyncs, ledger calls); then each
+# node's memory with 100,000 files registered.
 bench-many: setup-test
 	$(ROS_ENV) && cd $(ROOT) && timeout -k 30 2400 $(PY) bench/many_files.py
 	$(ROS_ENV) && cd $(ROOT) && timeout -k 30 600 $(PY) bench/per_file_costs.py
+	$(ROS_ENV) && cd $(ROOT) && timeout -k 30 900 $(PY) bench/registered_memory.py
 
 # The 20-minute fault soak through every device (folders, an exFAT drive, MAVLink FTP, FTP, Flight Review): kill -9
 # of nodes, FTP and web server outages, drive unplugs, 20% MAVLink loss, HTTP 5xx, a full staging disk; prints its seed.

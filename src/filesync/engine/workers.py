@@ -17,6 +17,7 @@ from filesync.engine import transfer
 from filesync.engine.transfer import (Job, LeaseLost, StagedCopyLost, StagingFull, can_be_asked, check_staging_space,
                                       release_staged, staging_free_bytes)
 from filesync import errors
+from filesync.devices.base import listing_runs, run_digest
 from filesync.errors import DeviceUnavailable, PermanentError, Stopping, TransientError, UnsafePath
 from filesync.fsutil import FolderSyncs
 from filesync.ledger.recovery import record_delivery
@@ -29,7 +30,6 @@ STEPS = {DOWNLOAD: transfer.download, UPLOAD: transfer.upload, REMOVE: transfer.
 # Small files (under checkpoint_bytes) a worker claims together, and records together once done: one ledger
 # transaction and one fsync per folder for the batch instead of for each file
 BATCH = 8
-REGISTER_BATCH = 500
 FAILING_AFTER = 3  # steps failed in a row after which a loop shows as failing on the status (ERROR on /diagnostics)
 
 
@@ -477,8 +477,10 @@ class Finder(Loop):
 
     Names are recorded in their safe form (filesync.paths.safe_name). A name that still cannot be carried ('..', too
     long) or that the device could not serve is recorded as a failed file with the reason, so it shows in
-    `filesync ls failed` while the other files go on. Files registered are remembered to spare the ledger a call per
-    file per scan; the memory is dropped every RESCAN_EVERY scans and for a file the ledger forgot (forget()).
+    `filesync ls failed` while the other files go on. The listing is registered run by run as it comes
+    (devices.base.listing_runs); a run registered whole is remembered as one number, so listing it again unchanged
+    costs the ledger nothing and memory follows the number of runs, not of files. The memory is dropped every
+    RESCAN_EVERY scans; the run of a file the ledger forgot (forget()) is registered again.
     """
 
     RESCAN_EVERY = 30
@@ -489,39 +491,68 @@ class Finder(Loop):
         self.announce = announce or (lambda record, task=None, done=None: None)
         self.link = LinkState(on_change=lambda: self.notify())
         self.scans = 0
-        self._known = {}  # safe path -> (size, mtime, problem) as registered
+        self._known = set()  # digests of the runs registered whole at the last scan
+        self._forgotten = set()  # safe paths forget() named since the last scan
+        self._forget_lock = threading.Lock()
         # safe path -> the problem logged for it: logged once, not again at each full rescan (the status's last
         # error would otherwise never clear while a file with a bad name stays on the source)
         self._reported = {}
 
     def forget(self, path=None):
         """Register `path` (every file when None) again at the next scan, if the source still holds it."""
-        if path is None:
-            self._known.clear()
-            self._reported.clear()
-        else:
-            self._known.pop(path, None)
-            self._reported.pop(path, None)
+        with self._forget_lock:
+            if path is None:
+                self._known = set()
+                self._reported.clear()
+            else:
+                self._forgotten.add(path)
+                self._reported.pop(path, None)
         self.wake.set()
 
     def step(self):
+        if self.scans % self.RESCAN_EVERY == 0:
+            self._known = set()
+        with self._forget_lock:
+            forgotten, self._forgotten = self._forgotten, set()
+        known, listed = set(), False
         try:
-            listing = list(self.source.list())
-        except Exception as error:  # whatever the reason, the source is shown down with it, never a silent stall
-            fault = not isinstance(error, DeviceUnavailable) or isinstance(error, errors.DeviceFault)
-            reason = f"listing failed: {describe(error)}" if fault else describe(error)
-            if self.link.set(False, reason, fault=fault):
-                log.warning("%s: %s: %s", self.name, self.source.name, reason)
-            if not isinstance(error, TransientError):
-                log.error("%s: listing %s failed", self.name, self.source.name, exc_info=error)
-            self.source.close()
-            return False
+            listing = None
+            while True:
+                try:
+                    listing = listing or listing_runs(self.source.list())
+                    run = next(listing, None)
+                except Exception as error:
+                    self._listing_failed(error)
+                    return False
+                if run is None:
+                    break
+                self._register(run, forgotten, known)
+            listed = True
+        finally:
+            if not listed:  # cut short: what forget() named is registered at the next scan
+                with self._forget_lock:
+                    self._forgotten |= forgotten
         if self.link.set(True):
             log.info("%s: %s is reachable again", self.name, self.source.name)
-        if self.scans % self.RESCAN_EVERY == 0:
-            self._known.clear()
+        self._known = known
+        self.scans += 1
+        return False
+
+    def _listing_failed(self, error):
+        """Whatever the reason, the source is shown down with it, never a silent stall."""
+        fault = not isinstance(error, DeviceUnavailable) or isinstance(error, errors.DeviceFault)
+        reason = f"listing failed: {describe(error)}" if fault else describe(error)
+        if self.link.set(False, reason, fault=fault):
+            log.warning("%s: %s: %s", self.name, self.source.name, reason)
+        if not isinstance(error, TransientError):
+            log.error("%s: listing %s failed", self.name, self.source.name, exc_info=error)
+        self.source.close()
+
+    def _register(self, run, forgotten, known):
+        """Register a run's complete files, unless the same run was registered whole at the last scan; add its digest
+        to `known` once it is registered whole (a run with a file still being written is registered again)."""
         entries = []
-        for found in listing:
+        for found in run:
             if not found.complete:
                 continue
             path, problem = safe_name(found.path), found.problem
@@ -530,22 +561,22 @@ class Finder(Loop):
                     check_relative(path)
                 except UnsafePath as error:
                     problem = str(error)
-            entry = (found.size, found.mtime, problem)
-            if self._known.get(path) == entry:
-                continue
+            entries.append((path, found.size, found.mtime, problem))
+        whole = len(entries) == len(run)
+        digest = run_digest(entries) if whole else None
+        if digest in self._known and not any(entry[0] in forgotten for entry in entries):
+            known.add(digest)
+            return
+        for path, _size, _mtime, problem in entries:
             if problem and self._reported.get(path) != problem:
                 log.error("%s: %s", self.name, problem)
                 self._reported[path] = problem
             elif not problem:
                 self._reported.pop(path, None)
-            entries.append((path, *entry))
-        for start in range(0, len(entries), REGISTER_BATCH):
-            batch = entries[start:start + REGISTER_BATCH]
+        if entries:
             created = self.ledger.register(self.source.name, self.pipeline.targets, self.pipeline.delete_after_upload,
-                                           batch)
-            for path, size, mtime, problem in batch:
-                self._known[path] = (size, mtime, problem)
+                                           entries)
             for record in created:
                 self.announce(record, None, 0)
-        self.scans += 1
-        return False
+        if whole:
+            known.add(digest)
