@@ -21,8 +21,10 @@ READ_BLOCK = 256 * 1024
 STOR_BLOCK = 256 * 1024
 # Replies to REST+STOR that mean "not from this offset" rather than "not this file": REST not understood or not
 # implemented, an offset beyond what the server holds (554), or a refusal that names the restart (ProFTPD:
-# `451 <path>: Append/Restart not permitted, try again`).
+# `451 <path>: Append/Restart not permitted, try again`) or the file already there (ProFTPD with AllowOverwrite off,
+# even with AllowStoreRestart on: `550 <path>: Overwrite permission denied`).
 REST_UNSUPPORTED_CODES = ("500", "501", "502", "504", "554")
+REST_REFUSAL_WORDS = ("restart", "append", "overwrite")
 
 
 def refuses_restart(error) -> bool:
@@ -30,7 +32,7 @@ def refuses_restart(error) -> bool:
     if not isinstance(error, ftplib.Error):
         return False
     text = str(error).lower()
-    return reply_code(error) in REST_UNSUPPORTED_CODES or "restart" in text or "append" in text
+    return reply_code(error) in REST_UNSUPPORTED_CODES or any(word in text for word in REST_REFUSAL_WORDS)
 
 
 class FtpTarget(Target):
