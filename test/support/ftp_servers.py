@@ -8,7 +8,8 @@ extracts them first (`python3 test/support/ftp_servers.py --extract`, which runs
 
 - ProFTPD: a virtual user from an AuthUserFile (password hashed with `openssl passwd -6`), with our uid, chrooted to
   the storage directory (so the device root is "/"); mod_digest loaded (HASH, XCRC, XMD5, XSHA256);
-  AllowStoreRestart on or off (Debian's default is off: `451 Append/Restart not permitted`).
+  AllowStoreRestart on or off (Debian's default is off: `451 Append/Restart not permitted`); AllowOverwrite on (as
+  Debian's config sets it) or off (ProFTPD's own default: STOR and RNTO over an existing file are refused, 550).
 - vsftpd: anonymous login (user `anonymous`, no password) with `run_as_launching_user`, so it needs no system user
   and no PAM file; vsftpd cannot chroot that way, so the device root is the storage directory's absolute path.
   It has no MLSD and no digests: a client lists with LIST.
@@ -177,9 +178,9 @@ class Vsftpd(FtpServer):
 class Proftpd(FtpServer):
     """Debian's ProFTPD with mod_digest, a virtual user chrooted to the storage directory (see the module doc)."""
 
-    def __init__(self, directory, allow_restart=True):
+    def __init__(self, directory, allow_restart=True, allow_overwrite=True):
         super().__init__(directory)
-        self.allow_restart = allow_restart
+        self.allow_restart, self.allow_overwrite = allow_restart, allow_overwrite
 
     def command(self):
         package = extracted("proftpd-core")
@@ -202,7 +203,8 @@ class Proftpd(FtpServer):
             f"ModulePath {package}/usr/lib/proftpd", "LoadModule mod_digest.c",
             "AuthOrder mod_auth_file.c", f"AuthUserFile {users}", f"AuthGroupFile {groups}",
             "RequireValidShell off", f"RootLogin {'on' if uid == 0 else 'off'}", "DefaultRoot ~",
-            "AllowOverwrite on", f"AllowStoreRestart {'on' if self.allow_restart else 'off'}",
+            f"AllowOverwrite {'on' if self.allow_overwrite else 'off'}",
+            f"AllowStoreRestart {'on' if self.allow_restart else 'off'}",
             "AllowRetrieveRestart on", "TimesGMT on", "Umask 022",
         ]
         with open(config, "w") as handle:

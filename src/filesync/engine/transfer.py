@@ -9,8 +9,10 @@ its source. The transfer contract lives here, once, for every device (devices on
 - Uploads: a final name that holds exactly this version's bytes counts as done (a crash between publishing and
   recording costs no second copy). A final name holding other bytes is never overwritten: the target's on_conflict
   says keep_both (publish under conflict_name), park, or overwrite. The final name is looked at before sending,
-  except where the target's publish() refuses a taken name itself with nothing sent before it
-  (publishes_exclusively: S3's PutObject with If-None-Match): there only when it refuses. Every published copy is
+  except where the target's publish() refuses a taken name itself with nothing, or a small file cheap to send again,
+  sent before it (publishes_exclusively: S3's PutObject with If-None-Match, FTP under 1 MiB): there only when it
+  refuses, and the upload is discarded before on_conflict chooses. A small file the target sends whole (sends_whole)
+  goes from byte 0 over whatever an interrupted attempt left, without asking what is held. Every published copy is
   checked through the target: its size, and the first digest the target offers; a copy that fails is deleted (where
   the target can) and sent again under the same name. What a target holds of an upload that is parked, skipped or
   forgotten is dropped (abandon(): an S3 multipart upload would stay, billed).
@@ -385,8 +387,9 @@ def _destination(target, record, staged, sha256):
 
 
 def _send(target, job, name, staged, size):
-    """Send the staged bytes to `name`'s temporary name, from what the target holds (byte 0 where it refuses)."""
-    offset = target.held(name, job.task.note) if target.resumable else 0
+    """Send the staged bytes to `name`'s temporary name, from what the target holds (byte 0 where it refuses, or where
+    it sends a file of this size whole)."""
+    offset = target.held(name, job.task.note) if target.resumable and not target.sends_whole(size) else 0
     if offset > size:
         target.discard(name)
         offset = 0

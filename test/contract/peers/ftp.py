@@ -1,5 +1,6 @@
 """FTP peers: pyftpdlib (support/ftp_server.py), vsftpd (LIST only) and ProFTPD with mod_digest, restarts allowed and
-refused (support/ftp_servers.py); FTPS (explicit TLS, certificate checked against the test's CA): pyftpdlib's
+refused, and as a target with AllowOverwrite off (ProFTPD's own default: no STOR or RNTO over a file)
+(support/ftp_servers.py); FTPS (explicit TLS, certificate checked against the test's CA): pyftpdlib's
 TLS_FTPHandler and vsftpd with ssl_enable (which requires TLS session reuse on data connections). Each serves one
 storage directory as both a source and a target."""
 import os
@@ -70,5 +71,13 @@ def proftpd_restart(directory):
 @contextmanager
 def proftpd_no_restart(directory):
     with Proftpd(directory, allow_restart=False) as server:
+        yield ftp_peer(server, server.options(), storage=server.storage,
+                       expect={**PROFTPD, "start_over": True}, credentials=True)
+
+
+@peer("proftpd-no-overwrite", sources=False)
+@contextmanager
+def proftpd_no_overwrite(directory):
+    with Proftpd(directory, allow_overwrite=False) as server:  # it refuses REST+STOR over the .part too
         yield ftp_peer(server, server.options(), storage=server.storage,
                        expect={**PROFTPD, "start_over": True}, credentials=True)

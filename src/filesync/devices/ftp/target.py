@@ -1,5 +1,6 @@
 """An FTP server as a target: uploads land under paths.part_name (resumed with SIZE then REST+STOR) and get their final
-name by RNFR/RNTO, never over another file unless the engine says replace.
+name by RNFR/RNTO, never over another file unless the engine says replace. A small file (under SMALL_FILE) is sent
+whole, with no SIZE of its temporary or final name before the STOR: publish() refuses a taken final name itself.
 
 The engine owns the contract (what a final name holding other bytes means, verification); this device does the I/O
 and says what the server can do: `digests` comes from the server's FEAT (HASH, XSHA256, XMD5, XCRC: ProFTPD's
@@ -21,8 +22,16 @@ READ_BLOCK = 256 * 1024
 STOR_BLOCK = 256 * 1024
 # Replies to REST+STOR that mean "not from this offset" rather than "not this file": REST not understood or not
 # implemented, an offset beyond what the server holds (554), or a refusal that names the restart (ProFTPD:
-# `451 <path>: Append/Restart not permitted, try again`).
+# `451 <path>: Append/Restart not permitted, try again`) or the file already there (ProFTPD with AllowOverwrite off,
+# even with AllowStoreRestart on: `550 <path>: Overwrite permission denied`).
 REST_UNSUPPORTED_CODES = ("500", "501", "502", "504", "554")
+REST_REFUSAL_WORDS = ("restart", "append", "overwrite")
+# Under this size a file is sent whole and its final name is looked at only by publish(): a look at the final name and
+# at the temporary name before every file costs two round trips a file, while sending the file again costs its bytes
+# only in the rare case where the name is taken (a crash between publishing and recording, a name reused by another
+# file) or an interrupted attempt left bytes behind: at most what the engine's default checkpoint_bytes already lets
+# go again after an interruption.
+SMALL_FILE = 1 << 20
 
 
 def refuses_restart(error) -> bool:
@@ -30,7 +39,7 @@ def refuses_restart(error) -> bool:
     if not isinstance(error, ftplib.Error):
         return False
     text = str(error).lower()
-    return reply_code(error) in REST_UNSUPPORTED_CODES or "restart" in text or "append" in text
+    return reply_code(error) in REST_UNSUPPORTED_CODES or any(word in text for word in REST_REFUSAL_WORDS)
 
 
 class FtpTarget(Target):
@@ -91,6 +100,15 @@ class FtpTarget(Target):
                 end_data(data)
             ftp.voidresp()
 
+    def publishes_exclusively(self, size):
+        """A small file (under SMALL_FILE) is not looked for first: publish() looks at the final name just before
+        RNFR and refuses a taken one, and sending the file again then costs little."""
+        return size < SMALL_FILE
+
+    def sends_whole(self, size):
+        """A small file goes from byte 0 without a SIZE of its temporary name first: write() replaces a leftover."""
+        return size < SMALL_FILE
+
     def held(self, path, note=""):
         """SIZE of the upload's temporary name (0 when there is none)."""
         with self.connection.session("SIZE") as ftp:
@@ -122,7 +140,9 @@ class FtpTarget(Target):
     def write(self, path, stream, offset, size, progress):
         """STOR (REST `offset` first when continuing) the stream to the temporary name, in 256 KiB blocks.
 
-        StartOver where the server refuses to continue at `offset`.
+        From byte 0 it replaces what the temporary name holds (a leftover of an interrupted attempt of this version:
+        the name carries its id); a server that refuses to store over a file (ProFTPD with AllowOverwrite off) gets
+        it deleted first. StartOver where the server refuses to continue at `offset`.
         """
         part = self._remote(self.part_name(path))
         try:
@@ -135,7 +155,10 @@ class FtpTarget(Target):
                     if offset and refuses_restart(error):
                         raise StartOver(f"{self.connection.address} does not continue uploads "
                                         f"({reply_text(str(error))}): sending {path} from byte 0") from None
-                    raise
+                    if offset or not isinstance(error, ftplib.error_perm) or size_or_none(ftp, part) is None:
+                        raise
+                    ftp.delete(wire(part))  # our leftover, which this server does not store over
+                    data = ftp.transfercmd(f"STOR {wire(part)}")
                 sent = self._send(ftp, data, stream, offset, progress)
         except BaseException:
             self._made_directories.clear()  # a directory may have gone with the server's state
