@@ -89,22 +89,25 @@ _READY = {
     REMOVE: "NOT EXISTS (SELECT 1 FROM tasks u WHERE u.file_id = t.file_id AND +u.kind = 'upload' AND u.state != 'done')",
 }
 
-# The tasks a claim may take, in file order, each with its file's size: the worker's own active tasks (held before a
-# restart), the waiting ones whose backoff has passed and the active ones whose lease ran out. Each walks tasks_queue
-# in file order and stops at its LIMIT: one query with an OR and "ORDER BY (owner = ?)" sorted every waiting task on
-# each claim (30-80 ms at 100,000 files). `after` leaves out the files taken already (claim_batch takes them in order).
-_CLAIMABLE = {"own": "t.state = 'active' AND t.owner = :worker",
-              "waiting": "t.state = 'waiting' AND t.not_before <= :now",
-              "expired": "t.state = 'active' AND t.lease_until < :now"}
-_CLAIM_SQL = {(kind, which): f"""SELECT t.file_id, (SELECT f.size FROM files f WHERE f.id = t.file_id) FROM tasks t
-    WHERE t.kind = :kind AND t.device = :device AND {condition} AND t.file_id > :after AND {ready}
-    ORDER BY t.file_id LIMIT :limit"""
-    for kind, ready in _READY.items() for which, condition in _CLAIMABLE.items()}
+# The waiting tasks a claim may take (their backoff passed), in file order, each with its file's size: a walk of
+# tasks_queue in file order that stops at its LIMIT (one query with an OR and "ORDER BY (owner = ?)" sorted every
+# waiting task on each claim: 30-80 ms at 100,000 files). `after` leaves out the files taken already.
+_WAITING_SQL = {kind: f"""SELECT t.file_id, (SELECT f.size FROM files f WHERE f.id = t.file_id) FROM tasks t
+    WHERE t.kind = :kind AND t.device = :device AND t.state = 'waiting' AND t.not_before <= :now
+        AND t.file_id > :after AND {ready}
+    ORDER BY t.file_id LIMIT :limit""" for kind, ready in _READY.items()}
+# The active tasks of a kind and device (a batch for each of its workers at most), in file order: the file's size,
+# whether `worker` holds it (held before a restart, taken back first), whether its lease ran out and whether it is
+# ready.
+_ACTIVE_SQL = {kind: f"""SELECT t.file_id, (SELECT f.size FROM files f WHERE f.id = t.file_id),
+        t.owner = :worker, t.lease_until < :now, {ready} FROM tasks t
+    WHERE t.kind = :kind AND t.device = :device AND t.state = 'active' ORDER BY t.file_id"""
+    for kind, ready in _READY.items()}
 # The ready waiting uploads found from the other side: the downloads done from the first waiting upload on (a few
 # files at a time in flight), one range of tasks_queue per source (the recursive part lists the sources from the index
 # in a step each). Walking the waiting uploads instead passes over every one whose download is not done yet, the whole
 # queue on each claim once the uploads keep up with the downloads (1.6 ms a claim at 2,000 files; 0.17 ms this way).
-_CLAIM_SQL[UPLOAD, "waiting"] = """WITH RECURSIVE sources(device) AS (
+_WAITING_SQL[UPLOAD] = """WITH RECURSIVE sources(device) AS (
         SELECT (SELECT MIN(device) FROM tasks WHERE kind = 'download')
         UNION ALL SELECT (SELECT MIN(device) FROM tasks WHERE kind = 'download' AND device > sources.device)
         FROM sources WHERE sources.device IS NOT NULL)
@@ -395,18 +398,19 @@ class Ledger:
         with self._transaction() as db:
             values = dict(kind=kind, device=device, worker=worker, now=now, after=0, limit=limit * max(1, workers))
             # the first ready waiting tasks: enough to fill this batch and to tell the workers' share of them
-            waiting = db.execute(_CLAIM_SQL[kind, "waiting"], values).fetchall()
+            waiting = db.execute(_WAITING_SQL[kind], values).fetchall()
+            active = db.execute(_ACTIVE_SQL[kind], values).fetchall()
             if limit > 1 and workers > 1:
-                held = db.execute("SELECT COUNT(*) FROM tasks WHERE kind = ? AND device = ? AND state = 'active' "
-                                  "AND owner = ?", (kind, device, worker)).fetchone()[0]
+                held = sum(1 for _, _, own, _, _ in active if own)
                 limit = max(1, min(limit, max(held, len(waiting) // workers)))
-            values["limit"] = limit
             # what this worker held before a restart comes first, then the earlier file of the other two
-            candidates = db.execute(_CLAIM_SQL[kind, "own"], values).fetchall()
-            if candidates:
-                values["after"] = candidates[-1][0]
-                waiting = db.execute(_CLAIM_SQL[kind, "waiting"], values).fetchall()
-            expired = db.execute(_CLAIM_SQL[kind, "expired"], values).fetchall()
+            candidates = [(file_id, size) for file_id, size, own, _, ready in active if own and ready][:limit]
+            after = candidates[-1][0] if candidates else 0
+            if after:
+                values.update(after=after, limit=limit)
+                waiting = db.execute(_WAITING_SQL[kind], values).fetchall()
+            expired = [(file_id, size) for file_id, size, _, lapsed, ready in active
+                       if lapsed and ready and file_id > after][:limit]
             candidates += sorted(waiting[:limit] + expired)
             taken = []
             for file_id, size in candidates[:limit]:
@@ -473,8 +477,7 @@ class Ledger:
             return record
         if outcome == "done":
             values = dict(state=DONE, error="", location=location)
-            if kind == DOWNLOAD and sha256:
-                db.execute("UPDATE files SET sha256 = ?, checksum = ? WHERE id = ?", (sha256, checksum, file_id))
+            if kind == DOWNLOAD and sha256:  # stored with the file's state below
                 record.sha256, record.checksum = sha256, checksum
         elif outcome == "retry":
             attempts = task.attempts + 1
@@ -629,11 +632,13 @@ class Ledger:
 
     @staticmethod
     def _refresh_states(db, records, now):
-        """Store each record's state derived from its tasks (as they now are in the database), in one statement."""
+        """Store each record's state derived from its tasks (as they now are in the database), and its identity, in
+        one statement."""
         for record in records:
             record.state, record.error = derive_state(record.tasks)
-        db.executemany("UPDATE files SET state = ?, error = ?, updated = ? WHERE id = ?",
-                       [(record.state, record.error, now, record.id) for record in records])
+        db.executemany("UPDATE files SET state = ?, error = ?, sha256 = ?, checksum = ?, updated = ? WHERE id = ?",
+                       [(record.state, record.error, record.sha256, record.checksum, now, record.id)
+                        for record in records])
 
 
 class _Transaction:
