@@ -7,7 +7,7 @@ import sqlite3
 
 import pytest
 
-from filesync.ledger.store import _READY, DOWNLOAD, UPLOAD, Ledger
+from filesync.ledger.store import _READY, DOWNLOAD, REMOVE, UPLOAD, Ledger
 
 # The claim of the ledger before this change: a statement for each file it took (three searches), its size, its
 # update and its read.
@@ -63,8 +63,8 @@ def _mixed_ledger(path, seed):
     their backoff), held by this worker or another (some leases run out), done, parked; small and large files."""
     chance = random.Random(seed)
     ledger = Ledger(str(path), clock=lambda: NOW)
-    for source in ("a", "b"):
-        ledger.register(source, ["x", "y"], False,
+    for source in ("a", "b"):  # b's files are removed from it once delivered
+        ledger.register(source, ["x", "y"], source == "b",
                         [(f"f{index}", chance.choice([100, 5000, 10**7]), 1.0) for index in range(40)])
     db = ledger._db
     for file_id, in db.execute("SELECT id FROM files").fetchall():
@@ -72,8 +72,9 @@ def _mixed_ledger(path, seed):
         download = chance.choice(["waiting", "waiting", "active", "done", "done", "done", "parked"])
         rows.append((download, "download"))
         for target in ("x", "y"):
-            rows.append((chance.choice(["waiting", "waiting", "active", "done", "parked"])
+            rows.append((chance.choice(["waiting", "waiting", "active", "done", "done", "parked"])
                          if download == "done" else "waiting", "upload", target))
+        rows.append((chance.choice(["waiting", "waiting", "active", "done"]), "remove"))  # none for a's files
         for state, kind, *target in rows:
             db.execute("UPDATE tasks SET state = ?, owner = ?, lease_until = ?, not_before = ? "
                        "WHERE file_id = ? AND kind = ?" + (" AND device = ?" if target else ""),
@@ -102,7 +103,8 @@ def test_a_batch_claim_takes_what_the_claim_of_the_ledger_before_took(tmp_path, 
     try:
         chance = random.Random(seed)
         for _ in range(30):
-            kind, device = chance.choice([(DOWNLOAD, "a"), (DOWNLOAD, "b"), (UPLOAD, "x"), (UPLOAD, "y")])
+            kind, device = chance.choice([(DOWNLOAD, "a"), (DOWNLOAD, "b"), (UPLOAD, "x"), (UPLOAD, "y"),
+                                          (REMOVE, "b")])
             arguments = (kind, device, chance.choice(["w", "other", "new"]), 60.0, chance.choice([1, 3, 8]), 8192,
                          chance.choice([1, 2, 4]))
             assert ours.claim_batch(*arguments) == reference_claim_batch(reference, *arguments), arguments
