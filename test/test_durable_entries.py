@@ -122,13 +122,17 @@ def test_a_batch_of_small_files_fsyncs_each_folder_once_and_before_it_is_recorde
                           "sources": {"in": {"kind": "folder", "path": str(inbox), "min_age": 0, "transfers": 1}},
                           "targets": {"out": {"kind": "folder", "path": str(out), "transfers": 1}},
                           "pipelines": [{"source": "in", "targets": ["out"]}]})
-    real_finish = runner.ledger.finish
+    real_finish, real_finish_batch = runner.ledger.finish, runner.ledger.finish_batch
 
     def finish(file_id, kind, *args):
         events.append(("finish", kind))
         return real_finish(file_id, kind, *args)
 
-    runner.ledger.finish = finish
+    def finish_batch(calls):  # the batch's finishes, recorded in one transaction
+        events.extend(("finish", call[1]) for call in calls)
+        return real_finish_batch(calls)
+
+    runner.ledger.finish, runner.ledger.finish_batch = finish, finish_batch
     try:
         runner.run_until_settled(timeout=60)
         assert {r.state for r in runner.ledger.files()} == {"uploaded"}

@@ -16,3 +16,16 @@ def test_unsafe_names_are_refused(name):
 @pytest.mark.parametrize("name", ["a.bin", "a:b.txt", "2024-05-01/12_00_00.ulg", "sess001/log001.ulg", "ü/日本.ulg", "x" * 255])
 def test_ordinary_names_pass(name):
     assert check_relative(name) == name
+
+
+def test_exactly_the_ascii_control_characters_are_refused():
+    refused = {code for code in range(0x3000) if _refused(f"a{chr(code)}b")}
+    assert refused == set(range(32)) | {127, ord("\\")}
+
+
+def _refused(name):
+    try:
+        check_relative(name)
+    except UnsafePath:
+        return True
+    return False

@@ -18,6 +18,7 @@ import time
 from filesync.errors import UnsafePath
 
 PART_SUFFIX = ".part"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # one search: every copy checks its name a few times
 MAX_NAME_BYTES = 255
 MAX_PATH_BYTES = 1024
 
@@ -58,7 +59,7 @@ def check_relative(path: str) -> str:
     """
     if not path:
         raise UnsafePath("empty file name")
-    if any(ord(c) < 32 or ord(c) == 127 for c in path):
+    if _CONTROL.search(path):
         raise UnsafePath(f"file name {path!r} holds a control character")
     if path.startswith("/") or "\\" in path or re.match(r"[A-Za-z]:(/|$)", path):
         # a first folder named like a drive ("C:") would be absolute on a Windows server; "a:b.txt" is an ordinary name

@@ -22,6 +22,7 @@ its source. The transfer contract lives here, once, for every device (devices on
 """
 import errno
 import hashlib
+import itertools
 import logging
 import os
 import time
@@ -369,9 +370,9 @@ def can_be_asked(target) -> bool:
 def _destination(target, record, staged, sha256):
     """Where this version goes on `target`: (name, replace, already_there). Applies the target's on_conflict."""
     policy = target.options.get("on_conflict", "keep_both")
-    names = [record.path]
-    if policy == "keep_both":
-        names += [conflict_name(record.path, record.mtime, record.id, attempt) for attempt in range(10)]
+    # the conflict names are made only when needed: the first name is nearly always free
+    names = itertools.chain([record.path], (conflict_name(record.path, record.mtime, record.id, attempt)
+                                            for attempt in range(10 if policy == "keep_both" else 0)))
     for name in names:
         held = target.stat(name)
         if held is None:

@@ -64,13 +64,23 @@ class LinkState:
         return changed
 
 
+class Wake(threading.Event):
+    """The event that wakes a loop. Setting it when it is set already is skipped: a finished step wakes every task
+    worker, a batch of small files does so for each file, and Event.set() takes a lock and notifies each time."""
+
+    def set(self):
+        """Wake the loop, unless a wake is pending already (nobody waits on a set event)."""
+        if not self.is_set():
+            super().set()
+
+
 class Loop:
     """A thread that runs step() until stopped, sleeping poll_interval (or until woken) when there was nothing to do."""
 
     def __init__(self, name, poll_interval):
         self.name = name
         self.poll_interval = poll_interval
-        self.wake = threading.Event()
+        self.wake = Wake()
         self.stop_event = threading.Event()
         self.thread = None
         # called whenever what the status shows of this loop changes (link, transfer, held back), so a node reports

@@ -63,7 +63,7 @@ def _write_meta(final_path, meta, sync_folder=True):
     old description or the new."""
     temporary = final_path + META_TEMPORARY
     with open(temporary, "w", encoding="utf-8") as handle:
-        json.dump(meta, handle)
+        handle.write(json.dumps(meta))  # one write: json.dump() writes each token on its own
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, final_path + META_SUFFIX)
