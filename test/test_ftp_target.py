@@ -195,9 +195,9 @@ def test_an_offset_beyond_what_the_server_holds_starts_over(ftp_server):
 def test_one_small_file_costs_the_commands_the_contract_needs(ftp_server, tmp_path, monkeypatch):
     """Issue 18, counted from the commands sent through the engine: TYPE I once per connection (not before every
     SIZE and STOR), no SIZE of the final name inside publish() after the rename, which the engine's check repeats at
-    once, and for a small file no SIZE of the final name nor of the temporary name before the STOR (publish() refuses
-    a taken name; a leftover is replaced). Left per file: the STOR, its size before the rename, the final name just
-    before it (RNTO replaces on most servers), the rename, the check."""
+    once, and for a small file no SIZE of the temporary name before the STOR (a leftover is replaced). Left per file:
+    the free final name (a version published before a crash is found there, not sent again), the STOR, its size
+    before the rename, the final name again just before it (RNTO replaces on most servers), the rename, the check."""
     sent = []
     original = ftplib.FTP.putcmd
     monkeypatch.setattr(ftplib.FTP, "putcmd", lambda ftp, line: (sent.append(line), original(ftp, line))[1])
@@ -221,5 +221,5 @@ def test_one_small_file_costs_the_commands_the_contract_needs(ftp_server, tmp_pa
         final = f"/up/{name}"
         part = next(line.split(" ", 1)[1] for line in sent if line.startswith("STOR ") and name in line)
         mine = [line for line in sent if line.endswith((final, part))]
-        assert mine == [f"STOR {part}", f"SIZE {part}", f"SIZE {final}", f"RNFR {part}", f"RNTO {final}",
-                        f"SIZE {final}"]
+        assert mine == [f"SIZE {final}", f"STOR {part}", f"SIZE {part}", f"SIZE {final}", f"RNFR {part}",
+                        f"RNTO {final}", f"SIZE {final}"]

@@ -23,11 +23,11 @@ import per_file_costs  # noqa: E402
 BOUNDS = {
     "folder": {"fsyncs": 5.5, "fsync ledger wal": 1.5, "fsync staging": 2.5, "fsync target": 1.5, "ledger finish": 2,
                "ledger checkpoint": 0},
-    # ftp: PASV, STOR, SIZE .part, SIZE final, RNFR, RNTO, SIZE final (TYPE I once per connection; a small file is
-    # not looked for before the STOR); sftp: stat final and .part, open, writes, fsync, close, stat .part and final,
+    # ftp: SIZE final, PASV, STOR, SIZE .part, SIZE final, RNFR, RNTO, SIZE final (TYPE I once per connection; no
+    # SIZE of a small file's .part before the STOR); sftp: stat final and .part, open, writes, fsync, close, stat .part and final,
     # rename, stat (plus an SSH window adjustment now and then); s3: PutObject with If-None-Match (no 100 Continue),
     # checked by its answer
-    "ftp": {"net round_trips": 7, "net connections": 0, "net ftp data connections": 1, "fsyncs": 4,
+    "ftp": {"net round_trips": 8, "net connections": 0, "net ftp data connections": 1, "fsyncs": 4,
             "fsync ledger wal": 1.5, "fsync staging": 2.5, "ledger finish": 2, "ledger checkpoint": 0},
     "sftp": {"net round_trips": 11, "net connections": 0},
     "s3": {"net round_trips": 1, "net connections": 0},

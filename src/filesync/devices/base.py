@@ -345,11 +345,9 @@ class Target(Device):
         best first; the engine verifies every published copy with the first of them.
     readable: read() streams a final name's bytes back (the engine compares contents with it where no digest exists).
     can_delete: delete() removes a final name.
-    publishes_exclusively(size): publish() itself refuses a taken final name (FinalNameTaken), and what goes over the
-        wire before publish() for a file of that size is nothing (S3's PutObject with If-None-Match: *) or so little
-        that sending it again costs less than a look before every file (FTP, under 1 MiB): the engine looks at the
-        final name only when publish() finds it taken, then discards the upload and sends again where on_conflict
-        says.
+    publishes_exclusively(size): publish() itself refuses a taken final name (FinalNameTaken) and nothing of a file of
+        that size goes over the wire before publish(), so the engine looks at the final name only when publish()
+        finds it taken (S3's PutObject with If-None-Match: *).
     sends_whole(size): a file of that size goes from byte 0 without asking held(): write(offset=0) replaces whatever
         an interrupted earlier attempt left under the temporary name (FTP, under 1 MiB: a resend costs less than the
         question before every file).
@@ -412,9 +410,8 @@ class Target(Device):
         return (None, "") if size is None else (size, self.digest(path, algorithm))
 
     def publishes_exclusively(self, size: int) -> bool:
-        """Whether publish() of a file of `size` bytes refuses a taken final name by itself with nothing, or little
-        enough to send again, sent before it (see the class doc); False: the engine looks at the final name before
-        sending."""
+        """Whether publish() of a file of `size` bytes refuses a taken final name by itself with nothing sent before
+        it (see the class doc); False: the engine looks at the final name before sending."""
         return False
 
     def sends_whole(self, size: int) -> bool:

@@ -9,9 +9,9 @@ its source. The transfer contract lives here, once, for every device (devices on
 - Uploads: a final name that holds exactly this version's bytes counts as done (a crash between publishing and
   recording costs no second copy). A final name holding other bytes is never overwritten: the target's on_conflict
   says keep_both (publish under conflict_name), park, or overwrite. The final name is looked at before sending,
-  except where the target's publish() refuses a taken name itself with nothing, or a small file cheap to send again,
-  sent before it (publishes_exclusively: S3's PutObject with If-None-Match, FTP under 1 MiB): there only when it
-  refuses, and the upload is discarded before on_conflict chooses. A small file the target sends whole (sends_whole)
+  except where the target's publish() refuses a taken name itself with nothing sent before it
+  (publishes_exclusively: S3's PutObject with If-None-Match): there only when it refuses, and the upload is
+  discarded before on_conflict chooses. A small file the target sends whole (sends_whole)
   goes from byte 0 over whatever an interrupted attempt left, without asking what is held. Every published copy is
   checked through the target: its size, and the first digest the target offers; a copy that fails is deleted (where
   the target can) and sent again under the same name. What a target holds of an upload that is parked, skipped or

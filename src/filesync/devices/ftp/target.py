@@ -1,6 +1,6 @@
 """An FTP server as a target: uploads land under paths.part_name (resumed with SIZE then REST+STOR) and get their final
 name by RNFR/RNTO, never over another file unless the engine says replace. A small file (under SMALL_FILE) is sent
-whole, with no SIZE of its temporary or final name before the STOR: publish() refuses a taken final name itself.
+whole, with no SIZE of its temporary name before the STOR.
 
 The engine owns the contract (what a final name holding other bytes means, verification); this device does the I/O
 and says what the server can do: `digests` comes from the server's FEAT (HASH, XSHA256, XMD5, XCRC: ProFTPD's
@@ -26,11 +26,11 @@ STOR_BLOCK = 256 * 1024
 # even with AllowStoreRestart on: `550 <path>: Overwrite permission denied`).
 REST_UNSUPPORTED_CODES = ("500", "501", "502", "504", "554")
 REST_REFUSAL_WORDS = ("restart", "append", "overwrite")
-# Under this size a file is sent whole and its final name is looked at only by publish(): a look at the final name and
-# at the temporary name before every file costs two round trips a file, while sending the file again costs its bytes
-# only in the rare case where the name is taken (a crash between publishing and recording, a name reused by another
-# file) or an interrupted attempt left bytes behind: at most what the engine's default checkpoint_bytes already lets
-# go again after an interruption.
+# Under this size a file is sent whole: a look at the temporary name before every file costs a round trip a file, while
+# sending from byte 0 costs more only where an interrupted attempt left bytes behind, at most what the engine's default
+# checkpoint_bytes already lets go again after an interruption. (The look at the final name before sending stays: a
+# version published but not recorded before a crash, or a ledger rebuilt from staging, is found there and not sent
+# again; publish() alone would find it only after sending it.)
 SMALL_FILE = 1 << 20
 
 
@@ -99,11 +99,6 @@ class FtpTarget(Target):
                     yield block
                 end_data(data)
             ftp.voidresp()
-
-    def publishes_exclusively(self, size):
-        """A small file (under SMALL_FILE) is not looked for first: publish() looks at the final name just before
-        RNFR and refuses a taken one, and sending the file again then costs little."""
-        return size < SMALL_FILE
 
     def sends_whole(self, size):
         """A small file goes from byte 0 without a SIZE of its temporary name first: write() replaces a leftover."""
