@@ -155,7 +155,7 @@ class Settling:
     min_age later (a file that was stable before waits min_age once; one that keeps changing never passes). Only the
     files of the last whole listing are remembered, so memory follows what the source holds: a run of the listing
     (listing_runs) that stayed the same for min_age is remembered as one number and its files are complete; the files
-    of the other runs each with their size, time and when first seen so. A file whose run changed after it had been
+    of the other runs each as one number for its name, size and time (run_digest) and when first seen so. A file whose run changed after it had been
     still (a neighbour added) is seen anew and waits min_age again: it was complete before, so it was taken then.
     """
 
@@ -163,7 +163,7 @@ class Settling:
         self.min_age = min_age
         self._clock = clock
         self._runs: Dict[int, float] = {}  # run digest -> when first seen so
-        self._first_seen: Dict[str, Tuple[int, float, float]] = {}  # path -> (size, mtime, when first seen so)
+        self._first_seen: Dict[int, float] = {}  # digest of (path, size, mtime) -> when first seen so
 
     def mark(self, files: Iterable[RemoteFile]) -> Iterator[RemoteFile]:
         """`files` (one whole listing), each with `complete` cleared while it has not been still for min_age; a
@@ -180,11 +180,9 @@ class Settling:
                 yield from run
                 continue
             for found in run:
-                known = self._first_seen.get(found.path)
-                if known is None or known[:2] != (found.size, found.mtime):
-                    known = (found.size, found.mtime, now)
-                seen[found.path] = known
-                still = now - known[2] >= self.min_age
+                key = run_digest((found.path, found.size, found.mtime))
+                first = seen[key] = self._first_seen.get(key, now)
+                still = now - first >= self.min_age
                 yield found if still or not found.complete else replace(found, complete=False)
         self._runs, self._first_seen = runs, seen  # only after a whole listing: one cut short forgets nothing
 
