@@ -482,6 +482,10 @@ class TaskWorker(Loop):
         return True
 
 
+class ListingFailed(Exception):
+    """A source's listing failed (its cause is the device's error)."""
+
+
 class Finder(Loop):
     """Lists one source every scan_interval (or when woken) and records new or changed files in the ledger.
 
@@ -524,29 +528,30 @@ class Finder(Loop):
             self._known = set()
         with self._forget_lock:
             forgotten, self._forgotten = self._forgotten, set()
-        known, listed = set(), False
+        known = set()
         try:
-            listing = None
-            while True:
-                try:
-                    listing = listing or listing_runs(self.source.list())
-                    run = next(listing, None)
-                except Exception as error:
-                    self._listing_failed(error)
-                    return False
-                if run is None:
-                    break
+            for run in self._runs():
                 self._register(run, forgotten, known)
-            listed = True
-        finally:
-            if not listed:  # cut short: what forget() named is registered at the next scan
-                with self._forget_lock:
-                    self._forgotten |= forgotten
+        except BaseException as error:
+            with self._forget_lock:
+                self._forgotten |= forgotten  # cut short: what forget() named is registered at the next scan
+            if not isinstance(error, ListingFailed):
+                raise
+            self._listing_failed(error.__cause__)
+            return False
         if self.link.set(True):
             log.info("%s: %s is reachable again", self.name, self.source.name)
         self._known = known
         self.scans += 1
         return False
+
+    def _runs(self):
+        """The source's listing in runs (listing_runs); a failure of the listing itself raises ListingFailed, so that
+        it is told from a failure to register."""
+        try:
+            yield from listing_runs(self.source.list())
+        except Exception as error:
+            raise ListingFailed(str(error)) from error
 
     def _listing_failed(self, error):
         """Whatever the reason, the source is shown down with it, never a silent stall."""
