@@ -59,8 +59,13 @@ def test_status_is_latched_diagnostics_name_each_device_and_the_ledger_restarts(
                                                                                                reliability)}, topic
     # the worker nodes wake each other on /filesync/wake and leave /filesync/events to people and views
     workers = {"finder", "downloader", "uploader"}
-    listening = {topic: {info.node_name for info in scene.node.get_subscriptions_info_by_topic(topic)}
+
+    def subscribers():  # once DDS discovery has named every subscriber (it shows _NODE_NAME_UNKNOWN_ before)
+        found = {topic: {info.node_name for info in scene.node.get_subscriptions_info_by_topic(topic)}
                  for topic in ("/filesync/events", "/filesync/wake")}
+        named = not any("_NODE_NAME_UNKNOWN_" in names for names in found.values())
+        return found if named and workers <= found["/filesync/wake"] else None
+    listening = wait_for(subscribers, 30, "the worker nodes never showed as subscribers of /filesync/wake")
     assert listening["/filesync/events"] & workers == set(), listening
     assert listening["/filesync/wake"] & workers == workers, listening
     # a subscriber that comes late gets the last status at once, as from a latched ROS 1 topic
